@@ -1,0 +1,38 @@
+// CPU-only helpers: a branch-free exp that GCC vectorizes inside `omp simd` loops, and
+// function multi-versioning so hot loops get AVX2/AVX-512 code in a portable binary.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
+#define GC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GC_CPU_CLONES
+#endif
+
+namespace gc {
+
+// exp(x) to about 1 ulp for x in [-87, 88] (Cephes' expf polynomial); NaN propagates,
+// underflow flushes to 2^-126 scale (harmless next to a softmax sum >= 1).
+#pragma omp declare simd notinbranch
+inline float exp_fast(float x) {
+  x = x > 88.f ? 88.f : x;  // keeps 2^n finite
+  x = x < -87.3365478515625f ? -87.3365478515625f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+}  // namespace gc

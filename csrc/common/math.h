@@ -1,0 +1,59 @@
+// Math shared by the CPU and CUDA kernels (host + device), so the CPU tests exercise it.
+#pragma once
+
+#include <cmath>
+
+#include "common/numeric.h"
+
+namespace gc {
+
+// Online softmax state: m = running max, s = sum of exp(x - m) over the values seen.
+struct MaxSum {
+  float m;
+  float s;
+};
+
+GC_HD MaxSum max_sum_empty() { return MaxSum{-INFINITY, 0.f}; }
+
+// Combines the states of two disjoint sets of values.
+GC_HD MaxSum max_sum_merge(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.m, b.m);
+  if (m == -INFINITY) return MaxSum{m, a.s + b.s};  // both empty (or all -inf): no rescale
+  return MaxSum{m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+
+GC_HD MaxSum max_sum_push(MaxSum a, float x) { return max_sum_merge(a, MaxSum{x, 1.f}); }
+
+GC_HD float max_sum_lse(MaxSum a) { return a.m + logf(a.s); }
+
+// d(loss)/d(logit) for one element: (softmax - onehot) * dloss.
+GC_HD float cross_entropy_grad(float logit, float lse, bool is_target, float dloss) {
+  return (expf(logit - lse) - (is_target ? 1.f : 0.f)) * dloss;
+}
+
+// LayerNorm backward for one element, given the row means of g = dy * w and of g * xhat:
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+GC_HD float layer_norm_dx(float g, float xhat, float mean_g, float mean_gxhat, float rstd) {
+  return rstd * (g - mean_g - xhat * mean_gxhat);
+}
+
+// Bias corrections and step size of one AdamW step, computed once per call.
+struct AdamWScalars {
+  float beta1, beta2, eps;
+  float bias_correction1;       // 1 - beta1^step
+  float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+  float inv_grad_scale;
+};
+
+// One AdamW element update on the float32 master value p (decoupled weight decay).
+GC_HD float adamw_update(float p, float g, float& m, float& v, float lr, float weight_decay,
+                         const AdamWScalars& s) {
+  g *= s.inv_grad_scale;
+  m = s.beta1 * m + (1.f - s.beta1) * g;
+  v = s.beta2 * v + (1.f - s.beta2) * g * g;
+  p *= 1.f - lr * weight_decay;
+  const float denom = sqrtf(v) / s.bias_correction2_sqrt + s.eps;
+  return p - (lr / s.bias_correction1) * m / denom;
+}
+
+}  // namespace gc

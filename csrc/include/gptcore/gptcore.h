@@ -1,0 +1,12 @@
+/* The whole public C API of gptcore. Torch-free, CUDA-header-free. */
+#ifndef GPTCORE_GPTCORE_H
+#define GPTCORE_GPTCORE_H
+
+#include "gptcore/adamw.h"
+#include "gptcore/cross_entropy.h"
+#include "gptcore/info.h"
+#include "gptcore/layer_norm.h"
+#include "gptcore/status.h"
+#include "gptcore/tensor.h"
+
+#endif

@@ -1,0 +1,9 @@
+"""gptcore's fused ops as torch custom ops (eager, torch.compile, CUDA graphs).
+
+`gptcore.ops.reference` holds a pure-PyTorch twin of each op for tests and fallback.
+"""
+
+from gptcore.ops import reference
+from gptcore.ops.layer_norm import fused_add_layer_norm, layer_norm
+
+__all__ = ["fused_add_layer_norm", "layer_norm", "reference"]

@@ -1,0 +1,1 @@
+"""Optimizers whose step runs in gptcore's fused kernels."""
