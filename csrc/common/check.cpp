@@ -1,6 +1,7 @@
 #include "common/check.h"
 
 #include "common/error.h"
+#include "info/info.h"
 
 namespace gc {
 
@@ -29,6 +30,12 @@ gc_status check_view(const char* api, const gc_tensor& t, const char* name) {
                 "%s: '%s' is a CUDA tensor but this gptcore was built without CUDA; rebuild with nvcc on PATH "
                 "(or -DGPTCORE_CUDA=ON), or pass CPU tensors",
                 api, name);
+#else
+    int count = 0;
+    GC_TRY(cuda_device_count(&count));
+    if (t.device_index < 0 || t.device_index >= count)
+      return fail(GC_ERROR_DEVICE, "%s: '%s' is on cuda:%d but %d CUDA device(s) are visible", api, name, t.device_index,
+                  count);
 #endif
   } else if (t.device_type != GC_CPU) {
     return fail(GC_ERROR_DEVICE, "%s: '%s' has unknown device type %d", api, name, t.device_type);

@@ -1,0 +1,5 @@
+import sys
+
+from gptcore.cli import main
+
+sys.exit(main())
