@@ -23,7 +23,9 @@ def info_text() -> str:
     lines.append(f"  cpu kernels: float32, OpenMP {'on' if b['openmp'] else 'off'}")
     if b["cuda"]:
         lines.append(f"  cuda: on (runtime {_version(b['cuda_runtime_version'], (1000, 10))}, archs {b['cuda_archs']})")
-        lines.append(f"  cublas: {_version(b['cublas_version'], (10000, 100, 1)) if b['cublas_version'] else 'not linked'}")
+        lines.append(
+            f"  cublas: {_version(b['cublas_version'], (10000, 100, 1)) if b['cublas_version'] else 'not linked'}"
+        )
         lines.append(f"  nccl: {_version(b['nccl_version'], (10000, 100, 1)) if b['nccl_version'] else 'not linked'}")
     else:
         lines.append("  cuda: off (built without nvcc)")

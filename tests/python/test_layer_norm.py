@@ -139,8 +139,10 @@ def test_rejects_non_contiguous():
 
 def test_cuda_view_without_a_usable_device_is_a_clear_error():
     x, w, b = (t.contiguous() for t in _inputs(2, 4))
-    views = {name: _C.Tensor(t.data_ptr(), _C.dtype.float32, _C.CUDA, 0, list(t.shape), list(t.stride()))
-             for name, t in [("x", x), ("w", w), ("b", b)]}  # fmt: skip
+    views = {
+        name: _C.Tensor(t.data_ptr(), _C.dtype.float32, _C.CUDA, 0, list(t.shape), list(t.stride()))
+        for name, t in [("x", x), ("w", w), ("b", b)]
+    }
     mean = _C.Tensor(0, _C.dtype.float32, _C.CPU, 0, [2], [1])
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")

@@ -18,9 +18,17 @@ def layer_norm_fwd(
     mean = x.new_empty(rows(x), dtype=torch.float32)
     rstd = torch.empty_like(mean)
     _C.layer_norm_fwd(
-        view(x, "x"), view(residual, "residual"), view(weight, "weight"), view(bias, "bias"), view(y, "y"),
-        view(total, "sum") if residual is not None else None, view(mean, "mean"), view(rstd, "rstd"), eps, stream(x),
-    )  # fmt: skip
+        view(x, "x"),
+        view(residual, "residual"),
+        view(weight, "weight"),
+        view(bias, "bias"),
+        view(y, "y"),
+        view(total, "sum") if residual is not None else None,
+        view(mean, "mean"),
+        view(rstd, "rstd"),
+        eps,
+        stream(x),
+    )
     return y, total, mean, rstd
 
 
@@ -44,8 +52,17 @@ def layer_norm_bwd(
     dx = torch.empty_like(x)
     dweight = torch.empty_like(weight)
     dbias = torch.empty_like(weight)
-    args = (view(dy, "dy"), view(x, "x"), view(weight, "weight"), view(mean, "mean"), view(rstd, "rstd"),
-            view(dsum, "dsum"), view(dx, "dx"), view(dweight, "dweight"), view(dbias, "dbias"))  # fmt: skip
+    args = (
+        view(dy, "dy"),
+        view(x, "x"),
+        view(weight, "weight"),
+        view(mean, "mean"),
+        view(rstd, "rstd"),
+        view(dsum, "dsum"),
+        view(dx, "dx"),
+        view(dweight, "dweight"),
+        view(dbias, "dbias"),
+    )
     workspace = torch.empty(_C.layer_norm_bwd_workspace_size(*args), dtype=torch.uint8, device=x.device)
     _C.layer_norm_bwd(*args, workspace.data_ptr(), workspace.numel(), stream(x))
     return dx, dweight, dbias

@@ -1,0 +1,200 @@
+"""gptcore's fused ops against the PyTorch ops they replace, at GPT-2 shapes, in one run.
+
+Each case first checks that gptcore and the baseline agree, then times both (warm-up, then the
+median of repeated runs; CUDA timings with events) and prints a markdown table of the ratios.
+
+    python bench/bench_ops.py                      # CPU, rows 8x1024, C 768, V 50257, GPT-2 small params
+    python bench/bench_ops.py --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import gptcore
+from gptcore import ops
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Table:
+    def __init__(self, device: torch.device, warmup: int, reps: int):
+        self.device, self.warmup, self.reps = device, warmup, reps
+        self.rows: list[str] = []
+
+    def compare(self, op: str, shape: str, ours: Callable, baselines: dict[str, Callable], gbytes: float = 0.0):
+        t_ours = median_seconds(ours, self.device, self.warmup, self.reps)
+        for name, fn in baselines.items():
+            t_base = median_seconds(fn, self.device, self.warmup, self.reps)
+            bw = f"{gbytes / t_ours:.1f}" if gbytes else ""
+            self.rows.append(
+                f"| {op} | {shape} | {t_ours * 1e3:.3f} | {bw} | {name} | {t_base * 1e3:.3f} | {t_base / t_ours:.2f}x |"
+            )
+            print(self.rows[-1], flush=True)
+
+    def header(self) -> str:
+        return (
+            "| op | shape | gptcore ms | gptcore GB/s | baseline | baseline ms | speedup |\n"
+            "|---|---|---|---|---|---|---|"
+        )
+
+
+def bench_layer_norm(t: Table, rows: int, C: int, dtype: torch.dtype):
+    dev = t.device
+    x, r = torch.randn(rows, C, device=dev, dtype=dtype), torch.randn(rows, C, device=dev, dtype=dtype)
+    w, b = torch.randn(C, device=dev, dtype=dtype), torch.randn(C, device=dev, dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(ops.layer_norm(x, w, b), F.layer_norm(x, (C,), w, b), rtol=tol, atol=tol)
+    shape, size = f"{rows}x{C} {str(dtype)[6:]}", x.numel() * x.element_size() / 1e9
+    with torch.no_grad():
+        t.compare(
+            "layer_norm fwd",
+            shape,
+            lambda: ops.layer_norm(x, w, b),
+            {"F.layer_norm": lambda: F.layer_norm(x, (C,), w, b)},
+            2 * size,
+        )
+        t.compare(
+            "add + layer_norm fwd",
+            shape,
+            lambda: ops.fused_add_layer_norm(x, r, w, b),
+            {"x + r, F.layer_norm": lambda: F.layer_norm(x + r, (C,), w, b)},
+            4 * size,
+        )
+        if dev.type == "cuda":
+            y = torch.empty_like(x)
+            t.compare(
+                "copy (bandwidth ceiling)", shape, lambda: y.copy_(x), {"y.copy_(x)": lambda: y.copy_(x)}, 2 * size
+            )
+    xg, wg, bg = (v.clone().requires_grad_() for v in (x, w, b))
+    dy = torch.randn_like(x)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(xg, wg, bg), (xg, wg, bg), dy)
+
+    t.compare(
+        "layer_norm fwd+bwd",
+        shape,
+        fwd_bwd(ops.layer_norm),
+        {"F.layer_norm": fwd_bwd(lambda x, w, b: F.layer_norm(x, (C,), w, b))},
+        5 * size,
+    )
+
+
+def bench_cross_entropy(t: Table, rows: int, V: int, dtype: torch.dtype):
+    dev = t.device
+    logits = (torch.randn(rows, V, device=dev) * 2).to(dtype).requires_grad_()
+    target = torch.randint(0, V, (rows,), device=dev)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    ours, ref = ops.cross_entropy(logits, target), F.cross_entropy(logits.float(), target)
+    torch.testing.assert_close(ours.float(), ref, rtol=tol, atol=tol)
+    g_ours, g_ref = torch.autograd.grad(ours, logits)[0], torch.autograd.grad(ref, logits)[0]
+    torch.testing.assert_close(g_ours.float(), g_ref.float(), rtol=tol, atol=tol * 1e-3)
+    shape, size = f"{rows}x{V} {str(dtype)[6:]}", logits.numel() * logits.element_size() / 1e9
+    with torch.no_grad():
+        t.compare(
+            "cross_entropy fwd",
+            shape,
+            lambda: ops.cross_entropy(logits, target),
+            {"F.cross_entropy": lambda: F.cross_entropy(logits, target)},
+            size,
+        )
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(logits, target), logits)
+
+    t.compare(
+        "cross_entropy fwd+bwd",
+        shape,
+        fwd_bwd(ops.cross_entropy),
+        {"F.cross_entropy": fwd_bwd(F.cross_entropy)},
+        3 * size,
+    )
+
+
+def gpt2_small_shapes(vocab: int = 50257, C: int = 768, layers: int = 12, ctx: int = 1024) -> list[tuple[int, ...]]:
+    block = [(C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,), (C,), (C,), (4 * C, C), (4 * C,), (C, 4 * C), (C,)]
+    return [(vocab, C), (ctx, C)] + block * layers + [(C,), (C,)]
+
+
+def bench_adamw(t: Table, dtype: torch.dtype, steps: int = 3):
+    dev = t.device
+    shapes = gpt2_small_shapes()
+    n = sum(torch.Size(s).numel() for s in shapes)
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen).to(dev) * 0.02 for s in shapes]
+    grads = [torch.randn(s, generator=gen).to(dev) * 1e-3 for s in shapes]
+
+    def make(kind: str):
+        params = [torch.nn.Parameter(p.clone().to(dtype if kind == "gptcore" else torch.float32)) for p in init]
+        for p, g in zip(params, grads):
+            p.grad = g.clone().to(p.dtype)
+        kw = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+        if kind == "gptcore":
+            return params, gptcore.optim.AdamW(params, **kw)
+        return params, torch.optim.AdamW(params, **kw, **{kind: True})
+
+    ours, opt = make("gptcore")
+    base, base_opt = make("foreach")
+    for _ in range(steps):
+        opt.step()
+        base_opt.step()
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    for a, b in zip(ours, base):
+        torch.testing.assert_close(a.float(), b, rtol=tol, atol=tol)
+    shape = f"{n / 1e6:.1f}M params {str(dtype)[6:]}"
+    # fp32 traffic per element: read p, g, m, v; write p, m, v (a master adds a read and a write).
+    gbytes = n * (7 * 4 if dtype == torch.float32 else 2 * 3 + 4 * 5) / 1e9
+    baselines = {f"torch AdamW {kind}": make(kind)[1].step for kind in ("foreach", "fused")}
+    t.compare("AdamW step", shape, opt.step, baselines, gbytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--rows", type=int, default=8 * 1024)
+    parser.add_argument("--C", type=int, default=768)
+    parser.add_argument("--V", type=int, default=50257)
+    parser.add_argument("--ops", default="layer_norm,cross_entropy,adamw")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    table = Table(torch.device(args.device), args.warmup, args.reps)
+    print(f"gptcore {gptcore.__version__}, torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads")
+    print(table.header())
+    selected = args.ops.split(",")
+    if "layer_norm" in selected:
+        bench_layer_norm(table, args.rows, args.C, dtype)
+    if "cross_entropy" in selected:
+        bench_cross_entropy(table, args.rows, args.V, dtype)
+    if "adamw" in selected:
+        bench_adamw(table, dtype)
+
+
+if __name__ == "__main__":
+    main()
