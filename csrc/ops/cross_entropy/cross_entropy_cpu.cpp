@@ -22,7 +22,7 @@ MaxSum row_max_sum(const float* x, int64_t V) {
     const int64_t n = std::min(kBlock, V - b);
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-    for (int64_t i = 0; i < n; ++i) m = std::max(m, xb[i]);
+    for (int64_t i = 0; i < n; ++i) m = xb[i] > m ? xb[i] : m;  // this form vectorizes; std::max does not
     const float shift = m == -INFINITY ? 0.f : m;  // an all -inf block: exp(x - shift) stays ~0, not NaN
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
