@@ -12,7 +12,13 @@
  *
  * CPU: float32 logits. CUDA: float32, float16, bfloat16 logits, float32 accumulation.
  * Targets: int64 or int32. Rows whose target equals ignore_index get loss 0 and zero
- * gradient; other targets must lie in [0, V_total), checked on CPU. */
+ * gradient (their lse is still written); other targets must lie in [0, vocab_total).
+ * On CPU an out-of-range target fails with GC_ERROR_INVALID_ARGUMENT naming the row.
+ * On CUDA it cannot be reported without a device sync: that row's loss and target_logit
+ * are NaN instead (its gradient is the softmax times dloss, with no one-hot term).
+ *
+ * logits and dlogits are contiguous; lse, loss, target_logit and dloss are contiguous
+ * float32 [N]; every tensor lives on one device. */
 #ifndef GPTCORE_CROSS_ENTROPY_H
 #define GPTCORE_CROSS_ENTROPY_H
 
@@ -27,7 +33,7 @@ typedef struct gc_cross_entropy_fwd_params {
   gc_tensor logits;       /* [N, V] */
   gc_tensor target;       /* [N] int64 or int32, global ids */
   gc_tensor lse;          /* out [N] float32: log-sum-exp of this row (shard) */
-  gc_tensor loss;         /* out [N] float32: lse - target logit; 0 for ignored rows */
+  gc_tensor loss;         /* out [N] float32: lse - target_logit; 0 for ignored rows */
   gc_tensor target_logit; /* optional out [N] float32: the target's logit if in this shard, else 0 */
   int64_t vocab_start;    /* global id of column 0 (0 without vocab parallelism) */
   int64_t vocab_total;    /* size of the whole vocabulary (V without vocab parallelism) */

@@ -4,6 +4,7 @@
 """
 
 from gptcore.ops import reference
+from gptcore.ops.cross_entropy import cross_entropy
 from gptcore.ops.layer_norm import fused_add_layer_norm, layer_norm
 
-__all__ = ["fused_add_layer_norm", "layer_norm", "reference"]
+__all__ = ["cross_entropy", "fused_add_layer_norm", "layer_norm", "reference"]

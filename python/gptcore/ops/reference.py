@@ -15,3 +15,13 @@ def fused_add_layer_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     total = x + residual
     return total, layer_norm(total, weight, bias, eps)
+
+
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100, reduction: str = "mean"
+) -> torch.Tensor:
+    """F.cross_entropy over logits [..., V] and target [...] (int64 or int32)."""
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1).long(), ignore_index=ignore_index, reduction=reduction
+    )
+    return loss.view(target.shape) if reduction == "none" else loss
