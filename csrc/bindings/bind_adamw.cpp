@@ -26,7 +26,7 @@ gc_adamw_tensor to_tensor(const TensorTuple& t) {
 void bind_adamw(py::module_& m) {
   m.def(
       "adamw_step",
-      [](const std::vector<TensorTuple>& tensors, int32_t device_type, int32_t device_index, float beta1, float beta2,
+      [](const std::vector<TensorTuple>& tensors, int32_t device_type, int32_t device_index, double beta1, double beta2,
          float eps, float inv_grad_scale, uintptr_t found_inf, uintptr_t stream) {
         std::vector<gc_adamw_tensor> list;
         list.reserve(tensors.size());

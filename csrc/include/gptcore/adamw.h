@@ -41,8 +41,8 @@ typedef struct gc_adamw_params {
   int64_t num_tensors;
   int32_t device_type; /* where all the tensors' memory lives */
   int32_t device_index;
-  float beta1;
-  float beta2;
+  double beta1; /* double so that 1 - beta2 keeps its digits (1 - 0.999f is 1.3e-5 off) */
+  double beta2;
   float eps;
   float inv_grad_scale; /* 1 for unscaled grads */
   int32_t* found_inf;   /* optional [1] int32, on the tensors' device */

@@ -10,9 +10,9 @@ namespace {
 bool is_float_dtype(int32_t dtype) { return dtype == GC_FLOAT32 || dtype == GC_FLOAT16 || dtype == GC_BFLOAT16; }
 
 gc_status check_scalars(const char* api, const gc_adamw_params& p) {
-  if (!(p.beta1 >= 0.f && p.beta1 < 1.f))
+  if (!(p.beta1 >= 0.0 && p.beta1 < 1.0))
     return fail(GC_ERROR_INVALID_ARGUMENT, "%s: beta1 must be in [0, 1), got %g", api, p.beta1);
-  if (!(p.beta2 >= 0.f && p.beta2 < 1.f))
+  if (!(p.beta2 >= 0.0 && p.beta2 < 1.0))
     return fail(GC_ERROR_INVALID_ARGUMENT, "%s: beta2 must be in [0, 1), got %g", api, p.beta2);
   if (!(p.eps >= 0.f && std::isfinite(p.eps)))
     return fail(GC_ERROR_INVALID_ARGUMENT, "%s: eps must be finite and >= 0, got %g", api, p.eps);

@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) check_kernel(Batch b, float inv_grad
 
 template <class P, class G>
 __global__ void __launch_bounds__(kThreads)
-    update_kernel(Batch b, float beta1, float beta2, float eps, float inv_grad_scale, const int32_t* found_inf) {
+    update_kernel(Batch b, AdamWScalars s, const int32_t* found_inf) {
   constexpr bool kMaster = !std::is_same<P, float>::value;
   if (found_inf && *found_inf) return;
   const int t = b.block_tensor[blockIdx.x];
@@ -76,7 +76,8 @@ __global__ void __launch_bounds__(kThreads)
   float* m = b.exp_avg[t] + begin;
   float* v = b.exp_avg_sq[t] + begin;
   const float lr = b.lr[t], weight_decay = b.weight_decay[t];
-  const AdamWScalars s{beta1, beta2, eps, b.bias_correction1[t], b.bias_correction2_sqrt[t], inv_grad_scale};
+  s.bias_correction1 = b.bias_correction1[t];
+  s.bias_correction2_sqrt = b.bias_correction2_sqrt[t];
   int64_t i0 = 0;
   if (b.aligned[t]) {
     i0 = n / kVec * kVec;
@@ -191,6 +192,7 @@ gc_status adamw_step_cuda(const gc_adamw_params& p, void* stream) {
       if (!batches.empty()) launches.push_back(Launch{pd, gd, std::move(batches)});
     }
   cudaStream_t s = as_stream(stream);
+  const AdamWScalars scalars = adamw_scalars(p, 1);  // the bias corrections come per tensor from the batch
   if (p.found_inf) {
     for (const Launch& l : launches)
       GC_TRY(GC_FLOAT_SWITCH(l.grad_dtype, G, [&] {
@@ -205,7 +207,7 @@ gc_status adamw_step_cuda(const gc_adamw_params& p, void* stream) {
     GC_TRY(GC_FLOAT_SWITCH(l.param_dtype, P, [&] {
       return GC_FLOAT_SWITCH(l.grad_dtype, G, [&] {
         for (const Batch& b : l.batches) {
-          update_kernel<P, G><<<b.num_blocks, kThreads, 0, s>>>(b, p.beta1, p.beta2, p.eps, p.inv_grad_scale, p.found_inf);
+          update_kernel<P, G><<<b.num_blocks, kThreads, 0, s>>>(b, scalars, p.found_inf);
           GC_TRY(check_launch("adamw update_kernel"));
         }
         return GC_OK;
