@@ -61,7 +61,7 @@ GC_CPU_CLONES void update_chunk(P* __restrict param, const G* __restrict grad, f
 bool any_nonfinite(const gc_adamw_params& p, const std::vector<Chunk>& chunks, int64_t total) {
   const int64_t num_chunks = static_cast<int64_t>(chunks.size());
   int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (total > kChunk)
+#pragma omp parallel for schedule(dynamic, 4) reduction(| : bad) if (total > kChunk)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const Chunk& c = chunks[k];
     const gc_adamw_tensor& t = p.tensors[c.tensor];
@@ -85,7 +85,7 @@ gc_status adamw_step_cpu(const gc_adamw_params& p) {
   std::vector<AdamWScalars> scalars(p.num_tensors);
   for (int64_t i = 0; i < p.num_tensors; ++i) scalars[i] = adamw_scalars(p, p.tensors[i].step);
   const int64_t num_chunks = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) if (total > kChunk)
+#pragma omp parallel for schedule(dynamic, 4) if (total > kChunk)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const Chunk& c = chunks[k];
     const gc_adamw_tensor& t = p.tensors[c.tensor];
