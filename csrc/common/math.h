@@ -37,7 +37,7 @@ GC_HD float layer_norm_dx(float g, float xhat, float mean_g, float mean_gxhat, f
   return rstd * (g - mean_g - xhat * mean_gxhat);
 }
 
-// Bias corrections and step size of one AdamW step, computed once per call.
+// Constants of one AdamW step for one tensor (its bias corrections follow its step count).
 struct AdamWScalars {
   float beta1, beta2, eps;
   float one_minus_beta1, one_minus_beta2;  // from double betas: 1 - 0.999f is 1.3e-5 off 1 - 0.999
