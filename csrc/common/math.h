@@ -37,9 +37,10 @@ GC_HD float layer_norm_dx(float g, float xhat, float mean_g, float mean_gxhat, f
   return rstd * (g - mean_g - xhat * mean_gxhat);
 }
 
-// Bias corrections and step size of one AdamW step, computed once per call.
+// Constants of one AdamW step for one tensor (its bias corrections follow its step count).
 struct AdamWScalars {
   float beta1, beta2, eps;
+  float one_minus_beta1, one_minus_beta2;  // from double betas: 1 - 0.999f is 1.3e-5 off 1 - 0.999
   float bias_correction1;       // 1 - beta1^step
   float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
   float inv_grad_scale;
@@ -49,8 +50,8 @@ struct AdamWScalars {
 GC_HD float adamw_update(float p, float g, float& m, float& v, float lr, float weight_decay,
                          const AdamWScalars& s) {
   g *= s.inv_grad_scale;
-  m = s.beta1 * m + (1.f - s.beta1) * g;
-  v = s.beta2 * v + (1.f - s.beta2) * g * g;
+  m = s.beta1 * m + s.one_minus_beta1 * g;
+  v = s.beta2 * v + s.one_minus_beta2 * g * g;
   p *= 1.f - lr * weight_decay;
   const float denom = sqrtf(v) / s.bias_correction2_sqrt + s.eps;
   return p - (lr / s.bias_correction1) * m / denom;

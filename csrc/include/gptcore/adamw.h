@@ -1,7 +1,8 @@
 /* Fused multi-tensor AdamW (decoupled weight decay, bias correction).
  *
- * One call updates a list of tensors, each with its own learning rate and weight decay
- * (so all parameter groups go in one call). Moments and master weights are float32.
+ * One call updates a list of tensors, each with its own learning rate, weight decay and
+ * step count (so all parameter groups go in one call, and a skipped step is skipped for
+ * all of them). Moments and master weights are float32.
  * A tensor with a float16/bfloat16 model copy keeps its float32 master in `master`; the
  * update runs on the master and writes the rounded result to `param`. Without a master
  * the param itself must be float32 and is updated in place.
@@ -23,14 +24,16 @@ extern "C" {
 typedef struct gc_adamw_tensor {
   void* param;       /* [numel] model weights: float32, float16 or bfloat16 */
   const void* grad;  /* [numel] float32, float16 or bfloat16 */
-  float* master;     /* [numel] float32 master weights, or NULL */
+  float* master;     /* [numel] float32 master weights: required for a float16/bfloat16
+                        param, NULL for a float32 one */
   float* exp_avg;    /* [numel] float32 first moment */
   float* exp_avg_sq; /* [numel] float32 second moment */
-  int64_t numel;
+  int64_t numel;     /* the pointers may be NULL when numel is 0 */
   int32_t param_dtype;
   int32_t grad_dtype;
   float lr;
   float weight_decay;
+  int64_t step;      /* this tensor's step count including this update: 1 on its first step */
 } gc_adamw_tensor;
 
 typedef struct gc_adamw_params {
@@ -38,10 +41,9 @@ typedef struct gc_adamw_params {
   int64_t num_tensors;
   int32_t device_type; /* where all the tensors' memory lives */
   int32_t device_index;
-  float beta1;
-  float beta2;
+  double beta1; /* double so that 1 - beta2 keeps its digits (1 - 0.999f is 1.3e-5 off) */
+  double beta2;
   float eps;
-  int64_t step;         /* 1 on the first step: bias corrections 1 - beta^step */
   float inv_grad_scale; /* 1 for unscaled grads */
   int32_t* found_inf;   /* optional [1] int32, on the tensors' device */
 } gc_adamw_params;
