@@ -10,7 +10,9 @@ median of repeated runs; CUDA timings with events) and prints a markdown table o
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -21,23 +23,27 @@ import gptcore
 from gptcore import ops
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_seconds(fns: list[Callable[[], object]], device: torch.device, warmup: int, reps: int) -> list[float]:
+    """Median seconds of each fn, timed in turn within every repetition so that drift in the
+    machine's speed (shared hosts, clocks) falls on all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                ts.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 class Table:
@@ -46,9 +52,8 @@ class Table:
         self.rows: list[str] = []
 
     def compare(self, op: str, shape: str, ours: Callable, baselines: dict[str, Callable], gbytes: float = 0.0):
-        t_ours = median_seconds(ours, self.device, self.warmup, self.reps)
-        for name, fn in baselines.items():
-            t_base = median_seconds(fn, self.device, self.warmup, self.reps)
+        t_ours, *t_bases = median_seconds([ours, *baselines.values()], self.device, self.warmup, self.reps)
+        for name, t_base in zip(baselines, t_bases):
             bw = f"{gbytes / t_ours:.1f}" if gbytes else ""
             self.rows.append(
                 f"| {op} | {shape} | {t_ours * 1e3:.3f} | {bw} | {name} | {t_base * 1e3:.3f} | {t_base / t_ours:.2f}x |"
@@ -172,7 +177,15 @@ def bench_adamw(t: Table, dtype: torch.dtype, steps: int = 3):
     t.compare("AdamW step", shape, opt.step, baselines, gbytes)
 
 
+# glibc returns large freed blocks to the OS, so each new CPU output tensor page-faults on
+# first touch and timings swing with malloc's state. Keeping freed memory (as a caching
+# allocator does) puts gptcore and PyTorch on the same footing: both reuse their buffers.
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+
+
 def main() -> None:
+    if any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC_ENV})
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

@@ -9,6 +9,29 @@
 namespace gc {
 namespace {
 
+// Sum of f(v[c]) over a row with 32 independent partial sums (four 8-wide vectors), so the
+// adds do not wait on one another as a single vectorized accumulator would.
+template <class F>
+inline float row_sum(const float* v, int64_t C, F f) {
+  constexpr int kLanes = 32;
+  float acc[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) acc[k] += f(v[c + k]);
+  }
+  for (int k = 0; c < C; ++c, ++k) acc[k] += f(v[c]);
+  float total = 0.f;
+  for (int k = 0; k < kLanes; ++k) total += acc[k];
+  return total;
+}
+
+// Asks for the next row while this one is normalized, so the memory system is never idle
+// during the passes over a row already in L1.
+inline void prefetch_row(const float* v, int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) __builtin_prefetch(v + c);
+}
+
 GC_CPU_CLONES
 void fwd_row(const float* x, const float* residual, const float* w, const float* b, float* y, float* sum, float* mean_out,
              float* rstd_out, int64_t C, float eps) {
@@ -18,13 +41,8 @@ void fwd_row(const float* x, const float* residual, const float* w, const float*
     for (int64_t c = 0; c < C; ++c) sum[c] = x[c] + residual[c];
     src = sum;
   }
-  float total = 0.f;
-#pragma omp simd reduction(+ : total)
-  for (int64_t c = 0; c < C; ++c) total += src[c];
-  const float mean = total / static_cast<float>(C);
-  float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t c = 0; c < C; ++c) sq += (src[c] - mean) * (src[c] - mean);
+  const float mean = row_sum(src, C, [](float v) { return v; }) / static_cast<float>(C);
+  const float sq = row_sum(src, C, [mean](float v) { return (v - mean) * (v - mean); });
   const float rstd = 1.f / std::sqrt(sq / static_cast<float>(C) + eps);
   if (b) {
 #pragma omp simd
@@ -46,9 +64,9 @@ void bwd_row(const float* dy, const float* x, const float* w, const float* dsum,
   for (int64_t c = 0; c < C; ++c) {
     const float g = dy[c] * w[c];
     sum_g += g;
-    sum_gx += g * (x[c] - mean) * rstd;
+    sum_gx += g * (x[c] - mean);
   }
-  const float mean_g = sum_g / static_cast<float>(C), mean_gx = sum_gx / static_cast<float>(C);
+  const float mean_g = sum_g / static_cast<float>(C), mean_gx = sum_gx * rstd / static_cast<float>(C);
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
     const float xhat = (x[c] - mean) * rstd;
@@ -72,6 +90,8 @@ gc_status layer_norm_fwd_cpu(const gc_layer_norm_fwd_params& p, int64_t rows, in
 #pragma omp parallel for schedule(static) if (rows * C > 32768)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * C;
+    if (r + 1 < rows) prefetch_row(x + o + C, C);
+    if (residual && r + 1 < rows) prefetch_row(residual + o + C, C);
     fwd_row(x + o, residual ? residual + o : nullptr, w, b, y + o, sum ? sum + o : nullptr, mean + r, rstd + r, C,
             p.eps);
   }
@@ -94,8 +114,14 @@ gc_status layer_norm_bwd_cpu(const gc_layer_norm_bwd_params& p, int64_t rows, in
     float* dw_acc = partials + k * 2 * C;
     float* db_acc = dw_acc + C;
     std::memset(dw_acc, 0, 2 * C * sizeof(float));
-    for (int64_t r = rows * k / chunks; r < rows * (k + 1) / chunks; ++r)
+    const int64_t end = rows * (k + 1) / chunks;
+    for (int64_t r = rows * k / chunks; r < end; ++r) {
+      if (r + 1 < end) {
+        prefetch_row(dy + (r + 1) * C, C);
+        prefetch_row(x + (r + 1) * C, C);
+      }
       bwd_row(dy + r * C, x + r * C, w, dsum ? dsum + r * C : nullptr, mean[r], rstd[r], dx + r * C, dw_acc, db_acc, C);
+    }
   }
 #pragma omp parallel for schedule(static) if (chunks * C > 32768)
   for (int64_t c = 0; c < C; ++c) {
