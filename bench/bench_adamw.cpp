@@ -57,6 +57,18 @@ struct Fp32Set {
   std::vector<float> p, g, m, v;
 };
 
+// Median seconds of one step over `ts`, with the step counts advancing as in training.
+double time_steps(std::vector<gc_adamw_tensor>& ts, const gc_adamw_params& params) {
+  int64_t step = 1;
+  return bench::median_seconds(
+      [&] {
+        ++step;
+        for (gc_adamw_tensor& t : ts) t.step = step;
+        bench::ok(gc_adamw_step(&params, nullptr), "gc_adamw_step");
+      },
+      1, 7);
+}
+
 void run_fp32(const std::vector<int64_t>& sizes, int64_t total, bool scaled) {
   Fp32Set s{std::vector<float>(total), std::vector<float>(total), std::vector<float>(total, 0.f),
             std::vector<float>(total, 0.f)};
@@ -89,14 +101,7 @@ void run_fp32(const std::vector<int64_t>& sizes, int64_t total, bool scaled) {
     std::fprintf(stderr, "validation failed: found_inf set on finite grads\n");
     std::exit(1);
   }
-  int64_t step = 1;
-  const double secs = bench::median_seconds(
-      [&] {
-        ++step;
-        for (gc_adamw_tensor& t : ts) t.step = step;
-        bench::ok(gc_adamw_step(&params, nullptr), "gc_adamw_step");
-      },
-      1, 7);
+  const double secs = time_steps(ts, params);
   bench::report(scaled ? "adamw fp32 + unscale/inf check" : "adamw fp32", secs,
                 static_cast<double>(total) * (scaled ? 32 : 28));
 }
@@ -124,14 +129,7 @@ void run_bf16_master(const std::vector<int64_t>& sizes, int64_t total) {
   bench::ok(gc_adamw_step(&params, nullptr), "gc_adamw_step");
   bench::expect_close(master[i], first_step(p0, g0), 1e-6, "master after step 1");
   bench::expect_close(from_bf16(p[i]), from_bf16(to_bf16(master[i])), 0, "param = rounded master");
-  int64_t step = 1;
-  const double secs = bench::median_seconds(
-      [&] {
-        ++step;
-        for (gc_adamw_tensor& t : ts) t.step = step;
-        bench::ok(gc_adamw_step(&params, nullptr), "gc_adamw_step");
-      },
-      1, 7);
+  const double secs = time_steps(ts, params);
   bench::report("adamw bf16 params + fp32 master", secs, static_cast<double>(total) * 28);
 }
 
