@@ -3,6 +3,7 @@
 #define GPTCORE_GPTCORE_H
 
 #include "gptcore/adamw.h"
+#include "gptcore/attention.h"
 #include "gptcore/cross_entropy.h"
 #include "gptcore/info.h"
 #include "gptcore/layer_norm.h"

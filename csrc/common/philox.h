@@ -1,0 +1,41 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), the
+// counter-based generator behind dropout on CPU and CUDA alike: a draw depends only on
+// (seed, counter), so any thread can make any element's mask bit, in any order.
+#pragma once
+
+#include <cstdint>
+
+#include "common/numeric.h"
+
+namespace gc {
+
+struct Philox4 {
+  uint32_t v[4];
+};
+
+GC_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+}
+
+GC_HD Philox4 philox4x32_10(Philox4 c, uint32_t k0, uint32_t k1) {
+  constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = mulhi32(M0, c.v[0]), lo0 = M0 * c.v[0];
+    const uint32_t hi1 = mulhi32(M1, c.v[2]), lo1 = M1 * c.v[2];
+    c = Philox4{{hi1 ^ c.v[1] ^ k0, lo1, hi0 ^ c.v[3] ^ k1, lo0}};
+    k0 += W0;
+    k1 += W1;
+  }
+  return c;
+}
+
+// The uniform in [0, 1) for element n of a stream: counter = offset + n / 4 (64-bit, in the
+// first two words), lane n % 4, 24 random bits.
+GC_HD float dropout_uniform(uint64_t seed, uint64_t offset, uint64_t n) {
+  const uint64_t counter = offset + n / 4;
+  const Philox4 r = philox4x32_10(Philox4{{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u}},
+                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return static_cast<float>(r.v[n % 4] >> 8) * (1.0f / 16777216.0f);
+}
+
+}  // namespace gc
