@@ -57,4 +57,21 @@ GC_HD float adamw_update(float p, float g, float& m, float& v, float lr, float w
   return p - (lr / s.bias_correction1) * m / denom;
 }
 
+// GELU, tanh approximation: 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3),
+// written as x * sigmoid(2u) (the same function), which stays accurate for large |x|.
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+
+GC_HD float gelu_tanh(float x) {
+  const float u2 = 2.f * kGeluScale * (x + kGeluCubic * x * x * x);
+  return x / (1.f + expf(-u2));
+}
+
+// d gelu_tanh / dx = s + x s (1 - s) 2 u'(x), s = sigmoid(2u).
+GC_HD float gelu_tanh_grad(float x) {
+  const float u2 = 2.f * kGeluScale * (x + kGeluCubic * x * x * x);
+  const float s = 1.f / (1.f + expf(-u2));
+  return s + x * s * (1.f - s) * 2.f * kGeluScale * (1.f + 3.f * kGeluCubic * x * x);
+}
+
 }  // namespace gc

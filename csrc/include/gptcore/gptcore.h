@@ -7,6 +7,7 @@
 #include "gptcore/cross_entropy.h"
 #include "gptcore/info.h"
 #include "gptcore/layer_norm.h"
+#include "gptcore/linear.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
