@@ -25,3 +25,19 @@ def cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1).long(), ignore_index=ignore_index, reduction=reduction
     )
     return loss.view(target.shape) if reduction == "none" else loss
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """act(F.linear(x, weight, bias)) + residual; activation None or "gelu" (tanh GELU)."""
+    if activation not in (None, "gelu"):
+        raise ValueError(f"activation must be None or 'gelu' (tanh GELU), got {activation!r}")
+    y = F.linear(x, weight, bias)
+    if activation == "gelu":
+        y = F.gelu(y, approximate="tanh")
+    return y if residual is None else y + residual
