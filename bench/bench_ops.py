@@ -140,6 +140,50 @@ def bench_cross_entropy(t: Table, rows: int, V: int, dtype: torch.dtype):
     )
 
 
+def bench_linear(t: Table, rows: int, C: int, dtype: torch.dtype):
+    """linear + tanh GELU (the GPT-2 MLP up-projection, [rows, C] -> [rows, 4C])."""
+    dev = t.device
+    x = torch.randn(rows, C, device=dev, dtype=dtype)
+    w = (torch.randn(4 * C, C, device=dev) / C**0.5).to(dtype)
+    b = (torch.randn(4 * C, device=dev) * 0.1).to(dtype)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    unfused = F.gelu(F.linear(x, w, b), approximate="tanh")
+    torch.testing.assert_close(ops.linear(x, w, b, "gelu"), unfused, rtol=tol, atol=tol)
+    baselines = {"F.gelu(F.linear) tanh": lambda x, w, b: F.gelu(F.linear(x, w, b), approximate="tanh")}
+    # torch._addmm_activation fuses the bias and GELU into the product, but its GELU is erf or tanh
+    # depending on version and device, and it has no derivative: validated against whichever it
+    # computes, timed in the forward only, and named with its kind.
+    fused = torch._addmm_activation(b, x, w.t(), use_gelu=True).float()
+    for kind, approximate in [("tanh", "tanh"), ("erf", "none")]:
+        if torch.allclose(fused, F.gelu(F.linear(x, w, b), approximate=approximate).float(), rtol=tol, atol=tol):
+            baselines[f"torch._addmm_activation ({kind} GELU)"] = lambda x, w, b: torch._addmm_activation(
+                b, x, w.t(), use_gelu=True
+            )
+            break
+    else:
+        print("torch._addmm_activation matches neither GELU: left out as a baseline", flush=True)
+    shape = f"{rows}x{C}->{4 * C} {str(dtype)[6:]}"
+    with torch.no_grad():
+        t.compare(
+            "linear+gelu fwd",
+            shape,
+            lambda: ops.linear(x, w, b, "gelu"),
+            {name: (lambda fn=fn: fn(x, w, b)) for name, fn in baselines.items()},
+        )
+    xg, wg, bg = (v.clone().requires_grad_() for v in (x, w, b))
+    dy = torch.randn(rows, 4 * C, device=dev, dtype=dtype)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(xg, wg, bg), (xg, wg, bg), dy)
+
+    t.compare(
+        "linear+gelu fwd+bwd",
+        shape,
+        fwd_bwd(lambda x, w, b: ops.linear(x, w, b, "gelu")),
+        {"F.gelu(F.linear) tanh": fwd_bwd(baselines["F.gelu(F.linear) tanh"])},
+    )
+
+
 def gpt2_small_shapes(vocab: int = 50257, C: int = 768, layers: int = 12, ctx: int = 1024) -> list[tuple[int, ...]]:
     block = [(C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,), (C,), (C,), (4 * C, C), (4 * C,), (C, 4 * C), (C,)]
     return [(vocab, C), (ctx, C)] + block * layers + [(C,), (C,)]
@@ -192,7 +236,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8 * 1024)
     parser.add_argument("--C", type=int, default=768)
     parser.add_argument("--V", type=int, default=50257)
-    parser.add_argument("--ops", default="layer_norm,cross_entropy,adamw")
+    parser.add_argument("--ops", default="layer_norm,cross_entropy,adamw,linear")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
@@ -207,6 +251,8 @@ def main() -> None:
         bench_cross_entropy(table, args.rows, args.V, dtype)
     if "adamw" in selected:
         bench_adamw(table, dtype)
+    if "linear" in selected:
+        bench_linear(table, args.rows, args.C, dtype)
 
 
 if __name__ == "__main__":
