@@ -36,5 +36,6 @@ using release_gil = py::call_guard<py::gil_scoped_release>;
 void bind_layer_norm(py::module_& m);
 void bind_cross_entropy(py::module_& m);
 void bind_adamw(py::module_& m);
+void bind_attention(py::module_& m);
 
 }  // namespace gc::bindings

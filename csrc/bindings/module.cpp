@@ -76,4 +76,5 @@ PYBIND11_MODULE(_C, m) {
   bind_layer_norm(m);
   bind_cross_entropy(m);
   bind_adamw(m);
+  bind_attention(m);
 }
