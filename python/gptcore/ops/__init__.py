@@ -4,7 +4,8 @@
 """
 
 from gptcore.ops import reference
+from gptcore.ops.attention import attention, attention_decode
 from gptcore.ops.cross_entropy import cross_entropy
 from gptcore.ops.layer_norm import fused_add_layer_norm, layer_norm
 
-__all__ = ["cross_entropy", "fused_add_layer_norm", "layer_norm", "reference"]
+__all__ = ["attention", "attention_decode", "cross_entropy", "fused_add_layer_norm", "layer_norm", "reference"]
