@@ -10,7 +10,7 @@ import torch
 import gptcore
 from gptcore import _C
 from gptcore.ops import attention, attention_decode, reference
-from gptcore.ops.attention import attention_fwd, attention_bwd, attention_decode_op, draw_dropout_rng, dropout_uniforms
+from gptcore.ops.attention import attention_bwd, attention_decode_op, attention_fwd, draw_dropout_rng, dropout_uniforms
 
 has_cuda = torch.cuda.is_available() and _C.build_info()["cuda"]
 cuda = pytest.mark.skipif(not has_cuda, reason="needs a CUDA device and a CUDA build")
@@ -114,7 +114,7 @@ def test_dropout_uniform_scalar_and_fill_agree():
     rng = torch.tensor([3, 11], dtype=torch.int64)
     u = dropout_uniforms(rng, (3, 7))
     assert all(u.view(-1)[n].item() == _C.dropout_uniform(3, 11, n) for n in range(21))
-    assert 0 <= u.min() and u.max() < 1
+    assert u.min() >= 0 and u.max() < 1
 
 
 @pytest.mark.parametrize("T_new", [1, 3])
@@ -145,7 +145,8 @@ def test_opcheck():
     for causal, p in [(True, 0.0), (False, 0.2)]:
         torch.library.opcheck(attention_fwd, (q.requires_grad_(), k, v, causal, p, 0.2, rng))
         out, lse = attention_fwd(q, k, v, causal, p, 0.2, rng)
-        torch.library.opcheck(attention_bwd, (torch.randn_like(out), q.detach(), k, v, out.detach(), lse, causal, p, 0.2, rng))  # fmt: skip
+        bwd_args = (torch.randn_like(out), q.detach(), k, v, out.detach(), lse, causal, p, 0.2, rng)
+        torch.library.opcheck(attention_bwd, bwd_args)
     lens = torch.tensor([23], dtype=torch.int32)
     torch.library.opcheck(attention_decode_op, (q.detach()[:, :, :3].contiguous(), k, v, lens, True, 0.2))
 
@@ -245,7 +246,8 @@ def test_cuda_decode_equals_full_attention(T_new):
     lens = torch.tensor([5, 300, 123], dtype=torch.int32, device="cuda")
     out = attention_decode(q, k_cache, v_cache, lens)
     for b, n in enumerate(lens.tolist()):
-        want = reference.attention(q[b : b + 1].double(), k_cache[b : b + 1, :, :n].double(), v_cache[b : b + 1, :, :n].double())  # fmt: skip
+        prefix = (q[b : b + 1], k_cache[b : b + 1, :, :n], v_cache[b : b + 1, :, :n])
+        want = reference.attention(*(t.double() for t in prefix))
         assert _max_err(out[b : b + 1], want) < 2e-2
 
 
