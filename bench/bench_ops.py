@@ -3,7 +3,8 @@
 Each case first checks that gptcore and the baseline agree, then times both (warm-up, then the
 median of repeated runs; CUDA timings with events) and prints a markdown table of the ratios.
 
-    python bench/bench_ops.py                      # CPU, rows 8x1024, C 768, V 50257, GPT-2 small params
+    python bench/bench_ops.py                      # CPU, rows 8x1024, C 768, V 50257, GPT-2 small params,
+                                                   # attention 4x12 heads x 1024 tokens x 64, causal
     python bench/bench_ops.py --device cuda --dtype bfloat16
 """
 
@@ -221,6 +222,38 @@ def bench_adamw(t: Table, dtype: torch.dtype, steps: int = 3):
     t.compare("AdamW step", shape, opt.step, baselines, gbytes)
 
 
+def bench_attention(t: Table, B: int, H: int, T: int, D: int, dtype: torch.dtype):
+    dev = t.device
+    q, k, v = (torch.randn(B, H, T, D, device=dev, dtype=dtype) for _ in range(3))
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ops.attention(q, k, v), want, rtol=tol, atol=tol)
+    shape = f"{B}x{H}x{T}x{D} causal {str(dtype)[6:]}"
+    with torch.no_grad():
+        t.compare(
+            "attention fwd",
+            shape,
+            lambda: ops.attention(q, k, v),
+            {"F.sdpa(is_causal=True)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)},
+        )
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    dout = torch.randn_like(q)
+    g_ours = torch.autograd.grad(ops.attention(qg, kg, vg), (qg, kg, vg), dout)
+    g_ref = torch.autograd.grad(F.scaled_dot_product_attention(qg, kg, vg, is_causal=True), (qg, kg, vg), dout)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=10 * tol, atol=10 * tol)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), dout)
+
+    t.compare(
+        "attention fwd+bwd",
+        shape,
+        fwd_bwd(ops.attention),
+        {"F.sdpa(is_causal=True)": fwd_bwd(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))},
+    )
+
+
 # glibc returns large freed blocks to the OS, so each new CPU output tensor page-faults on
 # first touch and timings swing with malloc's state. Keeping freed memory (as a caching
 # allocator does) puts gptcore and PyTorch on the same footing: both reuse their buffers.
@@ -236,7 +269,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8 * 1024)
     parser.add_argument("--C", type=int, default=768)
     parser.add_argument("--V", type=int, default=50257)
-    parser.add_argument("--ops", default="layer_norm,cross_entropy,adamw,linear")
+    parser.add_argument("--attn", default="4,12,1024,64", help="attention B,H,T,D")
+    parser.add_argument("--ops", default="layer_norm,cross_entropy,adamw,linear,attention")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
@@ -253,6 +287,8 @@ def main() -> None:
         bench_adamw(table, dtype)
     if "linear" in selected:
         bench_linear(table, args.rows, args.C, dtype)
+    if "attention" in selected:
+        bench_attention(table, *(int(x) for x in args.attn.split(",")), dtype)
 
 
 if __name__ == "__main__":

@@ -77,4 +77,5 @@ PYBIND11_MODULE(_C, m) {
   bind_cross_entropy(m);
   bind_adamw(m);
   bind_linear(m);
+  bind_attention(m);
 }

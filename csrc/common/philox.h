@@ -29,13 +29,20 @@ GC_HD Philox4 philox4x32_10(Philox4 c, uint32_t k0, uint32_t k1) {
   return c;
 }
 
-// The uniform in [0, 1) for element n of a stream: counter = offset + n / 4 (64-bit, in the
-// first two words), lane n % 4, 24 random bits.
+// The 128 random bits behind dropout elements 4 * group .. 4 * group + 3 of a stream:
+// counter = offset + group (64-bit, in the first two words), key = seed.
+GC_HD Philox4 dropout_bits(uint64_t seed, uint64_t offset, uint64_t group) {
+  const uint64_t counter = offset + group;
+  return philox4x32_10(Philox4{{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u}},
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// A uniform in [0, 1) from the top 24 bits of one lane.
+GC_HD float uniform24(uint32_t bits) { return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f); }
+
+// The uniform in [0, 1) for element n of a stream: lane n % 4 of dropout_bits(seed, offset, n / 4).
 GC_HD float dropout_uniform(uint64_t seed, uint64_t offset, uint64_t n) {
-  const uint64_t counter = offset + n / 4;
-  const Philox4 r = philox4x32_10(Philox4{{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u}},
-                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  return static_cast<float>(r.v[n % 4] >> 8) * (1.0f / 16777216.0f);
+  return uniform24(dropout_bits(seed, offset, n / 4).v[n % 4]);
 }
 
 }  // namespace gc

@@ -5,7 +5,8 @@
  * paths). CPU: float32. CUDA: float16 and bfloat16 on tensor cores, float32 accumulation.
  *
  * causal: query i attends to keys j <= i + (T_k - T_q) (bottom-right aligned, as in
- * flash-attention), which is the usual lower triangle when T_q == T_k.
+ * flash-attention), which is the usual lower triangle when T_q == T_k. Causal calls need
+ * T_q <= T_k (GC_ERROR_SHAPE otherwise), so every query sees at least one key; T_k >= 1.
  *
  * The forward keeps lse = log-sum-exp of each query's scaled scores [B, H, T_q] (float32);
  * the backward recomputes the probabilities from it, so no T_q x T_k matrix ever exists in

@@ -4,8 +4,17 @@
 """
 
 from gptcore.ops import reference
+from gptcore.ops.attention import attention, attention_decode
 from gptcore.ops.cross_entropy import cross_entropy
 from gptcore.ops.layer_norm import fused_add_layer_norm, layer_norm
 from gptcore.ops.linear import linear
 
-__all__ = ["cross_entropy", "fused_add_layer_norm", "layer_norm", "linear", "reference"]
+__all__ = [
+    "attention",
+    "attention_decode",
+    "cross_entropy",
+    "fused_add_layer_norm",
+    "layer_norm",
+    "linear",
+    "reference",
+]

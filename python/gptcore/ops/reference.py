@@ -41,3 +41,35 @@ def linear(
     if activation == "gelu":
         y = F.gelu(y, approximate="tanh")
     return y if residual is None else y + residual
+
+
+def causal_mask(T_q: int, T_k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bottom-right aligned causal mask [T_q, T_k]: query i sees keys j <= i + T_k - T_q."""
+    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(T_k - T_q)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None
+) -> torch.Tensor:
+    """F.scaled_dot_product_attention without dropout, causal aligned to the last keys."""
+    mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def attention_with_dropout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor,
+    dropout_p: float,
+    causal: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The definition with a given keep-mask [B, H, T_q, T_k]:
+    out = (softmax(scale * q k^T, masked) * keep / (1 - dropout_p)) v."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    probs = torch.softmax(scores, dim=-1) * keep.to(q.dtype) / (1 - dropout_p)
+    return probs @ v

@@ -1,0 +1,167 @@
+"""Fused scaled-dot-product attention (flash-style) and KV-cache decoding as torch custom ops.
+
+Dropout draws from Philox (seed, offset) pairs taken from torch's CPU default generator, so
+torch.manual_seed makes a run reproducible; the pair travels as a small int64 CPU tensor so
+torch.compile traces through without a graph break, and the backward reuses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gptcore import _C
+from gptcore.ops._views import stream, view
+
+
+def _lse_like(q: torch.Tensor) -> torch.Tensor:
+    return q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("gptcore::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float, scale: float, rng: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, H, T_q, D], k and v [B, H, T_k, D] -> (out like q, lse [B, H, T_q] float32).
+    rng: int64 CPU tensor [2] holding the dropout (seed, offset)."""
+    seed, offset = rng.tolist()
+    out = torch.empty_like(q)
+    lse = _lse_like(q)
+    _C.attention_fwd(
+        view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(lse, "lse"),
+        scale, causal, dropout_p, seed, offset, stream(q),
+    )  # fmt: skip
+    return out, lse
+
+
+@attention_fwd.register_fake
+def _(q, k, v, causal, dropout_p, scale, rng):
+    return torch.empty_like(q), _lse_like(q)
+
+
+@torch.library.custom_op("gptcore::attention_bwd", mutates_args=())
+def attention_bwd(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    dropout_p: float,
+    scale: float,
+    rng: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), recomputing the probabilities from lse and the same dropout mask."""
+    seed, offset = rng.tolist()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    args = (
+        view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"), view(lse, "lse"),
+        view(dq, "dq"), view(dk, "dk"), view(dv, "dv"), scale, causal, dropout_p, seed, offset,
+    )  # fmt: skip
+    workspace = torch.empty(_C.attention_bwd_workspace_size(*args), dtype=torch.uint8, device=q.device)
+    _C.attention_bwd(*args, workspace.data_ptr(), workspace.numel(), stream(q))
+    return dq, dk, dv
+
+
+@attention_bwd.register_fake
+def _(dout, q, k, v, out, lse, causal, dropout_p, scale, rng):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, dropout_p, scale, rng = inputs
+    out, lse = output
+    ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse, rng)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, rng = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(dout.contiguous(), q, k, v, out, lse, ctx.causal, ctx.dropout_p, ctx.scale, rng)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("gptcore::attention_decode", mutates_args=())
+def attention_decode_op(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor, causal: bool, scale: float
+) -> torch.Tensor:
+    """q [B, H, T_new, D] over k_cache, v_cache [B, H, T_max, D] with int32 cache_lens [B]."""
+    out = torch.empty_like(q)
+    _C.attention_decode(
+        view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"), view(cache_lens, "cache_lens"),
+        view(out, "out"), scale, causal, stream(q),
+    )  # fmt: skip
+    return out
+
+
+@attention_decode_op.register_fake
+def _(q, k_cache, v_cache, cache_lens, causal, scale):
+    return torch.empty_like(q)
+
+
+def draw_dropout_rng() -> torch.Tensor:
+    """A fresh (seed, offset) pair from torch's CPU default generator, as an int64 tensor [2]."""
+    return torch.randint(0, 2**62, (2,), dtype=torch.int64)
+
+
+def _default_scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Like F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=..., scale=...) for
+    q [B, H, T_q, D] and k, v [B, H, T_k, D], without a T_q x T_k matrix in memory.
+
+    causal aligns the queries to the last keys (query i sees keys j <= i + T_k - T_q), which is
+    F.scaled_dot_product_attention's mask when T_q == T_k; causal needs T_q <= T_k. Head dims
+    32..128 in steps of 8; float32 on CPU, float16 / bfloat16 on CUDA. Non-contiguous inputs
+    are copied to contiguous ones.
+    """
+    rng = draw_dropout_rng() if dropout_p > 0 else torch.zeros(2, dtype=torch.int64)
+    out, _ = attention_fwd(
+        q.contiguous(), k.contiguous(), v.contiguous(), causal, float(dropout_p), _default_scale(q, scale), rng
+    )
+    return out
+
+
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_lens: torch.Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of T_new new queries per sequence over a KV cache, for generation.
+
+    k_cache, v_cache [B, H, T_max, D] already hold the new tokens' keys and values; sequence b
+    uses its first cache_lens[b] positions (int32 [B], each in [T_new, T_max]), and new query t
+    sits at position cache_lens[b] - T_new + t. Equals attention(q, k_cache[b, :, :len],
+    v_cache[b, :, :len], causal) for each sequence. No dropout, no gradient.
+    """
+    return attention_decode_op(
+        q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), cache_lens, causal, _default_scale(q, scale)
+    )
+
+
+def dropout_uniforms(rng: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """The uniform draws behind the dropout mask of an attention call with these (seed, offset):
+    a float32 CPU tensor of `shape` = [B, H, T_q, T_k]; element (b, h, i, j) is kept when its
+    draw is >= dropout_p. For tests and references: it materializes the T_q x T_k matrix."""
+    seed, offset = rng.tolist()
+    u = torch.empty(shape, dtype=torch.float32)
+    _C.dropout_uniform_fill(view(u, "out"), seed, offset)
+    return u

@@ -1,0 +1,144 @@
+// gc_attention_* through the C API: a hand-computed case, decode against the forward, the
+// dropout draws, and the status + message of bad input.
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "check.h"
+
+namespace {
+
+constexpr int64_t D = 32;
+
+gc_tensor view4(float* p, int64_t B, int64_t H, int64_t T, int64_t d) {
+  const int64_t shape[4] = {B, H, T, d};
+  return gc_make_tensor(p, GC_FLOAT32, GC_CPU, 0, 4, shape);
+}
+
+// One head, T = 2, D = 32, scale 1: q0 = q1 = e0; k0 = 0, k1 = e0; v0 = 1, v1 = 3 (all d).
+// Causal: query 0 sees key 0 only -> out 1, lse 0. Query 1 sees both with scores 0 and 1 ->
+// weights 1 / (1 + e) and e / (1 + e), out = (1 + 3e) / (1 + e), lse = log(1 + e).
+struct Tiny {
+  std::vector<float> q = std::vector<float>(2 * D), k = std::vector<float>(2 * D), v = std::vector<float>(2 * D),
+                     out = std::vector<float>(2 * D, -1.f), lse = std::vector<float>(2, -1.f);
+  Tiny() {
+    q[0] = q[D] = 1.f;
+    k[D] = 1.f;
+    for (int64_t d = 0; d < D; ++d) v[d] = 1.f, v[D + d] = 3.f;
+  }
+  gc_attention_fwd_params fwd(int32_t causal) {
+    const int64_t lse_shape[3] = {1, 1, 2};
+    return {view4(q.data(), 1, 1, 2, D), view4(k.data(), 1, 1, 2, D), view4(v.data(), 1, 1, 2, D),
+            view4(out.data(), 1, 1, 2, D), gc_make_tensor(lse.data(), GC_FLOAT32, GC_CPU, 0, 3, lse_shape),
+            1.f, causal, 0.f, 0, 0};
+  }
+};
+
+const double kE = std::exp(1.0);
+
+TEST(forward_hand_computed) {
+  Tiny t;
+  gc_attention_fwd_params p = t.fwd(1);
+  CHECK(gc_attention_fwd(&p, nullptr) == GC_OK);
+  for (int64_t d = 0; d < D; ++d) {
+    CHECK_NEAR(t.out[d], 1.0, 1e-6);
+    CHECK_NEAR(t.out[D + d], (1 + 3 * kE) / (1 + kE), 1e-6);
+  }
+  CHECK_NEAR(t.lse[0], 0.0, 1e-6);
+  CHECK_NEAR(t.lse[1], std::log(1 + kE), 1e-6);
+
+  p = t.fwd(0);  // both queries see both keys
+  CHECK(gc_attention_fwd(&p, nullptr) == GC_OK);
+  CHECK_NEAR(t.out[0], (1 + 3 * kE) / (1 + kE), 1e-6);
+  CHECK_NEAR(t.lse[0], std::log(1 + kE), 1e-6);
+}
+
+TEST(backward_hand_computed) {
+  // Non-causal, dout = 1 everywhere: out_i = sum_j P_ij v_j, so dv_j = sum_i P_ij * 1 and
+  // dq = scale * sum_j P_ij (dout . v_j - dout . out_i) k_j.
+  Tiny t;
+  gc_attention_fwd_params f = t.fwd(0);
+  CHECK(gc_attention_fwd(&f, nullptr) == GC_OK);
+  std::vector<float> dout(2 * D, 1.f), dq(2 * D), dk(2 * D), dv(2 * D);
+  const gc_attention_bwd_params p{f.q, f.k, f.v, f.out, view4(dout.data(), 1, 1, 2, D), f.lse,
+                                  view4(dq.data(), 1, 1, 2, D), view4(dk.data(), 1, 1, 2, D),
+                                  view4(dv.data(), 1, 1, 2, D), 1.f, 0, 0.f, 0, 0};
+  size_t bytes = 0;
+  CHECK(gc_attention_bwd_workspace_size(&p, &bytes) == GC_OK);
+  std::vector<unsigned char> workspace(bytes);
+  CHECK(gc_attention_bwd(&p, workspace.data(), bytes, nullptr) == GC_OK);
+  const double p0 = 1 / (1 + kE), p1 = kE / (1 + kE), o = p0 * D * 1 + p1 * D * 3;  // dout . out
+  CHECK_NEAR(dv[0], 2 * p0, 1e-6);
+  CHECK_NEAR(dv[D], 2 * p1, 1e-6);
+  const double ds1 = p1 * (3.0 * D - o);  // key 1 is e0; key 0 is zero
+  CHECK_NEAR(dq[0], ds1, 1e-4);
+  CHECK_NEAR(dq[1], 0.0, 1e-6);
+  CHECK_NEAR(dk[D], 2 * ds1, 1e-4);  // both queries are e0
+  CHECK_FAILS(gc_attention_bwd(&p, workspace.data(), bytes - 4, nullptr), GC_ERROR_WORKSPACE, "ask gc_attention_bwd_workspace_size");
+}
+
+TEST(decode_equals_forward_on_the_prefix) {
+  // Two sequences, cache of 5 with 4 and 3 valid positions; the last 2 positions are new.
+  const int64_t B = 2, H = 1, T_max = 5, T_new = 2;
+  std::vector<float> k(B * T_max * D), v(B * T_max * D), q(B * T_new * D), out(B * T_new * D);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = std::sin(0.37 * i), v[i] = std::cos(0.11 * i);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(1.3 * i);
+  std::vector<int32_t> lens{4, 3};
+  const int64_t len_shape[1] = {B};
+  const gc_attention_decode_params p{view4(q.data(), B, H, T_new, D), view4(k.data(), B, H, T_max, D),
+                                     view4(v.data(), B, H, T_max, D),
+                                     gc_make_tensor(lens.data(), GC_INT32, GC_CPU, 0, 1, len_shape),
+                                     view4(out.data(), B, H, T_new, D), 0.2f, 1};
+  CHECK(gc_attention_decode(&p, nullptr) == GC_OK);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t L = lens[b];
+    std::vector<float> want(T_new * D), lse(T_new);
+    const int64_t lse_shape[3] = {1, 1, T_new};
+    const gc_attention_fwd_params f{view4(q.data() + b * T_new * D, 1, 1, T_new, D),
+                                    view4(k.data() + b * T_max * D, 1, 1, L, D),
+                                    view4(v.data() + b * T_max * D, 1, 1, L, D), view4(want.data(), 1, 1, T_new, D),
+                                    gc_make_tensor(lse.data(), GC_FLOAT32, GC_CPU, 0, 3, lse_shape), 0.2f, 1, 0.f, 0, 0};
+    CHECK(gc_attention_fwd(&f, nullptr) == GC_OK);
+    for (int64_t i = 0; i < T_new * D; ++i) CHECK_NEAR(out[b * T_new * D + i], want[i], 1e-6);
+  }
+  lens[1] = 1;  // shorter than T_new
+  CHECK_FAILS(gc_attention_decode(&p, nullptr), GC_ERROR_INVALID_ARGUMENT, "'cache_lens'[1] = 1 is outside");
+}
+
+TEST(dropout_uniform_is_deterministic_and_in_range) {
+  double sum = 0;
+  for (uint64_t n = 0; n < 4096; ++n) {
+    const float u = gc_dropout_uniform(42, 7, n);
+    CHECK(u >= 0.f && u < 1.f);
+    CHECK(u == gc_dropout_uniform(42, 7, n));
+    sum += u;
+  }
+  CHECK_NEAR(sum / 4096, 0.5, 0.02);
+  CHECK(gc_dropout_uniform(42, 7, 0) != gc_dropout_uniform(43, 7, 0));
+  CHECK(gc_dropout_uniform(42, 7, 4) == gc_dropout_uniform(42, 8, 0));  // offset counts groups of four
+}
+
+TEST(bad_input) {
+  Tiny t;
+  gc_attention_fwd_params p = t.fwd(1);
+  p.q = view4(t.q.data(), 1, 1, 4, 16);
+  CHECK_FAILS(gc_attention_fwd(&p, nullptr), GC_ERROR_SHAPE, "'q' has head dim D = 16");
+  p = t.fwd(1);
+  p.dropout_p = 1.f;
+  CHECK_FAILS(gc_attention_fwd(&p, nullptr), GC_ERROR_INVALID_ARGUMENT, "dropout_p must be in [0, 1)");
+  p = t.fwd(1);
+  p.k = view4(t.k.data(), 1, 1, 1, D);
+  p.v = view4(t.v.data(), 1, 1, 1, D);
+  CHECK_FAILS(gc_attention_fwd(&p, nullptr), GC_ERROR_SHAPE, "causal attention needs T_q <= T_k");
+  p = t.fwd(1);
+  p.v.dtype = GC_FLOAT16;
+  CHECK_FAILS(gc_attention_fwd(&p, nullptr), GC_ERROR_DTYPE, "'v' has dtype float16 but 'k' has float32");
+  p = t.fwd(1);
+  p.lse.shape[2] = 3;
+  CHECK_FAILS(gc_attention_fwd(&p, nullptr), GC_ERROR_SHAPE, "'lse' has shape [1, 1, 3]; expected [1, 1, 2]");
+  CHECK_FAILS(gc_attention_fwd(nullptr, nullptr), GC_ERROR_INVALID_ARGUMENT, "params is NULL");
+}
+
+}  // namespace
+
+TEST_MAIN()
