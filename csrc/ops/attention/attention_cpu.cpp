@@ -1,9 +1,12 @@
 // Attention on the CPU: float32, flash-style tiles of kBQ queries x kBK keys with an online
 // softmax, so memory beyond the inputs and outputs is a few tiles per thread.
 //
-// Every product of two tiles goes through gemm_acc, a register-blocked loop (4 rows x 16
-// columns of accumulators) whose inner loop runs over contiguous columns; K and V tiles are
-// transposed into a small buffer where the product needs them as columns.
+// Every product of two tiles is an OpenBLAS sgemm on the calling OpenMP thread: the products
+// are cut into pieces of at most kBlasSerialWork multiply-adds, under OpenBLAS's threshold for
+// starting its own threads, so the two levels of threading never stack (and each element of a
+// product is computed by the same kernel in the same order whatever the thread count).
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -22,57 +25,20 @@ constexpr int64_t kBK = 64;  // keys per tile
 // its share of dq into its own float32 copy, summed at the end in a fixed order.
 constexpr int64_t kBwdKeysPerTask = 256;
 constexpr int64_t kBwdMaxSplits = 4;
+// OpenBLAS runs an sgemm of m * n * k <= 2^18 on the calling thread (SMP_THRESHOLD_MIN *
+// GEMM_MULTITHREAD_THRESHOLD); larger ones go to its thread pool.
+constexpr int64_t kBlasSerialWork = int64_t{1} << 18;
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// C[r][c] += sum_k A(r, k) * B[k][c] for 4 rows and W columns, with A(r, k) = A[r * sr + k * sk].
-template <int W>
-inline void micro_tile(const float* A, int64_t sr, int64_t sk, int64_t K, const float* B, int64_t ldb, float* C,
-                       int64_t ldc) {
-  float acc[4][W];
-  for (int r = 0; r < 4; ++r)
-#pragma omp simd
-    for (int c = 0; c < W; ++c) acc[r][c] = C[r * ldc + c];
-  for (int64_t k = 0; k < K; ++k) {
-    const float* b = B + k * ldb;
-    for (int r = 0; r < 4; ++r) {
-      const float a = A[r * sr + k * sk];
-#pragma omp simd
-      for (int c = 0; c < W; ++c) acc[r][c] += a * b[c];
-    }
-  }
-  for (int r = 0; r < 4; ++r)
-#pragma omp simd
-    for (int c = 0; c < W; ++c) C[r * ldc + c] = acc[r][c];
-}
-
-// C [M x N] += A [M x K] * B [K x N], A read through strides (sr, sk) so that a transposed
-// tile needs no copy. M is a multiple of 4 and N of 8.
-GC_CPU_CLONES
-void gemm_acc(const float* A, int64_t sr, int64_t sk, int64_t M, int64_t K, const float* B, int64_t ldb, float* C,
-              int64_t ldc, int64_t N) {
-  for (int64_t r = 0; r < M; r += 4) {
-    int64_t c = 0;
-    for (; c + 16 <= N; c += 16) micro_tile<16>(A + r * sr, sr, sk, K, B + c, ldb, C + r * ldc + c, ldc);
-    if (c < N) micro_tile<8>(A + r * sr, sr, sk, K, B + c, ldb, C + r * ldc + c, ldc);
-  }
-}
-
-// dst[d][c] = src[c][d] for c < n, zero for n <= c < n_pad (dst has kBK columns).
-void transpose_tile(const float* src, int64_t n, int64_t n_pad, int64_t D, float* dst) {
-  for (int64_t d = 0; d < D; ++d) {
-    float* row = dst + d * kBK;
-    for (int64_t c = 0; c < n; ++c) row[c] = src[c * D + d];
-    for (int64_t c = n; c < n_pad; ++c) row[c] = 0.f;
-  }
-}
-
-// dst = factor * src for `rows` rows of D, then zero rows up to `rows_pad`.
-void copy_rows(const float* src, int64_t rows, int64_t rows_pad, int64_t D, float factor, float* dst) {
-  const int64_t n = rows * D;
-#pragma omp simd
-  for (int64_t e = 0; e < n; ++e) dst[e] = factor * src[e];
-  std::memset(dst + n, 0, (rows_pad - rows) * D * sizeof(float));
+// Row-major C [m, n] = alpha op(A) op(B) + beta C, op(A) [m, k], op(B) [k, n], in pieces of
+// rows small enough to stay on this thread (see kBlasSerialWork).
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const int64_t rows = std::max<int64_t>(1, kBlasSerialWork / (n * k));
+  for (int64_t r = 0; r < m; r += rows)
+    scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                      static_cast<blasint>(std::min(rows, m - r)), static_cast<blasint>(n), static_cast<blasint>(k),
+                      alpha, trans_a ? a + r : a + r * lda, static_cast<blasint>(lda), b, static_cast<blasint>(ldb),
+                      beta, c + r * ldc, static_cast<blasint>(ldc));
 }
 
 // keep[j] = 1 / (1 - p) when dropout element n0 + j is kept, else 0, for j < len: one Philox
@@ -107,71 +73,65 @@ struct Dropout {
   uint64_t seed, offset;
 };
 
-GC_CPU_CLONES
-float row_max(const float* x, int64_t n) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
-  return m;
-}
+struct FwdScratch {
+  std::vector<float> s, o, m, l, keep;
+  explicit FwdScratch(int64_t D) : s(kBQ * kBK), o(kBQ * D), m(kBQ), l(kBQ), keep(kBK) {}
+};
 
-// x[j] = exp(x[j] - shift) for j < n, zero for n <= j < n_pad; returns the sum.
+// One row of a score tile: the online-softmax update of (m, l) and of the output row o (scaled
+// by the change of max), the row turned into (dropped) probabilities for keys j < n, zeros for
+// n <= j < nk. n >= 1.
 GC_CPU_CLONES
-float exp_shifted(float* x, int64_t n, int64_t n_pad, float shift) {
+void softmax_row(float* row, int64_t n, int64_t nk, float* o, int64_t D, float& m, float& l, const float* keep) {
+  float row_max = -INFINITY;
+#pragma omp simd reduction(max : row_max)
+  for (int64_t j = 0; j < n; ++j) row_max = std::max(row_max, row[j]);
+  const float m_new = std::max(m, row_max), alpha = exp_fast(m - m_new);
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) {
-    x[j] = exp_fast(x[j] - shift);
-    sum += x[j];
+    row[j] = exp_fast(row[j] - m_new);
+    sum += row[j];
   }
-  for (int64_t j = n; j < n_pad; ++j) x[j] = 0.f;
-  return sum;
+  // The normalizer l keeps the undropped probabilities: out = dropout(softmax) v.
+  if (keep) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] *= keep[j];
+  }
+  std::fill(row + n, row + nk, 0.f);
+  l = l * alpha + sum;
+  m = m_new;
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
 }
-
-struct FwdScratch {
-  std::vector<float> qs, kt, s, o, m, l, keep;
-  explicit FwdScratch(int64_t D)
-      : qs(kBQ * D), kt(D * kBK), s(kBQ * kBK), o(kBQ * D), m(kBQ), l(kBQ), keep(kBK) {}
-};
 
 // Rows [i0, i0 + mi) of one head: out = softmax(scale * q k^T, masked) (dropped) v, and lse.
 void fwd_rows(const Head& h, int64_t i0, int64_t mi, float scale, const Dropout& drop, float* out, float* lse,
               FwdScratch& w) {
-  const int64_t D = h.D, mp = round_up(mi, 4);
-  float *qs = w.qs.data(), *kt = w.kt.data(), *s = w.s.data(), *o = w.o.data(), *m = w.m.data(), *l = w.l.data();
-  copy_rows(h.q + i0 * D, mi, mp, D, scale, qs);  // scaled once here, so the scores come out scaled
-  std::memset(o, 0, mp * D * sizeof(float));
+  const int64_t D = h.D;
+  float *s = w.s.data(), *o = w.o.data(), *m = w.m.data(), *l = w.l.data();
+  std::memset(o, 0, mi * D * sizeof(float));
   std::fill(m, m + mi, -INFINITY);
   std::fill(l, l + mi, 0.f);
   const int64_t key_end = h.key_limit(i0 + mi - 1);
   for (int64_t j0 = 0; j0 < key_end; j0 += kBK) {
-    const int64_t nk = std::min(kBK, h.T_k - j0), n_pad = round_up(nk, 8);
-    transpose_tile(h.k + j0 * D, nk, n_pad, D, kt);
-    std::memset(s, 0, mp * kBK * sizeof(float));
-    gemm_acc(qs, D, 1, mp, D, kt, kBK, s, kBK, n_pad);
+    const int64_t nk = std::min(kBK, h.T_k - j0);
+    sgemm(false, true, mi, nk, D, scale, h.q + i0 * D, D, h.k + j0 * D, D, 0.f, s, kBK);  // scaled scores
     for (int64_t i = 0; i < mi; ++i) {
       float* row = s + i * kBK;
       const int64_t n = std::clamp<int64_t>(h.key_limit(i0 + i) - j0, 0, nk);
       if (n == 0) {
-        std::memset(row, 0, n_pad * sizeof(float));
+        std::fill(row, row + nk, 0.f);
         continue;
       }
-      const float m_new = std::max(m[i], row_max(row, n));
-      const float alpha = exp_fast(m[i] - m_new);
-      l[i] = l[i] * alpha + exp_shifted(row, n, n_pad, m_new);
-      m[i] = m_new;
-      float* orow = o + i * D;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) orow[d] *= alpha;
+      const float* keep = nullptr;
       if (drop.p > 0.f) {
-        // The normalizer l keeps the undropped probabilities: out = dropout(softmax) v.
-        float* keep = w.keep.data();
-        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0, n, drop.p, keep);
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) row[j] *= keep[j];
+        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0, n, drop.p, w.keep.data());
+        keep = w.keep.data();
       }
+      softmax_row(row, n, nk, o + i * D, D, m[i], l[i], keep);
     }
-    gemm_acc(s, kBK, 1, mp, nk, h.v + j0 * D, D, o, D, D);
+    sgemm(false, false, mi, D, nk, 1.f, s, kBK, h.v + j0 * D, D, 1.f, o, D);
   }
   for (int64_t i = 0; i < mi; ++i) {
     const float inv = 1.f / l[i];
@@ -182,10 +142,8 @@ void fwd_rows(const Head& h, int64_t i0, int64_t mi, float scale, const Dropout&
 }
 
 struct BwdScratch {
-  std::vector<float> qs, dos, kt, vt, p, pd, ds, dk, dv, dq, keep;
-  explicit BwdScratch(int64_t D)
-      : qs(kBQ * D), dos(kBQ * D), kt(D * kBK), vt(D * kBK), p(kBQ * kBK), pd(kBQ * kBK), ds(kBQ * kBK),
-        dk(kBK * D), dv(kBK * D), dq(kBQ * D), keep(kBK) {}
+  std::vector<float> p, pd, ds, keep;
+  BwdScratch() : p(kBQ * kBK), pd(kBQ * kBK), ds(kBQ * kBK), keep(kBK) {}
 };
 
 struct BwdHead {
@@ -198,59 +156,58 @@ struct BwdHead {
   float* dv;
 };
 
+// One row of a key tile in the backward: given the scaled scores in p and dout v^T in ds, p
+// becomes the probabilities, pd the dropped ones (when keep is set) and ds the gradient of the
+// scores; keys n <= j < nk are zero in all three.
+GC_CPU_CLONES
+void bwd_row(float* p, float* pd, float* ds, int64_t n, int64_t nk, float lse, float delta, const float* keep) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) p[j] = exp_fast(p[j] - lse);
+  if (keep) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      pd[j] = p[j] * keep[j];
+      ds[j] = p[j] * (ds[j] * keep[j] - delta);
+    }
+    std::fill(pd + n, pd + nk, 0.f);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - delta);
+  }
+  std::fill(p + n, p + nk, 0.f);
+  std::fill(ds + n, ds + nk, 0.f);
+}
+
 // Keys [j0, j0 + nk) of one head against every query that sees them: dk and dv of those keys
 // in full, and their share of dq added into b.dq.
 void bwd_keys(const BwdHead& b, int64_t j0, int64_t nk, float scale, const Dropout& drop, BwdScratch& w) {
   const Head& h = b.h;
-  const int64_t D = h.D, n_pad = round_up(nk, 8), nk4 = round_up(nk, 4);
-  float *qs = w.qs.data(), *dos = w.dos.data(), *kt = w.kt.data(), *vt = w.vt.data(), *p = w.p.data(),
-        *ds = w.ds.data(), *dk = w.dk.data(), *dv = w.dv.data(), *dq = w.dq.data(), *keep = w.keep.data();
+  const int64_t D = h.D;
+  const float *k = h.k + j0 * D, *v = h.v + j0 * D;
+  float *p = w.p.data(), *ds = w.ds.data(), *dk = b.dk + j0 * D, *dv = b.dv + j0 * D;
   float* pd = drop.p > 0.f ? w.pd.data() : p;
-  transpose_tile(h.k + j0 * D, nk, n_pad, D, kt);
-  transpose_tile(h.v + j0 * D, nk, n_pad, D, vt);
-  std::memset(dk, 0, nk4 * D * sizeof(float));
-  std::memset(dv, 0, nk4 * D * sizeof(float));
+  std::memset(dk, 0, nk * D * sizeof(float));
+  std::memset(dv, 0, nk * D * sizeof(float));
   // The first query that sees key j0: i + T_k - T_q >= j0 when causal.
   const int64_t first_query = h.causal ? std::max<int64_t>(0, j0 - (h.T_k - h.T_q)) : 0;
   for (int64_t i0 = first_query / kBQ * kBQ; i0 < h.T_q; i0 += kBQ) {
-    const int64_t mi = std::min(kBQ, h.T_q - i0), mp = round_up(mi, 4);
-    copy_rows(h.q + i0 * D, mi, mp, D, scale, qs);
-    copy_rows(b.dout + i0 * D, mi, mp, D, 1.f, dos);
-    std::memset(p, 0, mp * kBK * sizeof(float));
-    std::memset(ds, 0, mp * kBK * sizeof(float));
-    gemm_acc(qs, D, 1, mp, D, kt, kBK, p, kBK, n_pad);    // scaled scores
-    gemm_acc(dos, D, 1, mp, D, vt, kBK, ds, kBK, n_pad);  // dout v^T: gradient of the dropped probabilities
+    const int64_t mi = std::min(kBQ, h.T_q - i0);
+    const float *q = h.q + i0 * D, *dout = b.dout + i0 * D;
+    sgemm(false, true, mi, nk, D, scale, q, D, k, D, 0.f, p, kBK);   // scaled scores
+    sgemm(false, true, mi, nk, D, 1.f, dout, D, v, D, 0.f, ds, kBK);  // dout v^T: gradient of pd
     for (int64_t i = 0; i < mi; ++i) {
-      float *prow = p + i * kBK, *pdrow = pd + i * kBK, *dsrow = ds + i * kBK;
       const int64_t n = std::clamp<int64_t>(h.key_limit(i0 + i) - j0, 0, nk);
-      const float lse = b.lse[i0 + i], delta = b.delta[i0 + i];
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) prow[j] = exp_fast(prow[j] - lse);
-      for (int64_t j = n; j < n_pad; ++j) prow[j] = dsrow[j] = 0.f;
+      const float* keep = nullptr;
       if (drop.p > 0.f) {
-        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0, n, drop.p, keep);
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          pdrow[j] = prow[j] * keep[j];
-          dsrow[j] = prow[j] * (dsrow[j] * keep[j] - delta);
-        }
-        for (int64_t j = n; j < n_pad; ++j) pdrow[j] = 0.f;
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) dsrow[j] = prow[j] * (dsrow[j] - delta);
+        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0, n, drop.p, w.keep.data());
+        keep = w.keep.data();
       }
+      bwd_row(p + i * kBK, pd + i * kBK, ds + i * kBK, n, nk, b.lse[i0 + i], b.delta[i0 + i], keep);
     }
-    gemm_acc(pd, 1, kBK, nk4, mi, dos, D, dv, D, D);  // dv += pd^T dout
-    gemm_acc(ds, 1, kBK, nk4, mi, qs, D, dk, D, D);   // dk += ds^T (scale q)
-    std::memset(dq, 0, mp * D * sizeof(float));
-    gemm_acc(ds, kBK, 1, mp, nk, h.k + j0 * D, D, dq, D, D);  // ds k
-    float* target = b.dq + i0 * D;
-    const int64_t n = mi * D;
-#pragma omp simd
-    for (int64_t e = 0; e < n; ++e) target[e] += scale * dq[e];
+    sgemm(true, false, nk, D, mi, 1.f, pd, kBK, dout, D, 1.f, dv, D);             // dv += pd^T dout
+    sgemm(true, false, nk, D, mi, scale, ds, kBK, q, D, 1.f, dk, D);              // dk += scale ds^T q
+    sgemm(false, false, mi, D, nk, scale, ds, kBK, k, D, 1.f, b.dq + i0 * D, D);  // dq += scale ds k
   }
-  std::memcpy(b.dk + j0 * D, dk, nk * D * sizeof(float));
-  std::memcpy(b.dv + j0 * D, dv, nk * D * sizeof(float));
 }
 
 // Backward tasks per head: key blocks split into this many runs (fixed by the shape alone).
@@ -314,7 +271,7 @@ gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionSha
       for (int64_t d = 0; d < D; ++d) sum += dout[r * D + d] * out[r * D + d];
       delta[r] = sum;
     }
-    BwdScratch w(D);
+    BwdScratch w;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < heads * splits; ++t) {
       const int64_t bh = t % heads, split = t / heads;
