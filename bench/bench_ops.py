@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
 
 import gptcore
 from gptcore import ops
@@ -52,10 +53,13 @@ class Table:
         self.device, self.warmup, self.reps = device, warmup, reps
         self.rows: list[str] = []
 
-    def compare(self, op: str, shape: str, ours: Callable, baselines: dict[str, Callable], gbytes: float = 0.0):
+    def compare(
+        self, op: str, shape: str, ours: Callable, baselines: dict[str, Callable], work: float = 0.0, unit: str = "GB/s"
+    ):
+        """work: GB moved or TFLOP done per call (unit says which), shown as gptcore's rate."""
         t_ours, *t_bases = median_seconds([ours, *baselines.values()], self.device, self.warmup, self.reps)
         for name, t_base in zip(baselines, t_bases):
-            bw = f"{gbytes / t_ours:.1f}" if gbytes else ""
+            bw = f"{work / t_ours:.1f} {unit}" if work else ""
             self.rows.append(
                 f"| {op} | {shape} | {t_ours * 1e3:.3f} | {bw} | {name} | {t_base * 1e3:.3f} | {t_base / t_ours:.2f}x |"
             )
@@ -63,7 +67,7 @@ class Table:
 
     def header(self) -> str:
         return (
-            "| op | shape | gptcore ms | gptcore GB/s | baseline | baseline ms | speedup |\n"
+            "| op | shape | gptcore ms | gptcore rate | baseline | baseline ms | speedup |\n"
             "|---|---|---|---|---|---|---|"
         )
 
@@ -222,24 +226,47 @@ def bench_adamw(t: Table, dtype: torch.dtype, steps: int = 3):
     t.compare("AdamW step", shape, opt.step, baselines, gbytes)
 
 
+def sdpa_baselines(device: torch.device) -> dict[str, Callable]:
+    """Causal SDPA as the baseline: on CUDA once per fast backend (flash, cuDNN), else the default."""
+
+    def sdpa(backend=None):
+        def run(q, k, v):
+            if backend is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        return run
+
+    if device.type != "cuda":
+        return {"F.sdpa(is_causal=True)": sdpa()}
+    from torch.nn.attention import SDPBackend
+
+    return {"sdpa flash": sdpa(SDPBackend.FLASH_ATTENTION), "sdpa cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
+
+
 def bench_attention(t: Table, B: int, H: int, T: int, D: int, dtype: torch.dtype):
     dev = t.device
     q, k, v = (torch.randn(B, H, T, D, device=dev, dtype=dtype) for _ in range(3))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    baselines = sdpa_baselines(dev)
+    want = next(iter(baselines.values()))(q, k, v)
     torch.testing.assert_close(ops.attention(q, k, v), want, rtol=tol, atol=tol)
     shape = f"{B}x{H}x{T}x{D} causal {str(dtype)[6:]}"
+    tflop = 4 * B * H * T * T * D / 2 / 1e12  # causal forward; the backward is 2.5x (flash-attention's count)
     with torch.no_grad():
         t.compare(
             "attention fwd",
             shape,
             lambda: ops.attention(q, k, v),
-            {"F.sdpa(is_causal=True)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)},
+            {name: (lambda fn=fn: fn(q, k, v)) for name, fn in baselines.items()},
+            tflop,
+            "TFLOP/s",
         )
     qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
     dout = torch.randn_like(q)
     g_ours = torch.autograd.grad(ops.attention(qg, kg, vg), (qg, kg, vg), dout)
-    g_ref = torch.autograd.grad(F.scaled_dot_product_attention(qg, kg, vg, is_causal=True), (qg, kg, vg), dout)
+    g_ref = torch.autograd.grad(next(iter(baselines.values()))(qg, kg, vg), (qg, kg, vg), dout)
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b, rtol=10 * tol, atol=10 * tol)
 
@@ -250,8 +277,18 @@ def bench_attention(t: Table, B: int, H: int, T: int, D: int, dtype: torch.dtype
         "attention fwd+bwd",
         shape,
         fwd_bwd(ops.attention),
-        {"F.sdpa(is_causal=True)": fwd_bwd(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))},
+        {name: fwd_bwd(fn) for name, fn in baselines.items()},
+        3.5 * tflop,
+        "TFLOP/s",
     )
+
+
+def bench_attention_sweep(t: Table, dtype: torch.dtype):
+    """The GPU comparison of the issue: 16k tokens per batch, T from 512 to 8192, D 64 and 128,
+    model width 2048 (H = 2048 / D), causal."""
+    for D in (64, 128):
+        for T in (512, 1024, 2048, 4096, 8192):
+            bench_attention(t, 16384 // T, 2048 // D, T, D, dtype)
 
 
 # glibc returns large freed blocks to the OS, so each new CPU output tensor page-faults on
@@ -270,6 +307,7 @@ def main() -> None:
     parser.add_argument("--C", type=int, default=768)
     parser.add_argument("--V", type=int, default=50257)
     parser.add_argument("--attn", default="4,12,1024,64", help="attention B,H,T,D")
+    parser.add_argument("--attn-sweep", action="store_true", help="attention at T 512..8192, D 64/128 (for GPUs)")
     parser.add_argument("--ops", default="layer_norm,cross_entropy,adamw,linear,attention")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=10)
@@ -288,7 +326,10 @@ def main() -> None:
     if "linear" in selected:
         bench_linear(table, args.rows, args.C, dtype)
     if "attention" in selected:
-        bench_attention(table, *(int(x) for x in args.attn.split(",")), dtype)
+        if args.attn_sweep:
+            bench_attention_sweep(table, dtype)
+        else:
+            bench_attention(table, *(int(x) for x in args.attn.split(",")), dtype)
 
 
 if __name__ == "__main__":
