@@ -81,7 +81,7 @@ class IndexedDataset:
 
     @property
     def document_indices(self) -> np.ndarray:
-        """int64 [documents + 1]: the first sequence of each document, then ``len``."""
+        """int64 [documents + 1]: the first sequence of each document, then the end of the last one."""
         return self._reader.document_indices
 
     @property
@@ -98,7 +98,8 @@ class IndexedDataset:
         self._reader.check_vocab(vocab_size)
 
     def __repr__(self) -> str:
-        return f"IndexedDataset({self.prefix!r}, sequences={len(self)}, documents={self.num_documents}, dtype={self.dtype})"
+        counts = f"sequences={len(self)}, documents={self.num_documents}"
+        return f"IndexedDataset({self.prefix!r}, {counts}, dtype={self.dtype})"
 
 
 class IndexedDatasetBuilder:
