@@ -78,4 +78,5 @@ PYBIND11_MODULE(_C, m) {
   bind_adamw(m);
   bind_linear(m);
   bind_attention(m);
+  bind_gpt_samples(m);
 }
