@@ -92,9 +92,7 @@ def parse_blend(blend: str) -> tuple[list[float], list[str]]:
     return [w / total for w in weights], prefixes
 
 
-def build_indices(
-    lengths: np.ndarray, sequences: range, epochs: int, seq_len: int, seed: int
-) -> dict[str, np.ndarray]:
+def build_indices(lengths: np.ndarray, sequences: range, epochs: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
     """The document, sample and shuffle indices of `epochs` passes over `sequences`."""
     rng = np.random.RandomState(seed)
     ids = np.arange(sequences.start, sequences.stop, dtype=np.int32)
