@@ -61,24 +61,24 @@ gc_status samples_held(const char* api, const gc_gpt_sample_index_params& p, int
   return GC_OK;
 }
 
-// Walks the token stream seq_len tokens at a time; each stop is the start of the next sample.
+// Walks the token stream document by document, writing each sample start that falls inside the
+// current document. Prefetching the sizes of documents further on keeps their random loads off the
+// critical path after the loop's hard-to-predict branches.
 template <class Doc>
-void fill_sample_index(const int32_t* sizes, const Doc* doc, int64_t seq_len, int64_t num_samples, int64_t* out) {
-  int64_t position = 0, offset = 0;
+void fill_sample_index(const int32_t* sizes, const Doc* doc, int64_t length, int64_t seq_len, int64_t num_samples,
+                       int64_t* out) {
+  constexpr int64_t kPrefetch = 16;
   out[0] = 0;
   out[1] = 0;
-  for (int64_t s = 1; s <= num_samples; ++s) {
-    int64_t ahead = seq_len;  // tokens still to step over
-    for (;;) {
-      const int64_t rest = sizes[doc[position]] - offset;  // tokens from offset to the document's end
-      if (ahead < rest) break;
-      ahead -= rest;
-      ++position;
-      offset = 0;
+  int64_t s = 1, next = seq_len, start = 0;  // sample s starts at stream token next = s * seq_len
+  for (int64_t position = 0; position < length && s <= num_samples; ++position) {
+    if (position + kPrefetch < length) __builtin_prefetch(sizes + doc[position + kPrefetch]);
+    const int64_t end = start + sizes[doc[position]];
+    for (; next < end && s <= num_samples; ++s, next += seq_len) {
+      out[2 * s] = position;
+      out[2 * s + 1] = next - start;
     }
-    offset += ahead;
-    out[2 * s] = position;
-    out[2 * s + 1] = offset;
+    start = end;
   }
 }
 
@@ -139,9 +139,9 @@ extern "C" gc_status gc_gpt_sample_index(const gc_gpt_sample_index_params* param
     const auto* sizes = static_cast<const int32_t*>(p.sizes.data);
     auto* out = static_cast<int64_t*>(p.sample_index.data);
     if (p.doc_index.dtype == GC_INT32)
-      fill_sample_index(sizes, static_cast<const int32_t*>(p.doc_index.data), p.seq_len, wanted, out);
+      fill_sample_index(sizes, static_cast<const int32_t*>(p.doc_index.data), p.doc_index.shape[0], p.seq_len, wanted, out);
     else
-      fill_sample_index(sizes, static_cast<const int64_t*>(p.doc_index.data), p.seq_len, wanted, out);
+      fill_sample_index(sizes, static_cast<const int64_t*>(p.doc_index.data), p.doc_index.shape[0], p.seq_len, wanted, out);
     return GC_OK;
   });
 }
