@@ -79,4 +79,5 @@ PYBIND11_MODULE(_C, m) {
   bind_linear(m);
   bind_attention(m);
   bind_indexed_dataset(m);
+  bind_gpt_samples(m);
 }

@@ -5,6 +5,7 @@
 #include "gptcore/adamw.h"
 #include "gptcore/attention.h"
 #include "gptcore/cross_entropy.h"
+#include "gptcore/gpt_samples.h"
 #include "gptcore/indexed_dataset.h"
 #include "gptcore/info.h"
 #include "gptcore/layer_norm.h"
