@@ -245,7 +245,7 @@ def _training_sentences(documents: Iterable[str], max_bytes: int) -> Iterator[st
 
 
 def train_sentencepiece(
-    inputs: Sequence[PathLike] | None,
+    inputs: Sequence[PathLike],
     model_prefix: PathLike,
     vocab_size: int,
     model_type: str = "bpe",
@@ -253,31 +253,31 @@ def train_sentencepiece(
     json_keys: Sequence[str] = ("text",),
     character_coverage: float = 0.9995,
     input_sentence_size: int = 5_000_000,
-    documents: Iterable[str] | None = None,
     num_threads: int | None = None,
     progress: bool = False,
 ) -> Path:
-    """Train a SentencePiece model on text/jsonl ``inputs`` (or on ``documents`` directly) and return
+    """Train a SentencePiece model on text/jsonl ``inputs`` (see ``iter_documents``) and return
     ``<model_prefix>.model`` (with ``.vocab`` beside it), written only once training succeeded.
 
     Pieces: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2 (the eod), ``<pad>`` 3 as control symbols, ``\\n`` a
-    user-defined piece. Text is not normalized (identity rule, whitespace kept, digits split) so
-    decode(encode(t)) == t; with ``byte_fallback`` characters outside the vocabulary become UTF-8
-    byte pieces instead of ``<unk>``. ``character_coverage`` 0.9995 keeps the common CJK characters
-    and leaves the rare ones to byte fallback; ``input_sentence_size`` caps the lines sampled.
+    user-defined piece, printable ASCII always present. Text is not normalized (identity rule,
+    whitespace kept, no dummy prefix, digits split), so decode(encode(t)) == t; with ``byte_fallback``
+    characters outside the vocabulary become UTF-8 byte pieces instead of ``<unk>``.
+    ``character_coverage`` 0.9995 keeps the common CJK characters and leaves the rare ones to byte
+    fallback; ``input_sentence_size`` caps the lines sampled (SentencePiece holds them in memory).
+    The sampling seed is fixed (a process-wide SentencePiece setting): the same inputs give the same
+    pieces and scores.
     """
     import sentencepiece as spm
     from tqdm import tqdm
 
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
-    if (inputs is None) == (documents is None):
-        raise ValueError("give exactly one of inputs and documents")
     max_sentence_bytes = 4192
-    if documents is None:
-        documents = iter_documents(inputs, json_keys)
-    source = [str(p) for p in inputs] if inputs is not None else "the documents given"
-    documents = tqdm(documents, desc="tokenizer training text", unit=" docs", disable=not progress)
+    source = [str(p) for p in inputs]
+    documents = tqdm(
+        iter_documents(inputs, json_keys), desc="tokenizer training text", unit=" docs", disable=not progress
+    )
     sentences = _training_sentences(documents, max_sentence_bytes)
     first = next(sentences, None)
     if first is None:
