@@ -1,4 +1,4 @@
-"""The `gptcore` console script. Subcommands arrive with their features; `info` is the first."""
+"""The `gptcore` console script. Subcommands arrive with their features: `info`, `tokenizer train`."""
 
 from __future__ import annotations
 
@@ -45,13 +45,64 @@ def info_text() -> str:
     return "\n".join(lines)
 
 
+def _add_tokenizer_parser(sub) -> None:
+    tok = sub.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="tokenizer_command", required=True)
+    train = tok.add_parser(
+        "train",
+        help="train a SentencePiece tokenizer (BPE or unigram) on text/jsonl files",
+        description="Train a SentencePiece tokenizer. Plain text files hold one document a line; .jsonl files"
+        " one JSON object a line. Without --input, trains on the built-in default corpus (the Python"
+        " standard library's sources, assembled and cached on first use).",
+    )
+    train.add_argument("--input", nargs="+", metavar="FILE", help="text or jsonl files (default: the default corpus)")
+    train.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    train.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="jsonl keys holding text")
+    train.add_argument(
+        "--no-byte-fallback",
+        dest="byte_fallback",
+        action="store_false",
+        help="unknown characters become <unk> instead of UTF-8 byte pieces",
+    )
+    train.add_argument(
+        "--character-coverage",
+        type=float,
+        default=0.9995,
+        help="share of characters the vocabulary must cover (0.9995 suits Chinese; rest via bytes)",
+    )
+    train.add_argument("--input-sentence-size", type=int, default=5_000_000, help="lines sampled for training")
+
+
+def _tokenizer_train(args) -> None:
+    from gptcore.data import default_corpus_jsonl, load_tokenizer, train_sentencepiece
+
+    inputs = args.input if args.input else [default_corpus_jsonl()]
+    model = train_sentencepiece(
+        inputs,
+        args.model_prefix,
+        args.vocab_size,
+        args.model_type,
+        byte_fallback=args.byte_fallback,
+        json_keys=args.json_keys,
+        character_coverage=args.character_coverage,
+        input_sentence_size=args.input_sentence_size,
+        progress=sys.stderr.isatty(),
+    )
+    tok = load_tokenizer(model)
+    print(f"{model}: {args.model_type}, vocab size {tok.vocab_size}, eod id {tok.eod_id}, pad id {tok.pad_id}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gptcore", description="GPT-2 / GPT-3 training on a fused C++/CUDA core")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, build flags (CUDA, architectures, cuBLAS, NCCL) and visible devices")
+    _add_tokenizer_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_text())
+    elif args.command == "tokenizer" and args.tokenizer_command == "train":
+        _tokenizer_train(args)
     return 0
 
 

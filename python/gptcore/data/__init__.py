@@ -9,15 +9,36 @@ from gptcore.data.gpt_dataset import (
     parse_split,
 )
 from gptcore.data.indexed import IndexedDataset, IndexedDatasetBuilder, best_dtype
+from gptcore.data.stdlib_corpus import default_corpus, default_corpus_jsonl
+from gptcore.data.tokenizer import (
+    HFTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    gpt2_bpe_tokenizer,
+    hf_tokenizer,
+    iter_documents,
+    load_tokenizer,
+    train_sentencepiece,
+)
 
 __all__ = [
     "BlendedDataset",
     "GPTDataset",
+    "HFTokenizer",
     "IndexedDataset",
     "IndexedDatasetBuilder",
+    "SentencePieceTokenizer",
+    "Tokenizer",
     "best_dtype",
     "blend_index",
     "blend_sample_counts",
+    "default_corpus",
+    "default_corpus_jsonl",
+    "gpt2_bpe_tokenizer",
+    "hf_tokenizer",
+    "iter_documents",
+    "load_tokenizer",
     "parse_blend",
     "parse_split",
+    "train_sentencepiece",
 ]
