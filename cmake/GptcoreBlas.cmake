@@ -1,16 +1,10 @@
 # The CPU BLAS for gptcore: OpenBLAS from the scipy-openblas32 wheel (32-bit indices, symbols
 # prefixed scipy_), found in the Python environment like the nvidia-* wheels.
 #   -> gptcore::blas (include dir + library), GPTCORE_BLAS_LIB_DIR (for rpaths)
-# Ask the package itself first: under pip's isolated build it sits on an overlay that only
-# the import system knows about; then fall back to the interpreter's site-packages.
 set(_gc_blas_roots "")
-if(Python_EXECUTABLE)
-  execute_process(
-    COMMAND "${Python_EXECUTABLE}" -c
-      "import os, site, sysconfig\ntry:\n import scipy_openblas32 as s; print(os.path.dirname(s.get_include_dir()))\nexcept ImportError: pass\nfor d in [sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']] + site.getsitepackages(): print(os.path.join(d, 'scipy_openblas32'))"
-    OUTPUT_VARIABLE _gc_blas_roots OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-  string(REPLACE "\n" ";" _gc_blas_roots "${_gc_blas_roots}")
-endif()
+foreach(_dir IN LISTS GPTCORE_PYTHON_SITE_DIRS)
+  list(APPEND _gc_blas_roots "${_dir}/scipy_openblas32")
+endforeach()
 
 find_path(GPTCORE_BLAS_INCLUDE_DIR cblas.h HINTS ${_gc_blas_roots} PATH_SUFFIXES include NO_DEFAULT_PATH)
 find_library(GPTCORE_BLAS_LIBRARY NAMES scipy_openblas HINTS ${_gc_blas_roots} PATH_SUFFIXES lib NO_DEFAULT_PATH)

@@ -34,16 +34,8 @@ find_package(CUDAToolkit REQUIRED)
 set(GPTCORE_WITH_CUDA ON)
 set(GPTCORE_CUDA_ARCHS "${CMAKE_CUDA_ARCHITECTURES}")
 
-# Site-packages folders where the nvidia-* wheels may be installed.
-set(_gc_site "")
-if(Python_EXECUTABLE)
-  execute_process(
-    COMMAND "${Python_EXECUTABLE}" -c
-      "import site, sysconfig; print(';'.join([sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']] + site.getsitepackages()))"
-    OUTPUT_VARIABLE _gc_site OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-endif()
 set(_gc_wheel_roots "")
-foreach(_dir IN LISTS _gc_site)
+foreach(_dir IN LISTS GPTCORE_PYTHON_SITE_DIRS)
   list(APPEND _gc_wheel_roots "${_dir}/nvidia/cu13" "${_dir}/nvidia/cublas" "${_dir}/nvidia/nccl")
 endforeach()
 
