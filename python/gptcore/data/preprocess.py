@@ -22,6 +22,7 @@ into place only at the end; any exception, ``KeyboardInterrupt`` included, remov
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import multiprocessing
@@ -131,7 +132,7 @@ class _Encoder:
                 for doc in ids:
                     doc.append(self.s.eod_id)
             lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
-            flat = np.fromiter((t for doc in ids for t in doc), np.int64, int(lengths[-1].sum()))
+            flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lengths[-1].sum()))
             tokens.append(flat)
         return _Encoded(chunk.partition, chunk.nbytes, tokens, lengths, replaced, skipped)
 
