@@ -3,6 +3,7 @@ output for any worker and partition count, dtypes, bad input (strict/replace/ski
 the CLI, tinyshakespeare through a SentencePiece model, the cached default dataset."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def _decoded(prefix, tok=None):
 
 
 def _files(prefix):
-    return {s: open(f"{prefix}{s}", "rb").read() for s in (".bin", ".idx")}
+    return {s: Path(f"{prefix}{s}").read_bytes() for s in (".bin", ".idx")}
 
 
 def _write_jsonl(path, records):
