@@ -1,4 +1,4 @@
-"""The `gptcore` console script. Subcommands arrive with their features: `info`, `tokenizer train`."""
+"""The `gptcore` console script. Subcommands arrive with their features: `info`, `tokenizer train`, `preprocess`."""
 
 from __future__ import annotations
 
@@ -93,16 +93,83 @@ def _tokenizer_train(args) -> None:
     print(f"{model}: {args.model_type}, vocab size {tok.vocab_size}, eod id {tok.eod_id}, pad id {tok.pad_id}")
 
 
+def _add_preprocess_parser(sub) -> None:
+    pre = sub.add_parser(
+        "preprocess",
+        help="tokenize text/jsonl into Megatron .bin/.idx datasets",
+        description="Tokenize files, directories and globs into PREFIX_<key>_document.bin/.idx, one dataset"
+        " per json key (uint16 tokens below a vocabulary of 65500, else int32). .jsonl/.json files hold one"
+        " JSON object a line; other files are plain text, a document a line or a file (--text-mode)."
+        " Without --input and --tokenizer, tokenizes the built-in default corpus (the Python standard"
+        " library's sources, with a tokenizer trained on them) into the cache and prints where it went.",
+    )
+    pre.add_argument("--input", nargs="+", metavar="PATH", help="files, directories or glob patterns")
+    pre.add_argument("--output-prefix", help="writes PREFIX_<key>_document.bin/.idx")
+    pre.add_argument(
+        "--tokenizer", nargs="+", metavar="PATH", help="a .model, tokenizer.json, a directory, or vocab.json merges.txt"
+    )
+    pre.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="jsonl keys, a dataset each")
+    pre.add_argument(
+        "--text-mode", choices=("line", "file"), default="line", help="plain text: a document per line or per file"
+    )
+    pre.add_argument("--append-eod", action="store_true", help="end every document with the eod token")
+    pre.add_argument("--workers", type=int, default=1, help="tokenizing processes")
+    pre.add_argument("--partitions", type=int, default=1, help="temporary datasets written in turn, then merged")
+    pre.add_argument(
+        "--errors",
+        choices=("strict", "replace", "skip"),
+        default="strict",
+        help="lines that are not UTF-8 or not a JSON object with the keys: stop (naming file:line),"
+        " replace bad bytes with U+FFFD, or skip them; replace and skip report counts",
+    )
+    pre.add_argument("--vocab-size", type=int, default=8192, help="default corpus only: the tokenizer's vocabulary")
+
+
+def _preprocess(parser, args) -> None:
+    from gptcore.data import default_dataset, preprocess
+
+    progress = sys.stderr.isatty()
+    if args.input is None and args.tokenizer is None:
+        dataset, model = default_dataset(args.vocab_size, workers=args.workers, progress=progress)
+        print(f"default corpus: {dataset}.bin/.idx (tokenizer {model})")
+        return
+    if args.input is None or args.tokenizer is None or args.output_prefix is None:
+        parser.error("preprocess needs --input, --tokenizer and --output-prefix (or none of them: the default corpus)")
+    tokenizer = args.tokenizer[0] if len(args.tokenizer) == 1 else args.tokenizer
+    stats = preprocess(
+        args.input,
+        args.output_prefix,
+        tokenizer,
+        json_keys=args.json_keys,
+        text_mode=args.text_mode,
+        append_eod=args.append_eod,
+        workers=args.workers,
+        partitions=args.partitions,
+        errors=args.errors,
+        progress=progress,
+    )
+    mb = stats["bytes"] / 1e6
+    print(
+        f"{stats['documents']} documents, {stats['tokens']} tokens from {mb:.1f} MB in {stats['seconds']:.1f} s"
+        f" ({mb / max(stats['seconds'], 1e-9):.1f} MB/s); replaced {stats['replaced']}, skipped {stats['skipped']}"
+    )
+    for prefix in stats["outputs"].values():
+        print(f"  {prefix}.bin/.idx")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gptcore", description="GPT-2 / GPT-3 training on a fused C++/CUDA core")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, build flags (CUDA, architectures, cuBLAS, NCCL) and visible devices")
     _add_tokenizer_parser(sub)
+    _add_preprocess_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_text())
     elif args.command == "tokenizer" and args.tokenizer_command == "train":
         _tokenizer_train(args)
+    elif args.command == "preprocess":
+        _preprocess(parser, args)
     return 0
 
 

@@ -9,6 +9,7 @@ from gptcore.data.gpt_dataset import (
     parse_split,
 )
 from gptcore.data.indexed import IndexedDataset, IndexedDatasetBuilder, best_dtype
+from gptcore.data.preprocess import default_dataset, expand_inputs, preprocess
 from gptcore.data.stdlib_corpus import default_corpus, default_corpus_jsonl
 from gptcore.data.tokenizer import (
     HFTokenizer,
@@ -34,11 +35,14 @@ __all__ = [
     "blend_sample_counts",
     "default_corpus",
     "default_corpus_jsonl",
+    "default_dataset",
+    "expand_inputs",
     "gpt2_bpe_tokenizer",
     "hf_tokenizer",
     "iter_documents",
     "load_tokenizer",
     "parse_blend",
     "parse_split",
+    "preprocess",
     "train_sentencepiece",
 ]
