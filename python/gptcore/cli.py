@@ -1,4 +1,5 @@
-"""The `gptcore` console script. Subcommands arrive with their features: `info`, `tokenizer train`, `preprocess`."""
+"""The `gptcore` console script. Subcommands arrive with their features: `info`, `tokenizer train`, `preprocess`,
+`convert hf-import|hf-export`."""
 
 from __future__ import annotations
 
@@ -157,12 +158,47 @@ def _preprocess(parser, args) -> None:
         print(f"  {prefix}.bin/.idx")
 
 
+def _add_convert_parser(sub) -> None:
+    conv = sub.add_parser("convert", help="convert models: Hugging Face GPT-2 import/export").add_subparsers(
+        dest="convert_command", required=True
+    )
+    imp = conv.add_parser(
+        "hf-import",
+        help="a HF GPT-2 directory (config.json + model.safetensors) -> a gptcore model file",
+        description="Read a Hugging Face GPT-2 directory and write a gptcore model file: one safetensors file"
+        " with the GPTConfig as JSON in its metadata (gptcore.convert.load reads it).",
+    )
+    imp.add_argument("--hf-dir", required=True, help="directory with config.json and model.safetensors")
+    imp.add_argument("--out", required=True, help="the gptcore model file to write")
+    exp = conv.add_parser(
+        "hf-export",
+        help="a gptcore model file -> a HF GPT-2 directory (config.json + model.safetensors)",
+        description="Write a gptcore model file as a directory GPT2LMHeadModel.from_pretrained loads.",
+    )
+    exp.add_argument("--checkpoint", required=True, help="a gptcore model file (from hf-import or convert.save)")
+    exp.add_argument("--out", required=True, help="the directory to write")
+
+
+def _convert(args) -> None:
+    from gptcore import convert
+
+    if args.convert_command == "hf-import":
+        model = convert.from_hf(args.hf_dir, use_gptcore_ops=False)
+        convert.save(model, args.out)
+    else:
+        model = convert.load(args.checkpoint, use_gptcore_ops=False)
+        convert.to_hf(model, args.out)
+    c = model.config
+    print(f"{args.out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gptcore", description="GPT-2 / GPT-3 training on a fused C++/CUDA core")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, build flags (CUDA, architectures, cuBLAS, NCCL) and visible devices")
     _add_tokenizer_parser(sub)
     _add_preprocess_parser(sub)
+    _add_convert_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_text())
@@ -170,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         _tokenizer_train(args)
     elif args.command == "preprocess":
         _preprocess(parser, args)
+    elif args.command == "convert":
+        _convert(args)
     return 0
 
 

@@ -1,0 +1,145 @@
+"""Hugging Face GPT-2 import/export, and gptcore's single-file model format.
+
+HF GPT-2 stores its linear layers as Conv1D with weights [in, out]; gptcore uses F.linear's
+[out, in], so those weights are transposed both ways. gptcore pads the embedding rows to a
+multiple of `pad_vocab_multiple`; import pads with zero rows, export drops them. The LM head is
+tied to the embedding: HF writes no `lm_head.weight` and ties it on load.
+
+gptcore model file (`save` / `load`): one safetensors file holding the state dict, with the
+GPTConfig as JSON under the metadata key "gptcore_config".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from gptcore.model import GPT, GPTConfig
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def _config_from_hf(hf: dict, **overrides) -> GPTConfig:
+    n_embd = hf["n_embd"]
+    if hf.get("activation_function", "gelu_new") not in _GELU_TANH:
+        raise ValueError(f"from_hf: activation_function {hf['activation_function']!r} is not the tanh GELU")
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise ValueError(f"from_hf: n_inner {hf['n_inner']} is not 4 * n_embd = {4 * n_embd}")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if hf.get(flag):
+            raise ValueError(f"from_hf: {flag}=True is not supported")
+    if hf.get("scale_attn_weights") is False:
+        raise ValueError("from_hf: scale_attn_weights=False is not supported")
+    fields = dict(
+        vocab_size=hf["vocab_size"],
+        n_positions=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=n_embd,
+        dropout=hf.get("resid_pdrop", 0.0),
+        attn_dropout=hf.get("attn_pdrop", 0.0),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+    )
+    return GPTConfig(**(fields | overrides))
+
+
+def _state_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, value in hf_state.items():
+        name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of older checkpoints
+            continue
+        state[name] = value.t().contiguous() if name.endswith(_CONV1D) else value
+    wte = state["transformer.wte.weight"]
+    head = state.pop("lm_head.weight", None)
+    if head is not None and not torch.equal(head, wte):
+        raise ValueError("from_hf: lm_head.weight differs from transformer.wte.weight; gptcore ties them")
+    padding = wte.new_zeros(config.padded_vocab_size - wte.shape[0], wte.shape[1])
+    state["transformer.wte.weight"] = torch.cat([wte, padding])
+    return state
+
+
+def from_hf(source, **overrides) -> GPT:
+    """A GPT from a Hugging Face GPT-2: a directory with config.json + model.safetensors, or a
+    GPT2LMHeadModel. `overrides` set GPTConfig fields (e.g. use_gptcore_ops=False, dropout=0.0)."""
+    if isinstance(source, (str, os.PathLike)):
+        directory = Path(source)
+        hf_config = json.loads((directory / "config.json").read_text())
+        hf_state = load_file(directory / "model.safetensors")
+    else:
+        hf_config = source.config.to_dict()
+        hf_state = {k: v.detach() for k, v in source.state_dict().items()}
+    config = _config_from_hf(hf_config, **overrides)
+    model = GPT(config)
+    model.load_state_dict(_state_from_hf(hf_state, config))
+    return model
+
+
+def _hf_config(config: GPTConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.attn_dropout,
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": config.vocab_size - 1,
+        "eos_token_id": config.vocab_size - 1,
+        "torch_dtype": "float32",
+    }
+
+
+def to_hf(model: GPT, directory) -> Path:
+    """Write `model` as a Hugging Face GPT-2 directory: config.json + model.safetensors, loadable
+    with GPT2LMHeadModel.from_pretrained(directory). Returns the directory."""
+    config = model.config
+    if not config.bias:
+        raise ValueError("to_hf: HF GPT-2 has biases everywhere; this model was built with bias=False")
+    state = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if name == "transformer.wte.weight":
+            value = value[: config.vocab_size]
+        state[name] = value.t().contiguous() if name.endswith(_CONV1D) else value.contiguous()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(_hf_config(config), indent=2) + "\n")
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
+def save(model: GPT, path) -> None:
+    """gptcore's model file: the state dict as safetensors, the config in its metadata (without
+    use_gptcore_ops, which is a choice of whoever runs the model, not part of it)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    del config["use_gptcore_ops"]
+    save_file(state, path, metadata={"gptcore_config": json.dumps(config)})
+
+
+def load(path, **overrides) -> GPT:
+    """A GPT from a file written by `save`; `overrides` set GPTConfig fields."""
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "gptcore_config" not in metadata:
+        raise ValueError(f"{path}: not a gptcore model file (no 'gptcore_config' metadata)")
+    model = GPT(GPTConfig(**(json.loads(metadata["gptcore_config"]) | overrides)))
+    model.load_state_dict(load_file(path))
+    return model

@@ -1,0 +1,219 @@
+"""One readable GPT: learned positions, pre-LN, fused QKV, tanh GELU, tied embeddings.
+
+The same module runs on gptcore's fused ops or on plain PyTorch ops (`use_gptcore_ops=False`),
+picked once when the model is built. Parameter names follow Hugging Face's GPT2LMHeadModel
+(`transformer.h.0.attn.c_attn.weight`, ...) with linear weights in F.linear's [out, in] layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptcore import ops
+from gptcore.ops import reference
+
+# name: (n_layer, n_head, n_embd); GPT-2 sizes have 1024 positions, GPT-3 sizes 2048.
+_GPT2_SIZES = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+_GPT3_SIZES = {
+    "gpt3-base": (12, 12, 768),
+    "gpt3-large": (24, 16, 1024),
+    "gpt3-1.3b": (24, 32, 2048),
+    "gpt3-2.7b": (32, 32, 2560),
+    "gpt3-13b": (40, 40, 5120),
+    "gpt3-30b": (48, 56, 7168),
+    "gpt3-175b": (96, 96, 12288),
+}
+# Small models that train on a CPU in seconds (tests, examples).
+_TINY = {
+    "tiny": dict(vocab_size=512, n_positions=128, n_layer=2, n_head=2, n_embd=64),
+    "mini": dict(vocab_size=8192, n_positions=256, n_layer=4, n_head=4, n_embd=256),
+}
+
+
+def _presets() -> dict[str, dict]:
+    presets = {
+        name: dict(vocab_size=50257, n_positions=1024, n_layer=L, n_head=H, n_embd=C)
+        for name, (L, H, C) in _GPT2_SIZES.items()
+    }
+    presets |= {
+        name: dict(vocab_size=50257, n_positions=2048, n_layer=L, n_head=H, n_embd=C)
+        for name, (L, H, C) in _GPT3_SIZES.items()
+    }
+    return presets | _TINY
+
+
+PRESETS = _presets()
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    n_positions: int = 1024  # block size: the longest sequence the model sees
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # hidden: embeddings, attention output, MLP output
+    attn_dropout: float = 0.0  # attention probabilities
+    bias: bool = True  # biases in linear layers and layer norms
+    layer_norm_eps: float = 1e-5
+    pad_vocab_multiple: int = 128  # embedding rows padded so the vocab GEMM has friendly shapes
+    use_gptcore_ops: bool = True  # False: plain PyTorch ops (tests, comparison)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"GPTConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        head_dim = self.head_dim
+        if self.use_gptcore_ops and not (32 <= head_dim <= 128 and head_dim % 8 == 0):
+            raise ValueError(
+                f"GPTConfig: head dim n_embd / n_head = {head_dim}; gptcore's attention takes 32..128 in steps"
+                " of 8 (use_gptcore_ops=False runs any head dim on PyTorch ops)"
+            )
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPTConfig:
+        """A named size ("gpt2", "gpt2-medium", ..., "gpt3-175b", "tiny", "mini") with fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown GPT preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls(**(PRESETS[name] | overrides))
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameter count from the shapes alone (no allocation); equals GPT(config).num_parameters()."""
+        C, b = self.n_embd, int(self.bias)
+        layer_norm = C + b * C
+        per_layer = 2 * layer_norm + (3 * C * C + b * 3 * C) + (C * C + b * C) + (4 * C * C + b * 4 * C)
+        per_layer += 4 * C * C + b * C
+        return self.padded_vocab_size * C + self.n_positions * C + self.n_layer * per_layer + layer_norm
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _reference_attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
+
+
+REFERENCE_OPS = types.SimpleNamespace(
+    layer_norm=reference.layer_norm,
+    fused_add_layer_norm=reference.fused_add_layer_norm,
+    linear=reference.linear,
+    attention=_reference_attention,
+    cross_entropy=reference.cross_entropy,
+)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, op_set):
+        super().__init__()
+        C, bias = config.n_embd, config.bias
+        self.config, self.ops = config, op_set
+        self.ln_1 = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=bias)
+        self.attn = nn.Module()
+        self.attn.c_attn = nn.Linear(C, 3 * C, bias=bias)
+        self.attn.c_proj = nn.Linear(C, C, bias=bias)
+        self.ln_2 = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=bias)
+        self.mlp = nn.Module()
+        self.mlp.c_fc = nn.Linear(C, 4 * C, bias=bias)
+        self.mlp.c_proj = nn.Linear(4 * C, C, bias=bias)
+
+    def _project_add(self, x: torch.Tensor, proj: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+        """residual + dropout(proj(x)); without active dropout the add is fused into the GEMM."""
+        if self.training and self.config.dropout > 0:
+            return residual + F.dropout(self.ops.linear(x, proj.weight, proj.bias), self.config.dropout, True)
+        return self.ops.linear(x, proj.weight, proj.bias, residual=residual)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        H, eps = self.config.n_head, self.config.layer_norm_eps
+        h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, eps)
+        q, k, v = self.ops.linear(h, self.attn.c_attn.weight, self.attn.c_attn.bias).split(C, dim=-1)
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+        dropout_p = self.config.attn_dropout if self.training else 0.0
+        y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        x = self._project_add(y, self.attn.c_proj, x)
+        h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, eps)
+        h = self.ops.linear(h, self.mlp.c_fc.weight, self.mlp.c_fc.bias, activation="gelu")
+        return self._project_add(h, self.mlp.c_proj, x)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.ops = ops if config.use_gptcore_ops else REFERENCE_OPS
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                h=nn.ModuleList(Block(config, self.ops) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
+            )
+        )
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer) so the
+        residual stream's variance does not grow with depth; zero biases; unit LN weights."""
+        for name, p in self.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.fill_(1.0)
+            elif p.dim() == 1:
+                p.zero_()
+            elif name.endswith("c_proj.weight"):
+                p.normal_(0.0, 0.02 / math.sqrt(2 * self.config.n_layer))
+            else:
+                p.normal_(0.0, 0.02)
+        self.transformer.wte.weight[self.config.vocab_size :].zero_()  # padding rows: never read
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx [B, T] token ids -> (logits [B, T, vocab_size], mean cross-entropy against targets
+        [B, T] or None); targets equal to -100 are ignored."""
+        cfg, t = self.config, self.transformer
+        seq_len = idx.shape[1]
+        if seq_len > cfg.n_positions:
+            raise ValueError(f"GPT: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
+        pos = torch.arange(seq_len, device=idx.device)
+        x = F.dropout(t.wte(idx) + t.wpe(pos), cfg.dropout, self.training)
+        for block in t.h:
+            x = block(x)
+        x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
+        # Tied head over the real rows only: padding columns never enter the softmax.
+        logits = self.ops.linear(x, t.wte.weight[: cfg.vocab_size])
+        loss = None if targets is None else self.ops.cross_entropy(logits, targets, ignore_index=-100)
+        return logits, loss
