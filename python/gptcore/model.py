@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptcore import ops
+from gptcore import ops as gptcore_ops
 from gptcore.ops import reference
 
 # name: (n_layer, n_head, n_embd); GPT-2 sizes have 1024 positions, GPT-3 sizes 2048.
@@ -131,11 +131,16 @@ REFERENCE_OPS = types.SimpleNamespace(
 )
 
 
+def op_set(config: GPTConfig):
+    """gptcore.ops, or their plain PyTorch twins when config.use_gptcore_ops is False."""
+    return gptcore_ops if config.use_gptcore_ops else REFERENCE_OPS
+
+
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig, op_set):
+    def __init__(self, config: GPTConfig):
         super().__init__()
         C, bias = config.n_embd, config.bias
-        self.config, self.ops = config, op_set
+        self.config = config
         self.ln_1 = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=bias)
         self.attn = nn.Module()
         self.attn.c_attn = nn.Linear(C, 3 * C, bias=bias)
@@ -144,6 +149,10 @@ class Block(nn.Module):
         self.mlp = nn.Module()
         self.mlp.c_fc = nn.Linear(C, 4 * C, bias=bias)
         self.mlp.c_proj = nn.Linear(4 * C, C, bias=bias)
+
+    @property
+    def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
+        return op_set(self.config)
 
     def _project_add(self, x: torch.Tensor, proj: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
         """residual + dropout(proj(x)); without active dropout the add is fused into the GEMM."""
@@ -170,16 +179,19 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.ops = ops if config.use_gptcore_ops else REFERENCE_OPS
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.n_positions, config.n_embd),
-                h=nn.ModuleList(Block(config, self.ops) for _ in range(config.n_layer)),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
         self.reset_parameters()
+
+    @property
+    def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
+        return op_set(self.config)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -211,3 +211,16 @@ def test_too_long_sequence():
     model = GPT(GPTConfig.preset("tiny", n_positions=8))
     with pytest.raises(ValueError, match="exceeds n_positions"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_deepcopy_and_pickle():
+    import copy
+    import io
+
+    model = GPT(GPTConfig.preset("tiny"))
+    idx = torch.randint(0, 512, (1, 8))
+    torch.testing.assert_close(copy.deepcopy(model)(idx)[0], model(idx)[0], atol=0, rtol=0)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(torch.load(buffer, weights_only=False)(idx)[0], model(idx)[0], atol=0, rtol=0)
