@@ -36,6 +36,8 @@ class Tokenizer(ABC):
     whenever the vocabulary covers ``t`` (byte-level BPE and byte-fallback SentencePiece cover all text)."""
 
     name: str
+    eod_id: int | None  # appended after each document; None when the vocabulary has no such token
+    pad_id: int | None
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -50,14 +52,6 @@ class Tokenizer(ABC):
     @abstractmethod
     def vocab_size(self) -> int: ...
 
-    @property
-    @abstractmethod
-    def eod_id(self) -> int | None: ...
-
-    @property
-    @abstractmethod
-    def pad_id(self) -> int | None: ...
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size}, eod_id={self.eod_id})"
 
@@ -71,8 +65,8 @@ class HFTokenizer(Tokenizer):
         self.name = name
         if backend.get_vocab_size(with_added_tokens=True) == 0:
             raise ValueError(f"{name}: the vocabulary is empty")
-        self._eod_id = _first_id(backend.token_to_id, EOD_TOKENS)
-        self._pad_id = _first_id(backend.token_to_id, PAD_TOKENS)
+        self.eod_id = _first_id(backend.token_to_id, EOD_TOKENS)
+        self.pad_id = _first_id(backend.token_to_id, PAD_TOKENS)
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -86,14 +80,6 @@ class HFTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def eod_id(self) -> int | None:
-        return self._eod_id
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._pad_id
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -112,8 +98,8 @@ class SentencePieceTokenizer(Tokenizer):
         if self.backend.get_piece_size() == 0:
             raise ValueError(f"{path}: the vocabulary is empty")
         sp = self.backend
-        self._eod_id = sp.eos_id() if sp.eos_id() >= 0 else _first_id(self._piece_id, ("<eod>",))
-        self._pad_id = sp.pad_id() if sp.pad_id() >= 0 else None
+        self.eod_id = sp.eos_id() if sp.eos_id() >= 0 else _first_id(self._piece_id, ("<eod>",))
+        self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else None
 
     def _piece_id(self, piece: str) -> int | None:
         i = self.backend.piece_to_id(piece)
@@ -131,14 +117,6 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self.backend.get_piece_size()
-
-    @property
-    def eod_id(self) -> int | None:
-        return self._eod_id
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._pad_id
 
 
 def gpt2_bpe_tokenizer(vocab_file: PathLike, merges_file: PathLike) -> HFTokenizer:
