@@ -1,5 +1,5 @@
 """The `gptcore` console script. Subcommands arrive with their features: `info`, `tokenizer train`, `preprocess`,
-`convert hf-import|hf-export`."""
+`convert hf-import|hf-export`, `train`."""
 
 from __future__ import annotations
 
@@ -192,6 +192,39 @@ def _convert(args) -> None:
     print(f"{args.out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}")
 
 
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser(
+        "train",
+        help="pretrain a GPT from a YAML config (default: a tiny model on the built-in corpus)",
+        description="Pretrain a GPT. The config is a flat YAML file of TrainConfig keys (configs/*.yaml); each"
+        " key=value after it overrides one key (values parsed as YAML: lr=3e-4 save=out/run1 data_path=null)."
+        " Without data_path, trains on the built-in default corpus. Resumes from the newest checkpoint in"
+        " `load` (or `save`) when there is one; SIGTERM finishes the step, saves and exits.",
+    )
+    train.add_argument("--config", default="tiny-cpu", help="a YAML file or a shipped config name (default: tiny-cpu)")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def _train(args) -> int:
+    from gptcore.data import load_tokenizer
+    from gptcore.generate import sample
+    from gptcore.training import Trainer, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg)
+    trainer.train()
+    if trainer.stopped_by_signal:
+        print(f"stopped by {trainer.stopped_by_signal} at step {trainer.step}")
+        return 0
+    if cfg.sample_tokens:
+        tokenizer = load_tokenizer(trainer.tokenizer_path)
+        prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else []
+        ids = sample(trainer.model, prompt, cfg.sample_tokens, temperature=0.8, top_k=40, stop_id=tokenizer.eod_id)
+        print(f"--- sample ({cfg.sample_tokens} tokens, temperature 0.8, top-k 40) ---")
+        print(cfg.sample_prompt + tokenizer.decode(ids))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gptcore", description="GPT-2 / GPT-3 training on a fused C++/CUDA core")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_tokenizer_parser(sub)
     _add_preprocess_parser(sub)
     _add_convert_parser(sub)
+    _add_train_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_text())
@@ -208,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         _preprocess(parser, args)
     elif args.command == "convert":
         _convert(args)
+    elif args.command == "train":
+        from gptcore.training import ConfigError
+
+        try:
+            return _train(args)
+        except ConfigError as e:
+            print(f"gptcore train: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

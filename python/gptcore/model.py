@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gptcore import ops as gptcore_ops
 from gptcore.ops import reference
@@ -160,17 +161,24 @@ class Block(nn.Module):
             return residual + F.dropout(self.ops.linear(x, proj.weight, proj.bias), self.config.dropout, True)
         return self.ops.linear(x, proj.weight, proj.bias, residual=residual)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def attention_sublayer(self, x: torch.Tensor) -> torch.Tensor:
+        """attn(ln_1(x)) projected: the part that `recompute="selective"` recomputes in the backward."""
         B, T, C = x.shape
-        H, eps = self.config.n_head, self.config.layer_norm_eps
-        h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, eps)
+        H = self.config.n_head
+        h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.config.layer_norm_eps)
         q, k, v = self.ops.linear(h, self.attn.c_attn.weight, self.attn.c_attn.bias).split(C, dim=-1)
         q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.config.attn_dropout if self.training else 0.0
         y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return y.transpose(1, 2).contiguous().view(B, T, C)
+
+    def forward(self, x: torch.Tensor, recompute_attention: bool = False) -> torch.Tensor:
+        if recompute_attention:
+            y = checkpoint(self.attention_sublayer, x, use_reentrant=False)
+        else:
+            y = self.attention_sublayer(x)
         x = self._project_add(y, self.attn.c_proj, x)
-        h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, eps)
+        h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, self.config.layer_norm_eps)
         h = self.ops.linear(h, self.mlp.c_fc.weight, self.mlp.c_fc.bias, activation="gelu")
         return self._project_add(h, self.mlp.c_proj, x)
 
@@ -187,6 +195,9 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
+        # Activation recompute in training: "none", "full" (each block keeps only its input and
+        # reruns its forward in the backward) or "selective" (each block's attention sublayer).
+        self.recompute = "none"
         self.reset_parameters()
 
     @property
@@ -222,8 +233,14 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
         pos = torch.arange(seq_len, device=idx.device)
         x = F.dropout(t.wte(idx) + t.wpe(pos), cfg.dropout, self.training)
+        recompute = self.recompute if self.training and torch.is_grad_enabled() else "none"
+        if recompute not in ("none", "full", "selective"):
+            raise ValueError(f"GPT.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
         for block in t.h:
-            x = block(x)
+            if recompute == "full":
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, recompute_attention=recompute == "selective")
         x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
         # Tied head over the real rows only: padding columns never enter the softmax.
         logits = self.ops.linear(x, t.wte.weight[: cfg.vocab_size])

@@ -22,6 +22,9 @@ class AdamW(torch.optim.Optimizer):
     ('master'): the update runs on the master and the param receives the rounded value.
     Each param group may set its own lr and weight_decay; betas and eps are shared.
 
+    A param with a ``main_grad`` attribute (a float32 gradient accumulation buffer, Megatron's
+    convention for half params) is updated from it instead of ``.grad``.
+
     ``step(grad_scale=S)`` treats the grads as scaled by S (loss scaling): they are divided
     by S as they are read, and if any is inf/nan nothing changes (params, moments, step
     counts) and ``found_inf`` is True afterwards.
@@ -64,7 +67,7 @@ class AdamW(torch.optim.Optimizer):
         device = None
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                if _grad(p) is None:
                     continue
                 device = p.device if device is None else device
                 if p.device != device:
@@ -101,7 +104,7 @@ class AdamW(torch.optim.Optimizer):
 
     def _entry(self, p: torch.Tensor, group: dict[str, Any], grads: list[torch.Tensor]) -> tuple:
         """The C call's tuple for p, creating its state on first use; grads keeps the grad it passes alive."""
-        grad = p.grad
+        grad = _grad(p)
         if grad.is_sparse:
             raise ValueError("gptcore.optim.AdamW does not support sparse gradients")
         if p.dtype not in _DTYPE_CODES or grad.dtype not in _DTYPE_CODES:
@@ -148,6 +151,11 @@ class AdamW(torch.optim.Optimizer):
             for key in _FLOAT32_STATE:
                 if key in saved:
                     self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32, copy=True)
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor | None:
+    main_grad = getattr(p, "main_grad", None)
+    return p.grad if main_grad is None else main_grad
 
 
 def _check_group(group: dict[str, Any], first: dict[str, Any], index: int) -> None:

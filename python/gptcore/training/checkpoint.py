@@ -1,0 +1,120 @@
+"""Checkpoints: one folder per step, written under a temporary name, completed by a marker file and
+renamed into place; `latest` names the newest complete one and is replaced atomically, so a crash at
+any moment leaves the previous checkpoint usable.
+
+    <save>/step_00000100/model.safetensors   the model (gptcore model file: weights + config)
+                         trainer.pt          optimizer, loss scaler, RNG states, step, data position
+                         config.yaml         the training config
+                         tokenizer/          a copy of the tokenizer
+                         COMPLETE            written last
+    <save>/latest                            "step_00000100"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_checkpoint(save: str | os.PathLike, step: int, write_files, keep_last: int) -> Path:
+    """Create <save>/step_<step>: `write_files(folder)` fills a temporary folder, then the marker is
+    written, the folder renamed, `latest` moved to it and checkpoints beyond the newest `keep_last`
+    removed. Returns the checkpoint folder."""
+    root = Path(save)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".{final.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write_files(tmp)
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+    _write_atomic(tmp / COMPLETE, f"{step}\n")
+    if final.exists():  # a re-save of the same step (resumed run saving again): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _write_atomic(root / LATEST, final.name + "\n")
+    for old in complete_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """The complete checkpoint folders under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / COMPLETE).is_file()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: `path` itself if it is a checkpoint folder, else the one its
+    `latest` names, else its newest complete one; None if it holds none. An incomplete checkpoint
+    named explicitly is an error, not a silent fallback."""
+    path = Path(path)
+    if _STEP_DIR.match(path.name) and path.is_dir():
+        if not (path / COMPLETE).is_file():
+            raise ValueError(
+                f"{path}: checkpoint is incomplete (no {COMPLETE} marker; the run stopped while saving it);"
+                " point `load` at an earlier checkpoint or at the save folder"
+            )
+        return path
+    latest = path / LATEST
+    if latest.is_file():
+        named = path / latest.read_text().strip()
+        if (named / COMPLETE).is_file():
+            return named
+    found = complete_checkpoints(path)
+    return found[-1] if found else None
+
+
+def copy_tokenizer(source: str | os.PathLike, folder: Path) -> None:
+    """Copy a tokenizer (a .model, a tokenizer.json, vocab.json + merges.txt, or a folder of them)
+    into folder, which load_tokenizer then reads."""
+    source = Path(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        for name in ("tokenizer.json", "vocab.json", "merges.txt", *(p.name for p in source.glob("*.model"))):
+            if (source / name).is_file():
+                shutil.copy2(source / name, folder / name)
+    elif source.name in ("vocab.json", "merges.txt"):
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy2(source.with_name(name), folder / name)
+    elif source.suffix == ".model":
+        shutil.copy2(source, folder / source.name)
+    else:
+        shutil.copy2(source, folder / "tokenizer.json")

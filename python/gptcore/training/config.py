@@ -1,0 +1,276 @@
+"""The training config: one flat dataclass, read from YAML and `key=value` overrides, checked whole
+before any work starts so a bad value stops with a message naming the key and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from gptcore.model import PRESETS, GPTConfig
+
+# Model fields a config may set on top of the preset named by `model`.
+MODEL_FIELDS = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "dropout", "attn_dropout", "bias")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DECAY_STYLES = ("cosine", "linear", "constant")
+RECOMPUTE = ("none", "full", "selective")
+# Where `--config NAME` looks when NAME is not a file: the checkout's configs/, then the installed copy.
+CONFIG_DIRS = (Path(__file__).resolve().parents[3] / "configs", Path(__file__).resolve().parents[1] / "configs")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    # model: a preset (gptcore.model.PRESETS) and fields that override it
+    model: str = "tiny"
+    vocab_size: int | None = None  # None: the tokenizer's vocabulary size
+    n_positions: int | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None
+    attn_dropout: float | None = None
+    bias: bool | None = None
+    use_gptcore_ops: bool = True  # False: the same model on plain PyTorch ops
+    init_from: str | None = None  # a gptcore model file (.safetensors) or HF GPT-2 directory to start from
+
+    # data: Megatron-style prefixes (a blend "0.3 A 0.7 B" or one prefix); None: the built-in default corpus
+    data_path: str | None = None
+    tokenizer: str | None = None  # None with the default corpus: its tokenizer
+    split: str = "949,50,1"
+    seq_len: int = 128
+    eod_mask_loss: bool = False  # no loss on predicting the end-of-document token
+    data_cache: str | None = None  # sample-index cache folder; None: $GPTCORE_CACHE/indices
+
+    # batch and schedule
+    micro_batch_size: int = 8
+    global_batch_size: int = 8  # = micro_batch_size x gradient accumulation steps (one device)
+    train_steps: int = 1000
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 0
+    warmup_ratio: float | None = None  # fraction of decay_steps; overrides warmup_steps when set
+    decay_style: str = "cosine"
+    decay_steps: int | None = None  # None: train_steps; after it the lr stays at min_lr
+
+    # optimizer
+    weight_decay: float = 0.1  # on 2-D weights only (not biases, not layer norms)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0  # global grad norm; 0 turns clipping off
+
+    # precision and memory
+    precision: str = "fp32"  # bf16 / fp16: params and activations in that type, fp32 master weights
+    loss_scale: float | None = None  # fp16: a static loss scale; None: dynamic loss scaling
+    initial_loss_scale: float = 2.0**16
+    min_loss_scale: float = 1.0
+    loss_scale_window: int = 1000  # good steps before the scale doubles
+    hysteresis: int = 2  # overflows tolerated before the scale halves
+    recompute: str = "none"  # full: each block; selective: each block's attention sublayer
+
+    # eval, logging, checkpoints
+    eval_interval: int = 100  # 0: no periodic eval
+    eval_steps: int = 10  # micro batches of the validation split per eval
+    log_interval: int = 10
+    save: str | None = None  # checkpoint folder
+    save_interval: int = 0  # 0: save only at the end (and on SIGTERM)
+    keep_last: int = 3
+    load: str | None = None  # resume from this folder's latest checkpoint; None: from `save` if it has one
+    tensorboard_dir: str | None = None
+    log_file: str | None = None  # JSONL metrics; None: <save>/metrics.jsonl when saving
+    progress: bool = True
+    peak_tflops: float | None = None  # for MFU; None: looked up for known GPUs
+    sample_tokens: int = 0  # after training, print a sample of this many tokens
+    sample_prompt: str = ""
+
+    seed: int = 1234
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+
+    # ---- model --------------------------------------------------------------------------------
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig: the preset with this config's model fields; vocab_size defaults to the tokenizer's."""
+        overrides = {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
+        overrides.setdefault("vocab_size", vocab_size)
+        try:
+            return GPTConfig.preset(self.model, use_gptcore_ops=self.use_gptcore_ops, **overrides)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("GPTConfig.", "")) from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # ---- checks -------------------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        """Raise ConfigError on the first value that cannot work; return self."""
+        _check_types(self)
+        if self.model not in PRESETS:
+            raise ConfigError(f"model: unknown preset {self.model!r}; choose from {', '.join(PRESETS)}")
+        self.model_config(self.vocab_size or 1)  # shape checks (n_embd % n_head, head dim, dropout ranges)
+        positions = self.n_positions or PRESETS[self.model]["n_positions"]
+        if self.seq_len > positions:
+            raise ConfigError(
+                f"seq_len ({self.seq_len}) exceeds the model's n_positions ({positions}); "
+                f"lower seq_len or set n_positions >= {self.seq_len}"
+            )
+        for name in ("seq_len", "micro_batch_size", "global_batch_size", "train_steps", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_interval", "save_interval", "warmup_steps", "eval_steps", "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ConfigError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size}); the ratio is the number of gradient accumulation steps"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr must be in [0, lr = {self.lr}], got {self.min_lr}")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise ConfigError(f"decay_steps must be >= 1 (or unset for train_steps), got {self.decay_steps}")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps_resolved > self.decay_steps_resolved:
+            raise ConfigError(
+                f"warmup ({self.warmup_steps_resolved} steps) is longer than decay_steps ({self.decay_steps_resolved})"
+            )
+        _check_choice("decay_style", self.decay_style, DECAY_STYLES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("recompute", self.recompute, RECOMPUTE)
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.clip_grad < 0:
+            raise ConfigError(f"clip_grad must be >= 0 (0: no clipping), got {self.clip_grad}")
+        if self.loss_scale is not None and self.precision != "fp16":
+            raise ConfigError(f"loss_scale applies to precision fp16 only (precision is {self.precision}); unset it")
+        if self.loss_scale is not None and not self.loss_scale > 0:
+            raise ConfigError(f"loss_scale must be > 0, got {self.loss_scale}")
+        if not self.initial_loss_scale >= self.min_loss_scale > 0:
+            raise ConfigError("need initial_loss_scale >= min_loss_scale > 0")
+        if self.loss_scale_window < 1 or self.hysteresis < 1:
+            raise ConfigError("loss_scale_window and hysteresis must be >= 1")
+        if self.data_path is None and self.tokenizer is not None:
+            raise ConfigError("tokenizer is set but data_path is not; the default corpus brings its own tokenizer")
+        return self
+
+    @property
+    def decay_steps_resolved(self) -> int:
+        return self.train_steps if self.decay_steps is None else self.decay_steps
+
+    @property
+    def warmup_steps_resolved(self) -> int:
+        if self.warmup_ratio is not None:
+            return round(self.warmup_ratio * self.decay_steps_resolved)
+        return self.warmup_steps
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.global_batch_size // self.micro_batch_size
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _allowed_types(field: dataclasses.Field) -> tuple[tuple[type, ...], bool]:
+    hint = typing.get_type_hints(TrainConfig)[field.name]
+    args = typing.get_args(hint) or (hint,)
+    return tuple(a for a in args if a is not type(None)), type(None) in args
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        types, optional = _allowed_types(f)
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"{f.name} cannot be null")
+        if float in types and isinstance(value, int | str) and not isinstance(value, bool):
+            try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+                setattr(cfg, f.name, float(value))
+                continue
+            except ValueError:
+                pass
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in types) + (" or null" if optional else "")
+            raise ConfigError(f"{f.name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    names = [f.name for f in fields(TrainConfig)]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+    return ConfigError(f"{where}: unknown config key {key!r}{hint}")
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A file path, or the name of a shipped config ("tiny-cpu", "gpt2-small.yaml")."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in CONFIG_DIRS:
+        if (folder / stem).is_file() and (path.parent == Path(".") or path.parent.name == "configs"):
+            return folder / stem
+    shipped = sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    raise ConfigError(f"config {str(name)!r} not found; give a YAML file or one of: {', '.join(shipped)}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["lr=3e-4", "save=out"] -> {"lr": 0.0003, "save": "out"}; values are parsed as YAML scalars."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> TrainConfig:
+    """TrainConfig from a YAML file (flat keys; `null` for None) and overrides, validated."""
+    import yaml
+
+    values: dict = {}
+    if path is not None:
+        file = resolve_config_path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{file}: not valid YAML ({e})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping of key: value, got {type(loaded).__name__}")
+        values = loaded or {}
+        names = {f.name for f in fields(TrainConfig)}
+        for key in values:
+            if key not in names:
+                raise _unknown_key(key, str(file))
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    names = {f.name for f in fields(TrainConfig)}
+    for key in overrides or {}:
+        if key not in names:
+            raise _unknown_key(key, "override")
+    return TrainConfig(**(values | (overrides or {}))).validate()
