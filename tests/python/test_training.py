@@ -150,12 +150,12 @@ def test_yaml_values_and_overrides(tmp_path):
         load_config("no-such-config")
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIRS[0].glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
+    """Each config in configs/ loads by name (from the installed package or the checkout) and builds."""
     cfg = load_config(name)
-    model = cfg.model_config(50257)
-    assert cfg.seq_len <= model.n_positions
-    assert (REPO / "configs" / f"{name}.yaml").is_file()
+    assert cfg.model_config(50257).n_positions >= cfg.seq_len
+    assert any((folder / f"{name}.yaml").is_file() for folder in CONFIG_DIRS)
 
 
 def test_cli_reports_config_error_without_traceback(capsys):

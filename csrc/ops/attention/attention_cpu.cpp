@@ -5,14 +5,12 @@
 // Every product of two tiles is an OpenBLAS sgemm on the calling OpenMP thread: OpenBLAS is
 // held to one thread while attention runs (SerialBlas), so the two levels of threading never
 // stack, and each element of a product is computed the same way whatever the thread count.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
+#include "common/cpu_blas.h"
 #include "common/cpu_math.h"
 #include "common/philox.h"
 #include "ops/attention/attention.h"
@@ -29,38 +27,6 @@ constexpr int64_t kFwdBK = 256;  // keys per forward tile
 // its share of dq into its own float32 copy, summed at the end in a fixed order.
 constexpr int64_t kBwdKeysPerTask = 256;
 constexpr int64_t kBwdMaxSplits = 4;
-// OpenBLAS's thread count is process-wide. The first of any concurrent attention calls sets it
-// to 1 and the last one out restores it, so calls from several threads cannot strand it at 1.
-class SerialBlas {
- public:
-  SerialBlas() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (users_++ == 0) {
-      saved_ = scipy_openblas_get_num_threads();
-      scipy_openblas_set_num_threads(1);
-    }
-  }
-  ~SerialBlas() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (--users_ == 0) scipy_openblas_set_num_threads(saved_);
-  }
-  SerialBlas(const SerialBlas&) = delete;
-  SerialBlas& operator=(const SerialBlas&) = delete;
-
- private:
-  static inline std::mutex mutex_;
-  static inline int users_ = 0;
-  static inline int saved_ = 1;
-};
-
-// Row-major C [m, n] = alpha op(A) op(B) + beta C, op(A) [m, k], op(B) [k, n].
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                    static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
-                    static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
-}
-
 // keep[j] = 1 / (1 - p) when dropout element n0 + j is kept, else 0, for j < len: one Philox
 // call per four elements, the same draws as dropout_uniform(seed, offset, n0 + j).
 void dropout_keep(uint64_t seed, uint64_t offset, uint64_t n0, int64_t len, float p, float* keep) {

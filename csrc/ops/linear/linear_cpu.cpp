@@ -1,27 +1,13 @@
-// Linear on the CPU: float32 products by OpenBLAS (its own thread pool), then one fused
+// Linear on the CPU: float32 products by OpenBLAS split over the OpenMP team (sgemm_team), then one fused
 // OpenMP pass for the epilogue (forward) or the activation gradient and bias sums (backward).
-#include <cblas.h>
-
 #include <cstring>
 
+#include "common/cpu_blas.h"
 #include "common/cpu_math.h"
 #include "ops/linear/linear.h"
 
 namespace gc {
 namespace {
-
-// Row-major C[m, n] = op(A)[m, k] op(B)[k, n], C contiguous (ldc = n).
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-           int64_t ldb, float* c) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {  // an empty sum; not every BLAS writes C then
-    std::memset(c, 0, static_cast<size_t>(m * n) * sizeof(float));
-    return;
-  }
-  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                    static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), 1.f, a,
-                    static_cast<blasint>(lda), b, static_cast<blasint>(ldb), 0.f, c, static_cast<blasint>(n));
-}
 
 // One row of y = act(x W^T + bias) + residual, given the product in y.
 GC_CPU_CLONES
@@ -80,7 +66,7 @@ gc_status linear_fwd_cpu(const gc_linear_fwd_params& p, LinearDims d) {
   float* y = static_cast<float*>(p.y.data);
   const bool gelu = p.activation == GC_ACTIVATION_GELU_TANH;
   float* pre = gelu ? static_cast<float*>(p.pre_act.data) : nullptr;
-  sgemm(false, true, d.M, d.N, d.K, static_cast<const float*>(p.x.data), d.K, static_cast<const float*>(p.weight.data),
+  sgemm_team(false, true, d.M, d.N, d.K, static_cast<const float*>(p.x.data), d.K, static_cast<const float*>(p.weight.data),
         d.K, y);
   if (!gelu && !bias && !residual) return GC_OK;
   const int64_t N = d.N;
@@ -117,9 +103,9 @@ gc_status linear_bwd_cpu(const gc_linear_bwd_params& p, LinearDims d, void* work
   }
   const float* g = dpre ? dpre : dy;
   if (p.dx.data)
-    sgemm(false, false, M, K, N, g, N, static_cast<const float*>(p.weight.data), K, static_cast<float*>(p.dx.data));
+    sgemm_team(false, false, M, K, N, g, N, static_cast<const float*>(p.weight.data), K, static_cast<float*>(p.dx.data));
   if (p.dweight.data)
-    sgemm(true, false, N, K, M, g, N, static_cast<const float*>(p.x.data), K, static_cast<float*>(p.dweight.data));
+    sgemm_team(true, false, N, K, M, g, N, static_cast<const float*>(p.x.data), K, static_cast<float*>(p.dweight.data));
   return GC_OK;
 }
 

@@ -17,8 +17,8 @@ MODEL_FIELDS = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "dro
 PRECISIONS = ("fp32", "bf16", "fp16")
 DECAY_STYLES = ("cosine", "linear", "constant")
 RECOMPUTE = ("none", "full", "selective")
-# Where `--config NAME` looks when NAME is not a file: the checkout's configs/, then the installed copy.
-CONFIG_DIRS = (Path(__file__).resolve().parents[3] / "configs", Path(__file__).resolve().parents[1] / "configs")
+# Where `--config NAME` looks when NAME is not a file: the installed copy, then a checkout's configs/.
+CONFIG_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path(__file__).resolve().parents[3] / "configs")
 
 
 class ConfigError(ValueError):
