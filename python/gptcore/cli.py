@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return _train(args)
-        except ConfigError as e:
+        except (ConfigError, ValueError, FileNotFoundError) as e:
             print(f"gptcore train: error: {e}", file=sys.stderr)
             return 2
     return 0

@@ -172,6 +172,10 @@ def test_precision_on_cpu_kernels_is_a_config_error(corpus):
 def test_bad_data_path_and_vocab(corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"nothing\.idx not found"):
         quiet(small(corpus, data_path=str(tmp_path / "nothing")))
+    with pytest.raises(ConfigError, match=r"tokenizer: .*no such tokenizer file"):
+        quiet(small(corpus, tokenizer=str(tmp_path / "missing.model")))
+    with pytest.raises(ConfigError, match="init_from"):
+        quiet(small(corpus, init_from=str(tmp_path / "nothing-here")))
     with pytest.raises(ConfigError, match=r"vocab_size \(100\) is smaller than the tokenizer's \(512\)"):
         quiet(small(corpus, vocab_size=100))
 
@@ -344,6 +348,18 @@ def test_resume_with_another_model_is_refused(corpus, tmp_path):
         quiet(small(corpus, load=str(tmp_path / "empty")))
 
 
+def test_init_from_a_model_file(corpus, tmp_path):
+    first = quiet(small(corpus, save=str(tmp_path / "a"), train_steps=2, warmup_steps=0))
+    first.train()
+    second = quiet(small(corpus, init_from=str(tmp_path / "a" / "step_00000002"), save=str(tmp_path / "b")))
+    assert second.step == 0
+    assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
+    short = quiet(small(corpus, n_positions=16, seq_len=16, train_steps=1, warmup_steps=0, save=str(tmp_path / "c")))
+    short.train()
+    with pytest.raises(ConfigError, match=r"seq_len \(32\) exceeds the model's n_positions \(16\)"):
+        quiet(small(corpus, init_from=str(tmp_path / "c" / "step_00000001")))
+
+
 def test_tensorboard_events(corpus, tmp_path):
     pytest.importorskip("tensorboard")
     quiet(small(corpus, tensorboard_dir=str(tmp_path / "tb"), train_steps=2)).train()
@@ -406,28 +422,10 @@ def test_tiny_shakespeare_200_steps(shared_data, tmp_path):
     text = shared_data / "tinyshakespeare.txt"
     model = train_sentencepiece([text], tmp_path / "spm", vocab_size=512)
     preprocess([text], tmp_path / "shakespeare", model, append_eod=True, progress=False)
-    cfg = dict(
-        model="tiny",
-        n_layer=2,
-        n_embd=128,
-        n_head=4,
-        n_positions=128,
-        seq_len=128,
-        micro_batch_size=16,
-        global_batch_size=16,
-        train_steps=200,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=20,
-        eval_interval=200,
-        eval_steps=8,
-        log_interval=50,
-        progress=False,
-        device="cpu",
-        data_path=str(tmp_path / "shakespeare_text_document"),
-        tokenizer=str(model),
-        split="90,10,0",
-    )
+    data = (str(tmp_path / "shakespeare_text_document"), str(model))
+    cfg = small(data, n_layer=2, n_embd=128, n_head=4, n_positions=128, seq_len=128, split="90,10,0")
+    cfg |= dict(micro_batch_size=16, global_batch_size=16, train_steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=20)
+    cfg |= dict(eval_interval=200, eval_steps=8, log_interval=50)
     t = quiet(cfg)
     first = t.evaluate()["val_loss"]
     assert first == pytest.approx(math.log(512), abs=0.3)

@@ -95,7 +95,10 @@ class Trainer:
         if tokenizer_path is None:
             raise ConfigError("data_path is set but tokenizer is not; name the tokenizer the data was made with")
         self.tokenizer_path = tokenizer_path
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        try:
+            self.tokenizer = load_tokenizer(tokenizer_path)
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"tokenizer: {e}") from None
 
         torch.manual_seed(cfg.seed)
         if cfg.init_from:
@@ -106,6 +109,10 @@ class Trainer:
             raise ConfigError(
                 f"vocab_size ({self.model.config.vocab_size}) is smaller than the tokenizer's "
                 f"({self.tokenizer.vocab_size}); unset vocab_size to take the tokenizer's"
+            )
+        if cfg.seq_len > self.model.config.n_positions:
+            raise ConfigError(
+                f"seq_len ({cfg.seq_len}) exceeds the model's n_positions ({self.model.config.n_positions})"
             )
         self.model.recompute = cfg.recompute
         self.model.to(device=self.device, dtype=self.dtype)
@@ -161,7 +168,10 @@ class Trainer:
             path = path / "model.safetensors"
         if not path.is_file():
             raise ConfigError(f"init_from: {source} is neither a gptcore model file nor an HF GPT-2 folder")
-        return convert.load(path, **overrides)
+        try:
+            return convert.load(path, **overrides)
+        except ValueError as e:
+            raise ConfigError(f"init_from: {e}") from None
 
     def _datasets(self, data_path: str):
         cfg = self.cfg
