@@ -285,6 +285,22 @@ def test_fp16_static_scale_matches_fp32_direction(corpus):
     assert float((pb - pa).norm() / (pa - start).norm()) < 0.2
 
 
+def test_bf16_params_with_fp32_masters_and_main_grads(corpus):
+    """bf16: params and activations in bf16, float32 masters in the optimizer, grads accumulated in
+    float32 over the micro batches; the loss falls like the fp32 run's."""
+    cfg = small(corpus, use_gptcore_ops=False, micro_batch_size=1, train_steps=8, decay_style="constant")
+    a, b = quiet(cfg), quiet(cfg | {"precision": "bf16"})
+    p = b.model.transformer.h[0].attn.c_attn.weight
+    grads = []
+    p.register_post_accumulate_grad_hook(lambda q: grads.append(q.main_grad.dtype))
+    ra = [a.train_step()["loss"] for _ in range(8)]
+    rb = [b.train_step()["loss"] for _ in range(8)]
+    assert p.dtype == torch.bfloat16 and b.optimizer.state[p]["master"].dtype == torch.float32
+    assert set(grads) == {torch.float32} and len(grads) == 8 * 4  # 4 micro batches a step
+    assert torch.equal(p, b.optimizer.state[p]["master"].to(torch.bfloat16))
+    assert rb[-1] < rb[0] - 0.5 and rb[-1] == pytest.approx(ra[-1], abs=0.1)
+
+
 # ---- checkpoints and resume ---------------------------------------------------------------------
 def losses(records):
     return [r["loss"] for r in records if "loss" in r]
