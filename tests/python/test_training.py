@@ -219,6 +219,15 @@ def test_steps_match_pytorch_reference(corpus, micro):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5, msg=name)
 
 
+def test_split_without_validation_documents_turns_eval_off(corpus):
+    lines = []
+    t = Trainer(load_config(None, small(corpus, split="100,0,0", eval_interval=2)), log=lines.append)
+    assert t.valid_data is None and any("no validation documents" in line for line in lines)
+    assert all("val_loss" not in r for r in t.train(max_steps=2))
+    with pytest.raises(ConfigError, match="train split of .*no documents"):
+        quiet(small(corpus, split="0,100,0"))
+
+
 def test_loss_mask_on_eod(corpus):
     t = quiet(small(corpus, eod_mask_loss=True, micro_batch_size=4))
     batch = t._batch(0, 4, t.train_data)

@@ -202,6 +202,9 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         train = split_dataset(0, num_train, cfg.seed)
+        if num_valid and not any(len(parse_split(cfg.split, d.num_documents)[1]) for d in indexed):
+            self.log(f"split {cfg.split!r} leaves no validation documents: no eval")
+            num_valid = 0
         valid = split_dataset(1, num_valid, cfg.seed + 1) if num_valid else None
         return train, valid
 
