@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import gptcore
 from gptcore import cli
 from gptcore.data import preprocess, train_sentencepiece
 from gptcore.model import GPT
@@ -418,7 +419,8 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
         "save_interval=0",
         "sample_tokens=0",
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    package_root = str(Path(gptcore.__file__).resolve().parents[1])  # the gptcore this test imported
+    env = dict(os.environ, PYTHONPATH=package_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     metrics = save / "metrics.jsonl"
     deadline = time.time() + 120
