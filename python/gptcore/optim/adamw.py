@@ -67,7 +67,7 @@ class AdamW(torch.optim.Optimizer):
         device = None
         for group in self.param_groups:
             for p in group["params"]:
-                if _grad(p) is None:
+                if param_grad(p) is None:
                     continue
                 device = p.device if device is None else device
                 if p.device != device:
@@ -104,7 +104,7 @@ class AdamW(torch.optim.Optimizer):
 
     def _entry(self, p: torch.Tensor, group: dict[str, Any], grads: list[torch.Tensor]) -> tuple:
         """The C call's tuple for p, creating its state on first use; grads keeps the grad it passes alive."""
-        grad = _grad(p)
+        grad = param_grad(p)
         if grad.is_sparse:
             raise ValueError("gptcore.optim.AdamW does not support sparse gradients")
         if p.dtype not in _DTYPE_CODES or grad.dtype not in _DTYPE_CODES:
@@ -153,7 +153,8 @@ class AdamW(torch.optim.Optimizer):
                     self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32, copy=True)
 
 
-def _grad(p: torch.Tensor) -> torch.Tensor | None:
+def param_grad(p: torch.Tensor) -> torch.Tensor | None:
+    """The gradient AdamW reads for p: its float32 `main_grad` when it has one, else `.grad`."""
     main_grad = getattr(p, "main_grad", None)
     return p.grad if main_grad is None else main_grad
 

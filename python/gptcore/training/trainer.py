@@ -35,6 +35,7 @@ from gptcore.data import (
 from gptcore.data.stdlib_corpus import cache_root
 from gptcore.model import GPT
 from gptcore.optim import AdamW
+from gptcore.optim.adamw import param_grad
 from gptcore.training import checkpoint as ckpt
 from gptcore.training.config import ConfigError, TrainConfig
 from gptcore.training.schedule import LossScaler, lr_at
@@ -185,24 +186,24 @@ class Trainer:
         num_train = cfg.train_steps * cfg.global_batch_size
         num_valid = cfg.eval_steps * cfg.micro_batch_size if cfg.eval_interval and cfg.eval_steps else 0
 
+        try:
+            splits = [parse_split(cfg.split, data.num_documents) for data in indexed]
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
         def split_dataset(which: int, size: int, seed: int):
             counts = blend_sample_counts(weights, size)
             parts = []
-            for prefix, data, count in zip(prefixes, indexed, counts):
-                documents = parse_split(cfg.split, data.num_documents)[which]
+            for prefix, data, documents, count in zip(prefixes, indexed, splits, counts):
                 try:
-                    parts.append(GPTDataset(data, documents, max(count, 1), cfg.seq_len, seed, cache, eod))
+                    parts.append(GPTDataset(data, documents[which], max(count, 1), cfg.seq_len, seed, cache, eod))
                 except ValueError as e:
                     name = ("train", "validation")[which]
                     raise ConfigError(f"{name} split of {prefix} (split {cfg.split!r}): {e}") from None
             return parts[0] if len(parts) == 1 else BlendedDataset(parts, weights, size)
 
-        try:
-            parse_split(cfg.split, 1)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
         train = split_dataset(0, num_train, cfg.seed)
-        if num_valid and not any(len(parse_split(cfg.split, d.num_documents)[1]) for d in indexed):
+        if num_valid and not any(len(documents[1]) for documents in splits):
             self.log(f"split {cfg.split!r} leaves no validation documents: no eval")
             num_valid = 0
         valid = split_dataset(1, num_valid, cfg.seed + 1) if num_valid else None
@@ -245,13 +246,7 @@ class Trainer:
         return {"tokens": batch["tokens"].to(self.device), "labels": labels.to(self.device)}
 
     def _grads(self) -> list[torch.Tensor]:
-        grads = []
-        for p in self.model.parameters():
-            g = getattr(p, "main_grad", None)
-            g = p.grad if g is None else g
-            if g is not None:
-                grads.append(g)
-        return grads
+        return [g for p in self.model.parameters() if (g := param_grad(p)) is not None]
 
     def _zero_grads(self) -> None:
         for p in self.model.parameters():
