@@ -66,12 +66,18 @@ def _state_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict
 
 
 def from_hf(source, **overrides) -> GPT:
-    """A GPT from a Hugging Face GPT-2: a directory with config.json + model.safetensors, or a
+    """A GPT from a Hugging Face GPT-2: a directory with config.json + model.safetensors (or
+    pytorch_model.bin), or a
     GPT2LMHeadModel. `overrides` set GPTConfig fields (e.g. use_gptcore_ops=False, dropout=0.0)."""
     if isinstance(source, (str, os.PathLike)):
         directory = Path(source)
         hf_config = json.loads((directory / "config.json").read_text())
-        hf_state = load_file(directory / "model.safetensors")
+        if (directory / "model.safetensors").is_file():
+            hf_state = load_file(directory / "model.safetensors")
+        elif (directory / "pytorch_model.bin").is_file():
+            hf_state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{directory}: HF folder without model.safetensors or pytorch_model.bin")
     else:
         hf_config = source.config.to_dict()
         hf_state = {k: v.detach() for k, v in source.state_dict().items()}
@@ -136,10 +142,87 @@ def save(model: GPT, path) -> None:
 
 def load(path, **overrides) -> GPT:
     """A GPT from a file written by `save`; `overrides` set GPTConfig fields."""
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path}: not a safetensors file ({e})") from None
     if "gptcore_config" not in metadata:
         raise ValueError(f"{path}: not a gptcore model file (no 'gptcore_config' metadata)")
     model = GPT(GPTConfig(**(json.loads(metadata["gptcore_config"]) | overrides)))
     model.load_state_dict(load_file(path))
     return model
+
+
+def resolve(source) -> tuple[str, Path]:
+    """What `source` names: ("hf", folder) for an HF GPT-2 folder (config.json), ("gptcore", file) for a
+    gptcore model file, a training checkpoint folder or a save folder (its newest complete checkpoint)."""
+    from gptcore.training.checkpoint import find_checkpoint
+
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf", path
+    if path.is_dir() and not (path / "model.safetensors").is_file():
+        found = find_checkpoint(path)
+        if found is None:
+            raise ValueError(
+                f"{source}: no model here (expected an HF GPT-2 folder with config.json, a gptcore model file,"
+                " a checkpoint folder step_N/ or a save folder holding one)"
+            )
+        path = found
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such model file or folder")
+    return "gptcore", path
+
+
+def load_any(source, **overrides) -> GPT:
+    """A GPT from whatever `resolve` accepts; `overrides` set GPTConfig fields."""
+    kind, path = resolve(source)
+    return from_hf(path, **overrides) if kind == "hf" else load(path, **overrides)
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str = "auto"):
+    """(model in eval mode, tokenizer or None) for generation, evaluation and serving.
+
+    source: anything `resolve` accepts. The tokenizer is `tokenizer` if given, else the one the
+    model came with: a training checkpoint's tokenizer/ copy, a `tokenizer/` folder beside a model
+    file, or the tokenizer files of an HF folder. device "auto": CUDA when visible. dtype "auto":
+    bf16 on CUDA, fp32 on CPU (gptcore's CPU kernels are float32; other dtypes there run on PyTorch ops).
+    """
+    from gptcore.data import load_tokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA device is visible; use --device cpu")
+    if dtype == "auto":
+        dtype = "bf16" if device.type == "cuda" else "fp32"
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose from auto, {', '.join(_DTYPES)}")
+    use_gptcore_ops = device.type == "cuda" or dtype == "fp32"
+    kind, path = resolve(source)
+    overrides = dict(use_gptcore_ops=use_gptcore_ops, dropout=0.0, attn_dropout=0.0)
+    model = from_hf(path, **overrides) if kind == "hf" else load(path, **overrides)
+    model = model.to(device=device, dtype=_DTYPES[dtype]).eval()
+    if tokenizer is None:
+        folder = path if kind == "hf" else path.parent / "tokenizer"
+        has_files = (
+            folder.is_dir()
+            and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json"))
+            or any(folder.glob("*.model"))
+        )
+        tokenizer = folder if has_files else None
+    if tokenizer is not None:
+        tokenizer = load_tokenizer(tokenizer)
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer {tokenizer.name}: vocabulary {tokenizer.vocab_size} is larger than the model's"
+                f" {model.config.vocab_size}; is it the tokenizer this model was trained with?"
+            )
+    return model, tokenizer

@@ -8,6 +8,7 @@ picked once when the model is built. Parameter names follow Hugging Face's GPT2L
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ REFERENCE_OPS = types.SimpleNamespace(
     fused_add_layer_norm=reference.fused_add_layer_norm,
     linear=reference.linear,
     attention=_reference_attention,
+    attention_decode=reference.attention_decode,
     cross_entropy=reference.cross_entropy,
 )
 
@@ -161,22 +163,27 @@ class Block(nn.Module):
             return residual + F.dropout(self.ops.linear(x, proj.weight, proj.bias), self.config.dropout, True)
         return self.ops.linear(x, proj.weight, proj.bias, residual=residual)
 
-    def attention_sublayer(self, x: torch.Tensor) -> torch.Tensor:
-        """attn(ln_1(x)) projected: the part that `recompute="selective"` recomputes in the backward."""
+    def attention_sublayer(self, x: torch.Tensor, attend=None) -> torch.Tensor:
+        """The attention of ln_1(x), heads merged (before c_proj): the part `recompute="selective"`
+        recomputes in the backward. attend(q, k, v) -> y replaces causal self-attention when given
+        (generation: it writes k, v into a KV cache and attends over the cache)."""
         B, T, C = x.shape
         H = self.config.n_head
         h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.config.layer_norm_eps)
         q, k, v = self.ops.linear(h, self.attn.c_attn.weight, self.attn.c_attn.bias).split(C, dim=-1)
         q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-        dropout_p = self.config.attn_dropout if self.training else 0.0
-        y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
+        if attend is not None:
+            y = attend(q, k, v)
+        else:
+            dropout_p = self.config.attn_dropout if self.training else 0.0
+            y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
         return y.transpose(1, 2).contiguous().view(B, T, C)
 
-    def forward(self, x: torch.Tensor, recompute_attention: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, recompute_attention: bool = False, attend=None) -> torch.Tensor:
         if recompute_attention:
             y = checkpoint(self.attention_sublayer, x, use_reentrant=False)
         else:
-            y = self.attention_sublayer(x)
+            y = self.attention_sublayer(x, attend)
         x = self._project_add(y, self.attn.c_proj, x)
         h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, self.config.layer_norm_eps)
         h = self.ops.linear(h, self.mlp.c_fc.weight, self.mlp.c_fc.bias, activation="gelu")
@@ -227,20 +234,31 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx [B, T] token ids -> (logits [B, T, vocab_size], mean cross-entropy against targets
         [B, T] or None); targets equal to -100 are ignored."""
-        cfg, t = self.config, self.transformer
         seq_len = idx.shape[1]
-        if seq_len > cfg.n_positions:
-            raise ValueError(f"GPT: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
-        pos = torch.arange(seq_len, device=idx.device)
-        x = F.dropout(t.wte(idx) + t.wpe(pos), cfg.dropout, self.training)
-        recompute = self.recompute if self.training and torch.is_grad_enabled() else "none"
+        if seq_len > self.config.n_positions:
+            raise ValueError(f"GPT: sequence length {seq_len} exceeds n_positions {self.config.n_positions}")
+        return self._run(idx, torch.arange(seq_len, device=idx.device), targets)
+
+    def forward_cached(self, idx: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        """Generation: idx [B, T] at positions (broadcastable to [B, T]) -> logits [B, vocab_size] of
+        each row's last token. attend(layer, q, k, v) -> y does each layer's attention over a KV
+        cache (gptcore.generate.KVCache); no dropout, no recompute."""
+        return self._run(idx, positions, None, attend)[0][:, -1]
+
+    def _run(self, idx, positions, targets, attend=None):
+        cfg, t = self.config, self.transformer
+        x = F.dropout(t.wte(idx) + t.wpe(positions), cfg.dropout, self.training and attend is None)
+        recompute = self.recompute if self.training and torch.is_grad_enabled() and attend is None else "none"
         if recompute not in ("none", "full", "selective"):
             raise ValueError(f"GPT.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
-        for block in t.h:
+        for i, block in enumerate(t.h):
             if recompute == "full":
                 x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, recompute_attention=recompute == "selective")
+                layer_attend = None if attend is None else functools.partial(attend, i)
+                x = block(x, recompute_attention=recompute == "selective", attend=layer_attend)
+        if attend is not None:
+            x = x[:, -1:]  # generation needs the next-token logits only
         x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
         # Tied head over the real rows only: padding columns never enter the softmax.
         logits = self.ops.linear(x, t.wte.weight[: cfg.vocab_size])

@@ -73,3 +73,19 @@ def attention_with_dropout(
         scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
     probs = torch.softmax(scores, dim=-1) * keep.to(q.dtype) / (1 - dropout_p)
     return probs @ v
+
+
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_lens: torch.Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """gptcore.ops.attention_decode, one sequence at a time: row b attends over its first
+    cache_lens[b] cache positions, its T_new queries being the last of them."""
+    rows = []
+    for b, n in enumerate(cache_lens.tolist()):
+        rows.append(attention(q[b : b + 1], k_cache[b : b + 1, :, :n], v_cache[b : b + 1, :, :n], causal, scale))
+    return torch.cat(rows)

@@ -158,20 +158,13 @@ class Trainer:
     # ---- setup --------------------------------------------------------------------------------
     def _initial_model(self, source: str) -> GPT:
         cfg = self.cfg
-        path = Path(source)
         overrides = {"use_gptcore_ops": cfg.use_gptcore_ops}
         for name in ("dropout", "attn_dropout"):
             if getattr(cfg, name) is not None:
                 overrides[name] = getattr(cfg, name)
-        if path.is_dir() and (path / "config.json").is_file():
-            return convert.from_hf(path, **overrides)
-        if path.is_dir() and (path / "model.safetensors").is_file():
-            path = path / "model.safetensors"
-        if not path.is_file():
-            raise ConfigError(f"init_from: {source} is neither a gptcore model file nor an HF GPT-2 folder")
         try:
-            return convert.load(path, **overrides)
-        except ValueError as e:
+            return convert.load_any(source, **overrides)
+        except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"init_from: {e}") from None
 
     def _datasets(self, data_path: str):
