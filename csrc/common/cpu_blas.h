@@ -55,6 +55,36 @@ inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
     }
     return;
   }
+  if (m == 1 || n == 1) {  // a matrix-vector product: OpenBLAS's sgemm would pack the whole matrix for it
+    const bool row = m == 1;
+    const int64_t len = row ? n : m;
+    const int64_t inc_c = row ? 1 : ldc;
+    if (beta == 0.f) {  // gemv scales c by beta; zero it instead, so garbage (NaN) in c cannot leak through
+      for (int64_t i = 0; i < len; ++i) c[i * inc_c] = 0.f;
+    }
+    if (row) {  // c[n] = op(B)^T x with x = row 0 of op(A)
+      const int64_t inc_x = trans_a ? lda : 1;
+      if (trans_b) {  // B [n, k]
+        scipy_cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(n), static_cast<blasint>(k), alpha, b,
+                          static_cast<blasint>(ldb), a, static_cast<blasint>(inc_x), beta, c, 1);
+      } else {  // B [k, n]
+        scipy_cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<blasint>(k), static_cast<blasint>(n), alpha, b,
+                          static_cast<blasint>(ldb), a, static_cast<blasint>(inc_x), beta, c, 1);
+      }
+    } else {  // c[m] (stride ldc) = op(A) x with x = column 0 of op(B)
+      const int64_t inc_x = trans_b ? 1 : ldb;
+      if (trans_a) {  // A [k, m]
+        scipy_cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<blasint>(k), static_cast<blasint>(m), alpha, a,
+                          static_cast<blasint>(lda), b, static_cast<blasint>(inc_x), beta, c,
+                          static_cast<blasint>(ldc));
+      } else {  // A [m, k]
+        scipy_cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(m), static_cast<blasint>(k), alpha, a,
+                          static_cast<blasint>(lda), b, static_cast<blasint>(inc_x), beta, c,
+                          static_cast<blasint>(ldc));
+      }
+    }
+    return;
+  }
   scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
                     static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
                     static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));

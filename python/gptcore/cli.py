@@ -1,5 +1,5 @@
-"""The `gptcore` console script. Subcommands arrive with their features: `info`, `tokenizer train`, `preprocess`,
-`convert hf-import|hf-export`, `train`."""
+"""The `gptcore` console script: `info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export`, `train`,
+`generate`, `eval [ppl]`, `serve`."""
 
 from __future__ import annotations
 
@@ -219,9 +219,248 @@ def _train(args) -> int:
     if cfg.sample_tokens:
         tokenizer = load_tokenizer(trainer.tokenizer_path)
         prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else []
-        ids = sample(trainer.model, prompt, cfg.sample_tokens, temperature=0.8, top_k=40, stop_id=tokenizer.eod_id)
+        room = trainer.model.config.n_positions - max(len(prompt), 1)
+        ids = sample(
+            trainer.model, prompt, min(cfg.sample_tokens, room), temperature=0.8, top_k=40, stop_id=tokenizer.eod_id
+        )
         print(f"--- sample ({cfg.sample_tokens} tokens, temperature 0.8, top-k 40) ---")
         print(cfg.sample_prompt + tokenizer.decode(ids))
+    return 0
+
+
+def _add_generate_parser(sub) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="generate text from a checkpoint (KV cache; greedy, temperature, top-k, top-p)",
+        description="Generate text from a model: a training checkpoint or save folder, a gptcore model file, or"
+        " an HF GPT-2 folder. One --prompt streams its continuation as it is produced; several prompts"
+        " (repeated --prompt, or --prompt-file with one prompt a line) are generated as one batch;"
+        " --interactive reads prompts from stdin until an empty line or end of input.",
+    )
+    gen.add_argument("--checkpoint", required=True, help="save folder, step_N/ folder, model file or HF folder")
+    gen.add_argument("--tokenizer", help="tokenizer to use instead of the checkpoint's")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
+    src.add_argument("--prompt-file", help="a UTF-8 file with one prompt a line (blank lines skipped)")
+    src.add_argument("--interactive", action="store_true", help="read prompts from stdin, one a line")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default 1.0)")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1: off)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    gen.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-document token")
+    gen.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    gen.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    gen.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    gen.add_argument("--json", action="store_true", help="print one JSON object a prompt instead of text")
+
+
+def _generate(args) -> int:
+    import json
+
+    from gptcore import convert
+    from gptcore.generate import Generator
+
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+        if not prompts:
+            raise ValueError(f"{args.prompt_file}: no prompts (the file has no non-blank line)")
+    else:
+        prompts = args.prompt or []
+    model, tokenizer = convert.load_for_inference(args.checkpoint, args.tokenizer, args.device, args.dtype)
+    if tokenizer is None:
+        raise ValueError(f"{args.checkpoint}: no tokenizer found beside the model; give --tokenizer")
+    generator = Generator(model, tokenizer, max_batch=args.max_batch)
+    kwargs = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop),
+        seed=args.seed,
+    )
+    if args.ignore_eos:
+        kwargs["stop_ids"] = ()
+    generator.params(**kwargs)  # bad values stop here, before any prompt is read
+    if any(not p for p in prompts):
+        raise ValueError("empty prompt: give some text")
+
+    def stream(prompt: str) -> None:
+        print(prompt, end="", flush=True)
+        reason = None
+        for chunk in generator.stream(prompt, **kwargs):
+            print(chunk.text, end="", flush=True)
+            reason = chunk.finish_reason or reason
+        print(f"\n[{reason}]" if sys.stdout.isatty() else "", flush=True)
+
+    if args.interactive:
+        while True:
+            if sys.stdin.isatty():
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line.strip():
+                return 0
+            try:
+                stream(line.rstrip("\n"))
+            except ValueError as e:  # a prompt too long for the model: say so and take the next one
+                print(f"error: {e}", file=sys.stderr)
+    if len(prompts) == 1 and not args.json:
+        stream(prompts[0])
+        return 0
+    for prompt, result in zip(prompts, generator.generate(prompts, **kwargs)):
+        if args.json:
+            record = dict(prompt=prompt, text=result.text, tokens=result.tokens, finish_reason=result.finish_reason)
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(prompt + result.text)
+            print("-" * 40)
+    return 0
+
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a model: perplexity on a text file or an indexed dataset (task `ppl`, the default)",
+        description="Evaluate a model. Tasks: ppl (the default: `gptcore eval --checkpoint ...` is"
+        " `gptcore eval ppl --checkpoint ...`).",
+    )
+    tasks = ev.add_subparsers(dest="eval_task", required=True)
+    ppl = tasks.add_parser(
+        "ppl",
+        help="sliding-window perplexity, bits per byte and word perplexity",
+        description="Perplexity of a model on a UTF-8 text file (tokenized as one stream) or an indexed dataset"
+        " (documents concatenated), with a sliding window: windows of --window tokens every --stride tokens,"
+        " each scoring only the tokens the previous window did not, so every token is scored once with at"
+        " least window - stride tokens of context. Reports token perplexity, bits per byte and word"
+        " perplexity (words: whitespace-separated, as in WikiText); prints a summary and writes JSON.",
+    )
+    ppl.add_argument("--checkpoint", required=True, help="save folder, step_N/ folder, model file or HF folder")
+    src = ppl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="FILE", help="a UTF-8 text file")
+    src.add_argument("--data-prefix", metavar="PREFIX", help="an indexed dataset PREFIX.bin/.idx")
+    ppl.add_argument("--tokenizer", help="tokenizer to use instead of the checkpoint's")
+    ppl.add_argument("--window", type=int, help="tokens a forward sees (default: the model's n_positions)")
+    ppl.add_argument("--stride", type=int, help="tokens between window starts (default: window // 2)")
+    ppl.add_argument("--batch-size", type=int, default=4, help="windows a forward (default 4)")
+    ppl.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
+    ppl.add_argument(
+        "--prepend-eod",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the end-of-document token in front so the first token is scored (default: when the"
+        " tokenizer has one)",
+    )
+    ppl.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ppl.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    ppl.add_argument("--output", metavar="JSON", help="write the results here as JSON")
+    ppl.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
+
+
+def _eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    import gptcore
+    from gptcore import convert, evaluate
+
+    try:
+        if args.text is not None and not Path(args.text).is_file():
+            raise FileNotFoundError(f"{args.text}: no such text file")
+        prefix = evaluate.dataset_prefix(args.data_prefix) if args.data_prefix is not None else None
+        model, tokenizer = convert.load_for_inference(args.checkpoint, args.tokenizer, args.device, args.dtype)
+        if prefix is None and tokenizer is None:
+            raise ValueError(f"{args.checkpoint}: no tokenizer found beside the model; give --tokenizer")
+        kwargs = dict(
+            window=args.window,
+            stride=args.stride,
+            batch_size=args.batch_size,
+            prepend_eod=args.prepend_eod,
+            max_tokens=args.max_tokens,
+            progress=args.progress or sys.stderr.isatty(),
+        )
+        if prefix is None:
+            result = evaluate.evaluate_file(model, tokenizer, args.text, **kwargs)
+        else:
+            result = evaluate.evaluate_indexed(model, prefix, tokenizer, **kwargs)
+        param = next(model.parameters())
+        result |= dict(
+            task="ppl",
+            model=str(args.checkpoint),
+            tokenizer=tokenizer.name if tokenizer is not None else None,
+            device=str(param.device),
+            dtype=str(param.dtype).removeprefix("torch."),
+        )
+        print(f"model {args.checkpoint} ({result['dtype']} on {result['device']})")
+        print(evaluate.format_summary(result))
+        if args.output:
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"results: {out}")
+    except (ValueError, OSError, gptcore.Error) as e:
+        print(f"gptcore eval: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    srv = sub.add_parser(
+        "serve",
+        help="an OpenAI-style HTTP completions server (/v1/completions, streaming, /health)",
+        description="Serve a model over HTTP: POST /v1/completions (OpenAI's completions API; server-sent"
+        ' events with "stream": true), GET /v1/models and GET /health. Concurrent requests are decoded'
+        " together (continuous batching over --max-batch sequences); up to --max-queue more wait for a slot"
+        " and the rest get 503. Listens on 127.0.0.1 (this machine only) unless --host says otherwise."
+        " Ctrl-C or SIGTERM stops it.",
+    )
+    srv.add_argument("--checkpoint", required=True, help="save folder, step_N/ folder, model file or HF folder")
+    srv.add_argument("--tokenizer", help="tokenizer to use instead of the checkpoint's")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    srv.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    srv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
+    srv.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503")
+    srv.add_argument("--max-prompt-tokens", type=int, help="longer prompts get 400 (default: the model's positions)")
+    srv.add_argument("--model-name", default="gptcore", help="the model's name in the API (default: gptcore)")
+    srv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    srv.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+
+
+def _serve(args) -> int:
+    import logging
+
+    import gptcore
+    from gptcore import convert
+    from gptcore.serve import Server
+
+    try:
+        model, tokenizer = convert.load_for_inference(args.checkpoint, args.tokenizer, args.device, args.dtype)
+        server = Server(
+            model,
+            tokenizer,
+            host=args.host,
+            port=args.port,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            max_prompt_tokens=args.max_prompt_tokens,
+            model_name=args.model_name,
+        )
+    except (ValueError, OSError, gptcore.Error) as e:
+        print(f"gptcore serve: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    c, param = model.config, next(model.parameters())
+    print(
+        f"serving {args.model_name} ({c.n_layer} layers, {c.n_embd} wide, {str(param.dtype).removeprefix('torch.')}"
+        f" on {param.device}; tokenizer {tokenizer.name if tokenizer is not None else 'none: token-id prompts only'})"
+        f" at {server.url}/v1/completions",
+        flush=True,
+    )
+    server.serve_forever()
+    print("stopped", flush=True)
     return 0
 
 
@@ -233,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_preprocess_parser(sub)
     _add_convert_parser(sub)
     _add_train_parser(sub)
+    _add_generate_parser(sub)
+    _add_eval_parser(sub)
+    _add_serve_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"] and not set(argv[1:2]) & {"ppl", "-h", "--help"}:
+        argv.insert(1, "ppl")  # the default task: `gptcore eval --checkpoint ...` is `gptcore eval ppl ...`
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_text())
@@ -250,6 +495,16 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ValueError, FileNotFoundError) as e:
             print(f"gptcore train: error: {e}", file=sys.stderr)
             return 2
+    elif args.command == "generate":
+        try:
+            return _generate(args)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            print(f"gptcore generate: error: {e}", file=sys.stderr)
+            return 2
+    elif args.command == "eval":
+        return _eval(args)
+    elif args.command == "serve":
+        return _serve(args)
     return 0
 
 

@@ -110,11 +110,16 @@ class KVCache:
     def decode_attend(self, n: int):
         """attend(layer, q, k, v) for one new token [n, H, 1, D] per slot 0..n-1 at self.positions[:n],
         with self.lens[:n] = positions + 1."""
-        rows, pos, lens = self.rows[:n], self.positions[:n, 0], self.lens[:n]
+        slots, H, max_len, D = self.k[0].shape
+        # Row (b, h, positions[b]) of each layer's cache viewed as [slots * H * max_len, D]: one
+        # index_copy_ per layer (advanced-index assignment is ~50x slower on the CPU).
+        heads = torch.arange(H, device=self.lens.device)
+        rows = ((self.rows[:n, None] * H + heads) * max_len + self.positions[:n]).reshape(-1)
+        lens = self.lens[:n]
 
         def attend(layer, q, k, v):
-            self.k[layer][rows, :, pos] = k[:, :, 0]
-            self.v[layer][rows, :, pos] = v[:, :, 0]
+            self.k[layer].view(-1, D).index_copy_(0, rows, k.reshape(-1, D))
+            self.v[layer].view(-1, D).index_copy_(0, rows, v.reshape(-1, D))
             return self.ops.attention_decode(q, self.k[layer][:n], self.v[layer][:n], lens)
 
         return attend

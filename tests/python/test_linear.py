@@ -8,7 +8,7 @@ import gptcore
 from gptcore.ops import linear, reference
 
 ROWS = [1, 7, 1025]
-SIZES = [(1, 1), (63, 17), (768, 3072)]  # (K, N)
+SIZES = [(1, 1), (40, 1), (63, 17), (768, 3072)]  # (K, N); M or N of 1: the matrix-vector path
 EPILOGUES = ["none", "bias", "bias_gelu", "bias_residual"]
 
 

@@ -1,0 +1,449 @@
+"""Decode throughput: gptcore's `Generator` against Hugging Face `generate` on the same weights, in one run.
+
+Both candidates hold one random GPT-2 (GPT-2 124M shape by default): a transformers
+GPT2LMHeadModel built from a seed, and `gptcore.convert.from_hf` of it. The weights are HF's
+GPT-2 init (N(0, 0.02)) with every layer norm weight then drawn from N(0, 1) and every bias from
+N(0, 0.02); with HF's unit layer norm weights a random GPT-2 repeats one token forever, which
+would validate little. Prompts are random token ids (seeded), all P long (so HF needs no
+padding); each prompt gets exactly N greedy tokens (no stop token on either side).
+
+Validation, before any timing, for every batch size (and also in --bandwidth mode, where HF is
+not timed): gptcore's greedy tokens against HF's `generate(do_sample=False)` in the timed dtype,
+row by row, and every gptcore token against HF's argmax at its position in an fp32 HF forward
+over the prompt + gptcore's tokens. Each gptcore token must be that argmax or have an fp32 HF
+logit within --tie-atol of it (a near-tie that rounding decides); otherwise the run exits naming
+the row and step. Rows that part from HF generate are reported with the step and the gap.
+
+Timing: whole `generate` calls, wall clock (CUDA synchronized), N new tokens and 1 new token
+(= prefill + first token), in interleaved rounds (gptcore N, HF N, gptcore 1, HF 1, ...);
+medians. tok/s = B * N / t_N (prefill included); decode tok/s = B * (N - 1) / (t_N - t_1).
+gptcore prefills each prompt alone into its cache slot; HF prefills the batch at once.
+
+On a GPU the batch-1 row also gets the memory-bandwidth bound: the bytes of the weights one
+decode step reads (all but the position table and the embedding's padding rows) over the
+measured copy bandwidth of the device (y.copy_(x) of --copy-mib MiB, bytes read + written).
+
+    python bench/bench_generate.py                          # CPU, GPT-2 124M shape, batch 1 and 16,
+                                                            # P 32, N 64, fp32, 3 rounds
+    python bench/bench_generate.py --tiny --batch 1 2 --new-tokens 8 --rounds 1   # smoke test
+    python bench/bench_generate.py --validate-only          # the checks alone
+    python bench/bench_generate.py --json generate.json     # every number + machine details to a file
+    python bench/bench_generate.py --device cuda            # bf16, gptcore with CUDA graphs; HF eager
+                                                            # (no torch.compile)
+    python bench/bench_generate.py --device cuda --bandwidth  # gpt2-xl shape (1.5B), batch 1,
+                                                            # gptcore only: ms/token against the bound
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import gptcore
+from bench_ops import _MALLOC_ENV
+from gptcore import convert
+from gptcore.generate import Generator
+from gptcore.model import PRESETS, GPTConfig
+
+DEFAULT_TIE_ATOL = {torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.05}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def round_times(fns: list[Callable[[], object]], device: torch.device, warmup: int, rounds: int) -> list[list[float]]:
+    """Wall-clock seconds of each fn in every round, the fns taken in turn within a round so that
+    drift in the machine's speed (shared hosts, clocks) falls on all of them alike. A whole
+    generate is host work and device work, so wall clock with the device synchronized around it."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+    return times
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build_models(cfg: GPTConfig, device: torch.device, dtype: torch.dtype, seed: int):
+    """(HF fp32 reference on device, HF model to time in dtype, gptcore model in dtype): one set of weights."""
+    import transformers
+
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()  # HF's init, on the CPU
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if ".ln_" in name and name.endswith(".weight"):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif p.dim() == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    hf.generation_config.bos_token_id = hf.generation_config.eos_token_id = None
+    hf_ref = hf.to(device)
+    with torch.device(device):
+        ours = convert.from_hf(hf_ref, use_gptcore_ops=True)
+    ours = ours.to(device=device, dtype=dtype).eval()
+    hf_timed = hf_ref if dtype == torch.float32 else copy.deepcopy(hf_ref).to(dtype)
+    return hf_ref, hf_timed, ours
+
+
+def hf_config(new_tokens: int):
+    """Greedy, exactly new_tokens (no end-of-sequence id), KV cache on."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False, max_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None, use_cache=True
+    )
+
+
+def hf_generate(hf, ids: torch.Tensor, config) -> torch.Tensor:
+    """New tokens [B, config.max_new_tokens] of HF generate on unpadded prompts ids [B, P]."""
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    return out[:, ids.shape[1] :]
+
+
+def validate(ours_gen, hf_ref, hf_timed, model, prompts: list[list[int]], device, N: int, tie_atol: float) -> dict:
+    """gptcore's greedy rows against HF generate and against the fp32 HF argmax at every position;
+    exits on a difference that is not a near-tie."""
+    B, P = len(prompts), len(prompts[0])
+    results = ours_gen.generate(prompts, max_new_tokens=N, temperature=0.0, stop_ids=())
+    for r, res in enumerate(results):
+        if len(res.tokens) != N or res.finish_reason != "length":
+            sys.exit(f"validation (batch {B}): gptcore row {r} ended after {len(res.tokens)} tokens, not {N}")
+    ours = torch.tensor([res.tokens for res in results], device=device)
+    ids = torch.tensor(prompts, device=device)
+    theirs = hf_generate(hf_timed, ids, hf_config(N))
+    if theirs.shape != (B, N):
+        sys.exit(f"validation (batch {B}): HF generate gave {tuple(theirs.shape)} new tokens, expected {(B, N)}")
+
+    # HF fp32 over prompt + gptcore's tokens: position P - 1 + j predicts gptcore's token j.
+    seq = torch.cat([ids, ours], dim=1)
+    with torch.no_grad():
+        ref = hf_ref(seq[:, :-1]).logits[:, P - 1 :].float()
+        mine = model(seq[:, :-1])[0][:, P - 1 :].float()
+    logits_diff = (mine - ref).abs().max().item()
+    gaps = ref.max(-1).values - ref.gather(-1, ours[..., None])[..., 0]  # 0 where gptcore took HF's argmax
+    worst = gaps.max().item()
+    if worst > tie_atol:
+        r, j = divmod(int(gaps.argmax()), N)
+        sys.exit(
+            f"validation (batch {B}): row {r} step {j}: gptcore took token {int(ours[r, j])}, whose fp32 HF logit is"
+            f" {worst:.3g} below HF's argmax {int(ref[r, j].argmax())} (tie tolerance {tie_atol});"
+            f" gptcore's logits differ from HF's by up to {logits_diff:.3g} (--tie-atol sets the tolerance)"
+        )
+    ties = []  # rows that part from HF generate: where, and how far gptcore's token is from HF's fp32 argmax there
+    for r in range(B):
+        differ = (ours[r] != theirs[r]).nonzero()
+        if len(differ):
+            j = int(differ[0])
+            ties.append(dict(row=r, step=j, gap=gaps[r, j].item()))
+    distinct = sum(len(set(row)) for row in ours.tolist()) / B
+    return dict(
+        batch=B,
+        rows_equal_to_hf_generate=B - len(ties),
+        near_tie_divergences=ties,
+        max_gap_to_hf_argmax=worst,
+        max_logits_diff=logits_diff,
+        mean_distinct_tokens_per_row=distinct,
+    )
+
+
+def copy_bandwidth(device: torch.device, mib: int, reps: int = 10, copies: int = 10) -> float:
+    """Bytes read + written per second by y.copy_(x) of mib MiB: the median of reps timings of
+    `copies` back-to-back copies (so one synchronize is small beside the work it closes)."""
+    x = torch.empty(mib * 2**20, dtype=torch.uint8, device=device).fill_(1)
+    y = torch.empty_like(x)
+
+    def run():
+        for _ in range(copies):
+            y.copy_(x)
+
+    (times,) = round_times([run], device, 1, reps)
+    return 2 * x.numel() * copies / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: fp32 CPU, bf16 CUDA")
+    parser.add_argument("--model", choices=list(PRESETS), help="shape (default: gpt2; gpt2-xl with --bandwidth)")
+    parser.add_argument("--tiny", action="store_true", help='the "tiny" preset, for smoke tests')
+    parser.add_argument("--layers", type=int, help="override the preset's n_layer")
+    parser.add_argument("--heads", type=int, help="override the preset's n_head")
+    parser.add_argument("--embd", type=int, help="override the preset's n_embd")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 1 16; 1 with --bandwidth)")
+    parser.add_argument("--prompt-len", type=int, default=32, help="P")
+    parser.add_argument("--new-tokens", type=int, default=64, help="N")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per candidate")
+    parser.add_argument("--warmup", type=int, default=1, help="calls per candidate before timing (after validation)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads for both")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"], help="HF attn_implementation")
+    parser.add_argument("--hf", action=argparse.BooleanOptionalAction, help="time HF (default: on, off in --bandwidth)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="gptcore decode in CUDA graphs")
+    parser.add_argument(
+        "--bandwidth", action="store_true", help="gpt2-xl shape, batch 1, gptcore only, against the bandwidth bound"
+    )
+    parser.add_argument("--copy-mib", type=int, default=1024, help="size of the bandwidth-measuring copy")
+    parser.add_argument("--tie-atol", type=float, help="fp32 HF logit gap accepted as a near-tie (default by dtype)")
+    parser.add_argument("--validate-only", action="store_true", help="check the outputs, time nothing")
+    parser.add_argument("--json", help="write every number and the machine's details to this file")
+    args = parser.parse_args()
+
+    # Same threads for both: torch's pool, and the OpenMP and OpenBLAS pools gptcore runs on.
+    env = {**_MALLOC_ENV, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
+    if any(os.environ.get(k) != v for k, v in env.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
+    if dtype != torch.float32 and not on_cuda:
+        parser.error("gptcore's CPU kernels take float32 only; --dtype bfloat16/float16 is for CUDA")
+    if on_cuda and dtype == torch.float32:
+        parser.error("gptcore's CUDA attention takes float16 or bfloat16; pick --dtype bfloat16 or float16")
+    if args.tiny and args.model:
+        parser.error("--tiny and --model name two shapes; give one")
+    preset = "tiny" if args.tiny else args.model or ("gpt2-xl" if args.bandwidth else "gpt2")
+    overrides = {k: v for k, v in (("n_layer", args.layers), ("n_head", args.heads), ("n_embd", args.embd)) if v}
+    cfg = GPTConfig.preset(preset, **overrides)
+    batches = args.batch or ([1] if args.bandwidth else [1, 16])
+    P, N = args.prompt_len, args.new_tokens
+    if P < 1 or N < 2:
+        parser.error("--prompt-len must be >= 1 and --new-tokens >= 2 (decode time is t_N - t_1)")
+    if cfg.n_positions < P + N:
+        parser.error(f"--prompt-len + --new-tokens = {P + N} exceeds the model's {cfg.n_positions} positions")
+    time_hf = not args.bandwidth if args.hf is None else args.hf
+    cuda_graph = on_cuda if args.cuda_graph is None else args.cuda_graph
+    tie_atol = DEFAULT_TIE_ATOL[dtype] if args.tie_atol is None else args.tie_atol
+    measure_bw = on_cuda or args.bandwidth
+
+    gpu = torch.cuda.get_device_name(device) if on_cuda else None
+    machine = dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        cpu=cpu_model(),
+        cpu_count=os.cpu_count(),
+        gpu=gpu,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        gptcore=gptcore.__version__,
+        gptcore_build=gptcore._build_info(),
+        threads=torch.get_num_threads(),
+        python=platform.python_version(),
+    )
+    tuning = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND") if k in os.environ]
+    print(
+        f"gptcore {gptcore.__version__}, torch {torch.__version__}, transformers {transformers.__version__},"
+        f" {device}, {machine['threads']} threads ({machine['cpu']})"
+    )
+    if tuning:
+        print("environment: " + ", ".join(tuning))
+    if gpu:
+        print(f"GPU: {gpu}")
+    shape = f"{cfg.n_layer} layers, {cfg.n_head} heads, C {cfg.n_embd}, vocab {cfg.vocab_size}"
+    params = f"{cfg.num_parameters / 1e6:.1f}M params"
+    print(f"model: {preset!r} shape ({shape}), {params}, random weights, {str(dtype)[6:]}")
+    print(
+        f"generate: batch {', '.join(map(str, batches))}; P {P} random prompt tokens, N {N} greedy new tokens;"
+        f" gptcore Generator{' (CUDA graphs)' if cuda_graph else ''}"
+        + (f" vs HF generate (attn_implementation={args.hf_attn}, no torch.compile)" if time_hf else ", alone"),
+        flush=True,
+    )
+
+    t0 = time.perf_counter()
+    hf_ref, hf_timed, model = build_models(cfg, device, dtype, args.seed)
+    for hf in {id(hf_ref): hf_ref, id(hf_timed): hf_timed}.values():
+        hf.set_attn_implementation(args.hf_attn)
+    ours = Generator(model, max_batch=max(batches), cuda_graph=cuda_graph)
+    print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    all_prompts = torch.randint(0, cfg.vocab_size, (max(batches), P), generator=gen).tolist()
+
+    validations = []
+    for B in batches:  # every batch size checked before any timing
+        v = validate(ours, hf_ref, hf_timed, model, all_prompts[:B], device, N, tie_atol)
+        validations.append(v)
+        exact = f"{v['rows_equal_to_hf_generate']}/{B} rows equal to HF generate token for token; "
+        ties = "".join(
+            f"row {t['row']} parts from HF generate at step {t['step']} on a near-tie (fp32 HF logit gap"
+            f" {t['gap']:.2g}); "
+            for t in v["near_tie_divergences"]
+        )
+        print(
+            f"validation (batch {B}): {exact}{ties}every gptcore token within {v['max_gap_to_hf_argmax']:.2g} of the"
+            f" fp32 HF argmax logit (tie tolerance {tie_atol}); logits within {v['max_logits_diff']:.2g};"
+            f" {v['mean_distinct_tokens_per_row']:.1f} distinct tokens per row",
+            flush=True,
+        )
+
+    if args.validate_only:
+        return
+    bw = copy_bandwidth(device, args.copy_mib) if measure_bw else None
+    # One decode step reads every weight except the position table (one row) and the embedding's padding rows.
+    unread = cfg.n_positions + cfg.padded_vocab_size - cfg.vocab_size
+    weight_elems = cfg.num_parameters - unread * cfg.n_embd
+    weight_bytes = weight_elems * dtype.itemsize
+    if bw:
+        print(f"copy bandwidth: {bw / 1e9:.1f} GB/s (y.copy_(x), {args.copy_mib} MiB, read + write)", flush=True)
+
+    rows = []
+    for B in batches:
+        prompts = all_prompts[:B]
+        ids = torch.tensor(prompts, device=device)
+
+        def ours_fn(n, prompts=prompts):
+            return lambda: ours.generate(prompts, max_new_tokens=n, temperature=0.0, stop_ids=())
+
+        def hf_fn(n, ids=ids):
+            config = hf_config(n)
+            return lambda: hf_generate(hf_timed, ids, config)
+
+        fns = {"gptcore N": ours_fn(N), "gptcore 1": ours_fn(1)}
+        if time_hf:
+            fns = {"gptcore N": fns["gptcore N"], "HF N": hf_fn(N), "gptcore 1": fns["gptcore 1"], "HF 1": hf_fn(1)}
+        times = dict(zip(fns, round_times(list(fns.values()), device, args.warmup, args.rounds)))
+        row = dict(batch=B, round_seconds=times)
+        for name in ("gptcore", "HF") if time_hf else ("gptcore",):
+            t_n, t_1 = statistics.median(times[f"{name} N"]), statistics.median(times[f"{name} 1"])
+            row[name] = dict(
+                seconds=t_n,
+                prefill_seconds=t_1,
+                tokens_per_s=B * N / t_n,
+                decode_tokens_per_s=B * (N - 1) / (t_n - t_1) if t_n > t_1 else None,
+                decode_ms_per_step=(t_n - t_1) / (N - 1) * 1e3,
+            )
+        if time_hf:
+            row["speedup"] = row["gptcore"]["tokens_per_s"] / row["HF"]["tokens_per_s"]
+            dec = row["gptcore"]["decode_tokens_per_s"], row["HF"]["decode_tokens_per_s"]
+            row["decode_speedup"] = dec[0] / dec[1] if all(dec) else None
+        if bw and B == 1:
+            bound_ms = weight_bytes / bw * 1e3
+            row["bandwidth"] = dict(
+                weight_bytes=weight_bytes,
+                copy_bytes_per_s=bw,
+                bound_ms_per_token=bound_ms,
+                ms_per_token=row["gptcore"]["decode_ms_per_step"],
+                percent_of_bound=100 * bound_ms / row["gptcore"]["decode_ms_per_step"],
+            )
+        rows.append(row)
+        print(f"timed batch {B}", flush=True)
+
+    def rate(x):
+        return f"{x:,.1f}" if x is not None else "n/a"
+
+    def ratio(x):
+        return f"{x:.2f}x" if x is not None else "n/a"
+
+    command = "python bench/bench_generate.py " + " ".join(sys.argv[1:])
+    print(
+        f"\n`{command.strip()}` ({machine['date'][:10]}; {gpu or machine['cpu']}, {machine['threads']} threads;"
+        f" torch {torch.__version__}, transformers {transformers.__version__}): {preset} shape"
+        f" ({cfg.num_parameters / 1e6:.1f}M params, random weights), {str(dtype)[6:]}, P {P}, N {N} greedy;"
+        f" {args.rounds} interleaved rounds, medians. tok/s = B*N / whole generate;"
+        f" decode = B*(N-1) / (t_N - t_1)\n"
+    )
+    if time_hf:
+        print(
+            "| batch | gptcore tok/s | HF tok/s | speedup | gptcore decode tok/s | HF decode tok/s | decode speedup"
+            " | gptcore prefill ms | HF prefill ms |\n|---|---|---|---|---|---|---|---|---|"
+        )
+        for r in rows:
+            g, h = r["gptcore"], r["HF"]
+            print(
+                f"| {r['batch']} | {rate(g['tokens_per_s'])} | {rate(h['tokens_per_s'])} | {ratio(r['speedup'])}"
+                f" | {rate(g['decode_tokens_per_s'])} | {rate(h['decode_tokens_per_s'])} | {ratio(r['decode_speedup'])}"
+                f" | {g['prefill_seconds'] * 1e3:.1f} | {h['prefill_seconds'] * 1e3:.1f} |"
+            )
+    else:
+        print("| batch | gptcore tok/s | gptcore decode tok/s | ms/step | prefill ms |\n|---|---|---|---|---|")
+        for r in rows:
+            g = r["gptcore"]
+            print(
+                f"| {r['batch']} | {rate(g['tokens_per_s'])} | {rate(g['decode_tokens_per_s'])}"
+                f" | {g['decode_ms_per_step']:.2f} | {g['prefill_seconds'] * 1e3:.1f} |"
+            )
+    for r in rows:
+        if "bandwidth" in r:
+            b = r["bandwidth"]
+            print(
+                f"\nbatch 1 against the memory-bandwidth bound: {weight_bytes / 1e9:.3f} GB of weights per step"
+                f" / {bw / 1e9:.1f} GB/s copy bandwidth = {b['bound_ms_per_token']:.3f} ms/token;"
+                f" gptcore {b['ms_per_token']:.3f} ms/token = {b['percent_of_bound']:.1f}% of the bound"
+            )
+
+    if args.json:
+        report = dict(
+            command=command.strip(),
+            machine=machine,
+            environment={k: os.environ.get(k) for k in (*env, "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND")},
+            model=dict(preset=preset, **cfg.to_dict(), num_parameters=cfg.num_parameters),
+            settings=dict(
+                device=str(device),
+                dtype=str(dtype)[6:],
+                prompt_len=P,
+                new_tokens=N,
+                batches=batches,
+                rounds=args.rounds,
+                warmup=args.warmup,
+                seed=args.seed,
+                hf_attn_implementation=args.hf_attn,
+                hf_timed=time_hf,
+                cuda_graph=cuda_graph,
+                tie_atol=tie_atol,
+            ),
+            validation=validations,
+            copy_bytes_per_s=bw,
+            weight_bytes_per_step=weight_bytes,
+            results=rows,
+        )
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
