@@ -50,11 +50,12 @@ from collections.abc import Callable
 import torch
 
 import gptcore
-from bench_ops import _MALLOC_ENV
+from bench_ops import _MALLOC_ENV, pin_threads
 from gptcore import convert
 from gptcore.generate import Generator
 from gptcore.model import PRESETS, GPTConfig
 
+_ENV_KEYS = (*_MALLOC_ENV, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 DEFAULT_TIE_ATOL = {torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.05}
 
 
@@ -230,11 +231,7 @@ def main() -> None:
     parser.add_argument("--json", help="write every number and the machine's details to this file")
     args = parser.parse_args()
 
-    # Same threads for both: torch's pool, and the OpenMP and OpenBLAS pools gptcore runs on.
-    env = {**_MALLOC_ENV, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
-    if any(os.environ.get(k) != v for k, v in env.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)  # the same threads for both
     import transformers
 
     device = torch.device(args.device)
@@ -418,7 +415,7 @@ def main() -> None:
         report = dict(
             command=command.strip(),
             machine=machine,
-            environment={k: os.environ.get(k) for k in (*env, "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND")},
+            environment={k: os.environ.get(k) for k in _ENV_KEYS},
             model=dict(preset=preset, **cfg.to_dict(), num_parameters=cfg.num_parameters),
             settings=dict(
                 device=str(device),

@@ -297,6 +297,15 @@ def bench_attention_sweep(t: Table, dtype: torch.dtype):
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 
 
+def pin_threads(threads: int) -> None:
+    """The same thread count for torch's pool and the OpenMP and OpenBLAS pools gptcore runs on, and
+    the malloc settings above: re-executes the script once with the environment set."""
+    env = {**_MALLOC_ENV, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+    if any(os.environ.get(k) != v for k, v in env.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     if any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC_ENV})

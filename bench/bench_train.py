@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 import gptcore
-from bench_ops import _MALLOC_ENV, median_seconds
+from bench_ops import median_seconds, pin_threads
 from gptcore.model import GPT, GPTConfig
 
 LR, BETAS, EPS, WEIGHT_DECAY = 6e-4, (0.9, 0.95), 1e-8, 0.1
@@ -137,11 +137,7 @@ def main() -> None:
     parser.add_argument("--param-atol", type=float, default=1e-6, help="after one step from the same grads")
     args = parser.parse_args()
 
-    # Same threads for both: torch's pool, and the OpenMP and OpenBLAS pools gptcore runs on.
-    env = {**_MALLOC_ENV, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
-    if any(os.environ.get(k) != v for k, v in env.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)  # the same threads for both
 
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"

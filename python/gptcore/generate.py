@@ -96,13 +96,14 @@ class KVCache:
         self.positions = torch.zeros(slots, 1, dtype=torch.long, device=device)  # decode step's positions
         self.ops = model.ops
 
-    def prefill_attend(self, slot: int):
-        """attend(layer, q, k, v) for one whole prompt [1, H, T, D] going into `slot`."""
+    def prefill_attend(self, slots: list[int]):
+        """attend(layer, q, k, v) for whole prompts [len(slots), H, T, D] going into `slots`."""
+        index = torch.tensor(slots, device=self.lens.device)
 
         def attend(layer, q, k, v):
             T = q.shape[2]
-            self.k[layer][slot, :, :T] = k[0]
-            self.v[layer][slot, :, :T] = v[0]
+            self.k[layer][:, :, :T].index_copy_(0, index, k)
+            self.v[layer][:, :, :T].index_copy_(0, index, v)
             return self.ops.attention(q, k, v, causal=True)
 
         return attend
@@ -111,15 +112,17 @@ class KVCache:
         """attend(layer, q, k, v) for one new token [n, H, 1, D] per slot 0..n-1 at self.positions[:n],
         with self.lens[:n] = positions + 1."""
         slots, H, max_len, D = self.k[0].shape
-        # Row (b, h, positions[b]) of each layer's cache viewed as [slots * H * max_len, D]: one
-        # index_copy_ per layer (advanced-index assignment is ~50x slower on the CPU).
         heads = torch.arange(H, device=self.lens.device)
-        rows = ((self.rows[:n, None] * H + heads) * max_len + self.positions[:n]).reshape(-1)
         lens = self.lens[:n]
+        rows = []
 
         def attend(layer, q, k, v):
-            self.k[layer].view(-1, D).index_copy_(0, rows, k.reshape(-1, D))
-            self.v[layer].view(-1, D).index_copy_(0, rows, v.reshape(-1, D))
+            if layer == 0:  # computed inside the forward, so a CUDA graph of it reads the current positions
+                # Row (b, h, positions[b]) of a layer's cache viewed as [slots * H * max_len, D]: one
+                # index_copy_ per layer (advanced-index assignment is ~50x slower on the CPU).
+                rows[:] = [((self.rows[:n, None] * H + heads) * max_len + self.positions[:n]).reshape(-1)]
+            self.k[layer].view(-1, D).index_copy_(0, rows[0], k.reshape(-1, D))
+            self.v[layer].view(-1, D).index_copy_(0, rows[0], v.reshape(-1, D))
             return self.ops.attention_decode(q, self.k[layer][:n], self.v[layer][:n], lens)
 
         return attend
@@ -225,33 +228,43 @@ class Engine:
     def free_slots(self) -> int:
         return self.slots.count(None)
 
-    def add(self, request: Request) -> None:
-        """Check the request, prefill its prompt into the lowest free slot and take its first token
-        (which may already finish it)."""
-        params = request.params
-        params.check(self.config.vocab_size)
-        check_prompt(request.prompt, params, self.config)
-        if len(request.prompt) + params.max_new_tokens > self.max_len:
-            raise ValueError(f"prompt + max_new_tokens exceeds this engine's {self.max_len} cache positions")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer")
-        slot = self.slots.index(None)  # ValueError when full: callers check free_slots()
-        request.slot = slot
-        request.generator = torch.Generator(device=self.device)
-        if params.seed is None:
-            request.generator.seed()
-        else:
-            request.generator.manual_seed(params.seed)
-        if self.tokenizer is not None:
-            request.text = _TextStream(self.tokenizer, request.prompt, params.stop)
-        self.slots[slot] = request
-        self.seen[slot] = False
-        self.seen[slot, request.prompt] = True
-        with torch.no_grad():
-            idx = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
-            positions = torch.arange(len(request.prompt), device=self.device)
-            logits = self.model.forward_cached(idx, positions, self.cache.prefill_attend(slot))
-        self._advance([request], logits)
+    def add(self, *requests: Request) -> None:
+        """Check the requests (all before any work), put each in the lowest free slot, prefill the
+        prompts (those of one length in one forward) and take each one's first token (which may
+        already finish it). ValueError on a bad request or when there are not enough free slots."""
+        for request in requests:
+            params = request.params
+            params.check(self.config.vocab_size)
+            check_prompt(request.prompt, params, self.config)
+            if len(request.prompt) + params.max_new_tokens > self.max_len:
+                raise ValueError(f"prompt + max_new_tokens exceeds this engine's {self.max_len} cache positions")
+            if params.stop and self.tokenizer is None:
+                raise ValueError("stop strings need a tokenizer")
+        if len(requests) > self.free_slots():
+            raise ValueError(f"{len(requests)} requests for {self.free_slots()} free slots")
+        for request in requests:
+            params = request.params
+            request.slot = slot = self.slots.index(None)
+            request.generator = torch.Generator(device=self.device)
+            if params.seed is None:
+                request.generator.seed()
+            else:
+                request.generator.manual_seed(params.seed)
+            if self.tokenizer is not None:
+                request.text = _TextStream(self.tokenizer, request.prompt, params.stop)
+            self.slots[slot] = request
+            self.seen[slot] = False
+            self.seen[slot, request.prompt] = True
+        by_length: dict[int, list[Request]] = {}
+        for request in requests:
+            by_length.setdefault(len(request.prompt), []).append(request)
+        for length, group in by_length.items():
+            with torch.no_grad():
+                idx = torch.tensor([r.prompt for r in group], dtype=torch.long, device=self.device)
+                positions = torch.arange(length, device=self.device)
+                slots = [r.slot for r in group]
+                logits = self.model.forward_cached(idx, positions, self.cache.prefill_attend(slots))
+            self._advance(group, logits)
 
     def cancel(self, request: Request) -> None:
         """Drop an unfinished request (a client went away); its slot is free for the next one."""
@@ -278,8 +291,9 @@ class Engine:
         waiting = list(requests)
         with self.lock:
             while waiting or self.active:
-                while waiting and self.free_slots():
-                    self.add(waiting.pop(0))
+                admit, waiting = waiting[: self.free_slots()], waiting[self.free_slots() :]
+                if admit:
+                    self.add(*admit)
                 self.step()
 
     # ---- internals -----------------------------------------------------------------------------

@@ -258,7 +258,7 @@ class GPT(nn.Module):
                 layer_attend = None if attend is None else functools.partial(attend, i)
                 x = block(x, recompute_attention=recompute == "selective", attend=layer_attend)
         if attend is not None:
-            x = x[:, -1:]  # generation needs the next-token logits only
+            x = x[:, -1:].contiguous()  # generation needs the next-token logits only
         x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
         # Tied head over the real rows only: padding columns never enter the softmax.
         logits = self.ops.linear(x, t.wte.weight[: cfg.vocab_size])

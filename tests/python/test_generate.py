@@ -47,7 +47,7 @@ def hf():
     return _hf_model()
 
 
-PROMPTS = [[5, 6, 7, 8, 9], [100, 200], [3] * 11, [42, 17, 999, 1, 0, 64, 300]]
+PROMPTS = [[5, 6, 7, 8, 9], [100, 200], [3] * 11, [42, 17, 999, 1, 0, 64, 300], [70, 71, 72, 73, 74]]  # two of length 5: one prefill
 
 
 @pytest.mark.parametrize("use_gptcore_ops", [True, False])
@@ -58,13 +58,16 @@ def test_kv_cache_decode_logits_equal_full_forward(hf, use_gptcore_ops):
         full = model(ids)[0][0]
         cache = KVCache(model, slots=3, max_len=16, device="cpu", dtype=torch.float32)
         prompt = 4
-        logits = model.forward_cached(ids[:, :prompt], torch.arange(prompt), cache.prefill_attend(1))
+        logits = model.forward_cached(ids[:, :prompt], torch.arange(prompt), cache.prefill_attend([1]))
         torch.testing.assert_close(logits[0], full[prompt - 1], atol=1e-5, rtol=1e-5)
+        # One attend for every step, as a CUDA graph replays one capture: it must read the positions
+        # and lengths from the cache's buffers at each call.
+        attend = cache.decode_attend(2)
         for t in range(prompt, ids.shape[1]):  # one token a step in slot 1; slot 0 is a free row in the batch
             cache.positions[:2, 0] = torch.tensor([0, t])
             cache.lens[:2] = torch.tensor([1, t + 1], dtype=torch.int32)
             step_ids = torch.tensor([[0], [ids[0, t].item()]])
-            logits = model.forward_cached(step_ids, cache.positions[:2], cache.decode_attend(2))
+            logits = model.forward_cached(step_ids, cache.positions[:2], attend)
             torch.testing.assert_close(logits[1], full[t], atol=1e-5, rtol=1e-5)
 
 
