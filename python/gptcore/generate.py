@@ -166,7 +166,7 @@ class _TextStream:
                 self.text = text[:at]
                 return self.flush(), True
         self.text = text
-        hold = 1 if text.endswith("\ufffd") else 0  # an incomplete multi-byte character, probably
+        hold = len(text) - len(text.rstrip("\ufffd"))  # an incomplete multi-byte character, probably
         for s in self.stop:
             hold = max(hold, next((n for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), 0))
         end = max(self.sent, len(text) - hold)

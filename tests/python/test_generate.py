@@ -376,3 +376,34 @@ def test_sample_helper_keeps_the_training_mode(hf):
     ids = sample(model, [1, 2, 3], 5, temperature=0)
     assert model.training and len(ids) == 5
     assert math.isfinite(float(model(torch.tensor([[1, 2, 3] + ids]))[0].detach().sum()))
+
+
+class ByteTokenizer:
+    """id i < 256 <-> byte i: characters of several bytes arrive over several tokens."""
+
+    name, eod_id, pad_id, vocab_size = "bytes", None, None, 256
+
+    def encode(self, text):
+        return list(text.encode())
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_text_stream_holds_back_partial_characters_and_possible_stop_strings():
+    from gptcore.generate import _TextStream
+
+    text = "a é€ 😀 b STOP tail"
+    stream = _TextStream(ByteTokenizer(), list(b"> "), ("STOP",))
+    deltas, stopped = [], False
+    for byte in text.encode():
+        delta, stopped = stream.push(byte)
+        deltas.append(delta)
+        assert "\ufffd" not in delta and "S" not in delta  # nothing half-made or possibly a stop string
+        if stopped:
+            break
+    assert stopped and "".join(deltas) == "a é€ 😀 b " == stream.text
+    # Without stop strings, invalid bytes that stay invalid still come out at the end.
+    stream = _TextStream(ByteTokenizer(), [1], ())
+    out = "".join(stream.push(b)[0] for b in b"x\xff\xfe") + stream.flush()
+    assert out == "x\ufffd\ufffd"
