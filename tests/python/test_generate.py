@@ -47,7 +47,8 @@ def hf():
     return _hf_model()
 
 
-PROMPTS = [[5, 6, 7, 8, 9], [100, 200], [3] * 11, [42, 17, 999, 1, 0, 64, 300], [70, 71, 72, 73, 74]]  # two of length 5: one prefill
+# Two of length 5: prefilled together in one forward.
+PROMPTS = [[5, 6, 7, 8, 9], [100, 200], [3] * 11, [42, 17, 999, 1, 0, 64, 300], [70, 71, 72, 73, 74]]
 
 
 @pytest.mark.parametrize("use_gptcore_ops", [True, False])
