@@ -40,5 +40,6 @@ void bind_linear(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_indexed_dataset(py::module_& m);
 void bind_gpt_samples(py::module_& m);
+void bind_comm(py::module_& m);
 
 }  // namespace gc::bindings

@@ -4,6 +4,7 @@
 
 #include "gptcore/adamw.h"
 #include "gptcore/attention.h"
+#include "gptcore/comm.h"
 #include "gptcore/cross_entropy.h"
 #include "gptcore/gpt_samples.h"
 #include "gptcore/indexed_dataset.h"

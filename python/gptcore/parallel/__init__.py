@@ -1,0 +1,1 @@
+"""Parallel training: process-group layout, data, tensor and pipeline parallelism."""

@@ -1,0 +1,422 @@
+"""Data parallelism: gradients reduced over the data-parallel ranks in buckets launched while the
+backward is still running, and ZeRO stages 1 and 2 (AdamW's state, then the gradients too,
+sharded over those ranks).
+
+Collectives go through `Collectives`, a small interface over one group: `TorchCollectives`
+wraps a torch.distributed ProcessGroup (gloo on the CPU, NCCL on CUDA), and any object with the
+same methods can stand in for it. Names and argument order follow gptcore.parallel.comm's
+Communicator (rank, world, output before input), plus async_op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from gptcore.optim import AdamW
+
+# torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (the old names warn).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_GLOO_HAS_REDUCE_SCATTER = hasattr(dist, "reduce_scatter_single")  # new in torch 2.13
+
+# Every param's grad starts on a multiple of this many elements (256 bytes of float32), and every
+# bucket is a multiple of it per rank, so main_grad views and ZeRO shards are aligned for vector loads.
+_ALIGN = 64
+
+
+class Work(Protocol):
+    def wait(self) -> Any: ...
+
+
+class Collectives(Protocol):
+    """Sum-collectives over the ranks of one group, on flat contiguous tensors. With async_op=True
+    a call returns a handle whose wait() makes the result ready; otherwise it returns None."""
+
+    rank: int  # this process's rank in the group
+    world: int  # the group's number of ranks
+
+    def all_reduce(self, tensor: torch.Tensor, async_op: bool = False) -> Work | None:
+        """tensor = the sum over the ranks of tensor, in place."""
+
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, async_op: bool = False) -> Work | None:
+        """output = part `rank` (of `world` equal parts) of the sum over the ranks of input."""
+
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor, async_op: bool = False) -> Work | None:
+        """output = the ranks' inputs concatenated in rank order."""
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        """tensor = group rank src's tensor, in place."""
+
+
+class _Done:
+    def wait(self) -> None:
+        pass
+
+
+class TorchCollectives:
+    """`Collectives` over a torch.distributed process group (None: the default group)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None):
+        self.group = group if group is not None else dist.group.WORLD
+        self.rank = dist.get_rank(self.group)
+        self.world = dist.get_world_size(self.group)
+        self._slow_reduce_scatter = not _GLOO_HAS_REDUCE_SCATTER and dist.get_backend(self.group) == "gloo"
+
+    def all_reduce(self, tensor, async_op=False):
+        return dist.all_reduce(tensor, group=self.group, async_op=async_op)
+
+    def reduce_scatter(self, output, input, async_op=False):
+        if self._slow_reduce_scatter:  # sum everything, keep our part
+            total = input.clone()
+            dist.all_reduce(total, group=self.group)
+            output.copy_(total.view(self.world, -1)[self.rank])
+            return _Done() if async_op else None
+        return _reduce_scatter_single(output, input, group=self.group, async_op=async_op)
+
+    def all_gather(self, output, input, async_op=False):
+        return _all_gather_single(output, input, group=self.group, async_op=async_op)
+
+    def broadcast(self, tensor, src=0):
+        dist.broadcast(tensor, src=dist.get_global_rank(self.group, src), group=self.group)
+
+
+def as_collectives(group) -> Collectives:
+    """A ProcessGroup (or None, the default group) wrapped as `Collectives`; anything else as is."""
+    return TorchCollectives(group) if group is None or isinstance(group, dist.ProcessGroup) else group
+
+
+@dataclass(eq=False)
+class Bucket:
+    """Params whose grads are reduced together, laid out flat: param i's grad is
+    grad[offsets[i] : offsets[i] + numel], padding between them stays zero."""
+
+    params: list[nn.Parameter]
+    offsets: list[int]
+    numel: int  # padded to a multiple of _ALIGN x the group size
+    grad: torch.Tensor | None = None  # float32 [numel]; the params' main_grad are views of it
+    shard: torch.Tensor | None = None  # ZeRO-2: float32 [numel / world], this rank's part of the reduced grad
+    waiting: int = 0  # params whose grad has not arrived in this backward
+    work: Work | None = field(default=None, repr=False)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _make_buckets(params: list[nn.Parameter], bucket_numel: int, world: int) -> list[Bucket]:
+    buckets, current, offsets, end = [], [], [], 0
+    for p in params:
+        current.append(p)
+        offsets.append(end)
+        end = _round_up(end + p.numel(), _ALIGN)
+        if end >= bucket_numel:
+            buckets.append(Bucket(current, offsets, _round_up(end, _ALIGN * world), waiting=len(current)))
+            current, offsets, end = [], [], 0
+    if current:
+        buckets.append(Bucket(current, offsets, _round_up(end, _ALIGN * world), waiting=len(current)))
+    return buckets
+
+
+class DataParallel:
+    """Keeps `model`'s replicas on the ranks of a data-parallel group in step.
+
+    At construction the params are broadcast from the group's rank 0, and every param gets a
+    float32 `main_grad`: a view into a flat bucket buffer. A hook moves each fresh `.grad` into it,
+    so `.grad` stays None and micro batches accumulate in float32 whatever the param dtype; the
+    optimizer reads main_grad (gptcore.optim.adamw.param_grad). Buckets take the params in reverse
+    order (roughly the order the backward produces their grads), about bucket_mb of grads each.
+    When a bucket's last grad arrives its all-reduce is launched asynchronously and the backward
+    goes on; at the end of the backward the buckets still unlaunched (params without a grad) are
+    launched and all are waited for. So when `loss.backward()` returns, every main_grad holds the
+    mean over the ranks (average=True) or the sum (average=False: the loss is already normalized
+    by the global batch, e.g. by its token count).
+
+    Gradient accumulation: run every micro batch but the last under `no_sync()`; `zero_grad()`
+    clears the grads after the optimizer step. The param and grad dtype and device are the
+    model's as it is at construction: move and cast the model first.
+    """
+
+    def __init__(self, model: nn.Module, group, bucket_mb: float = 25.0, average: bool = True):
+        if not bucket_mb > 0:
+            raise ValueError(f"DataParallel: bucket_mb must be positive, got {bucket_mb!r}")
+        self.module = model
+        self.comm = as_collectives(group)
+        self.average = average
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("DataParallel: the model has no parameters that require grad")
+        kinds = {(p.dtype, p.device) for p in params}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"DataParallel: all params must share one dtype and device; found {sorted(map(str, kinds))}"
+            )
+        self.device = params[0].device
+        self.buckets = _make_buckets(params[::-1], int(bucket_mb * 2**20) // 4, self.comm.world)
+        self._sync = True
+        self._finishing = False  # the end-of-backward callback is queued
+        self._next = 0  # buckets launch in order, so every rank issues the same collectives
+        for index, bucket in enumerate(self.buckets):
+            self._broadcast_params(bucket)
+            self._allocate(bucket)
+            for p in bucket.params:
+                p.register_post_accumulate_grad_hook(functools.partial(self._on_grad, index))
+
+    @torch.no_grad()
+    def _broadcast_params(self, bucket: Bucket) -> None:
+        flat = torch.cat([p.detach().reshape(-1) for p in bucket.params])
+        self.comm.broadcast(flat, src=0)
+        for p, chunk in zip(bucket.params, flat.split([p.numel() for p in bucket.params])):
+            p.copy_(chunk.view_as(p))
+
+    def _allocate(self, bucket: Bucket) -> None:
+        bucket.grad = torch.zeros(bucket.numel, dtype=torch.float32, device=self.device)
+        for p, offset in zip(bucket.params, bucket.offsets):
+            p.main_grad = bucket.grad[offset : offset + p.numel()].view_as(p)
+
+    def _release(self, bucket: Bucket) -> None:
+        bucket.grad = None
+        for p in bucket.params:
+            p.main_grad = None
+
+    def shard_range(self, bucket: Bucket) -> tuple[int, int]:
+        """[start, end) of the bucket's flat layout that this rank owns under ZeRO."""
+        part = bucket.numel // self.comm.world
+        return self.comm.rank * part, (self.comm.rank + 1) * part
+
+    def shard_gradients(self) -> None:
+        """ZeRO-2 (called by ZeroAdamW): each bucket is reduce-scattered instead of all-reduced into
+        `bucket.shard`, and its full buffer (the params' main_grad) lives only from the bucket's
+        first grad in a backward to the end of the backward that reduces it. Before any backward."""
+        for bucket in self.buckets:
+            start, end = self.shard_range(bucket)
+            bucket.shard = torch.zeros(end - start, dtype=torch.float32, device=self.device)
+            self._release(bucket)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside only accumulate into main_grad; the next one outside reduces."""
+        previous, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = previous
+
+    @torch.no_grad()
+    def zero_grad(self) -> None:
+        for bucket in self.buckets:
+            if bucket.shard is not None:
+                self._release(bucket)
+                bucket.shard.zero_()
+            elif bucket.grad is not None:
+                bucket.grad.zero_()
+
+    @torch.no_grad()
+    def _on_grad(self, index: int, p: nn.Parameter) -> None:
+        bucket = self.buckets[index]
+        if bucket.grad is None:
+            self._allocate(bucket)
+        if p.grad is not None:  # None when an earlier hook already moved it into main_grad
+            p.main_grad.add_(p.grad)
+            p.grad = None
+        if not self._sync:
+            return
+        if bucket.work is not None:
+            raise RuntimeError("DataParallel: a param got its grad after its bucket was reduced in this backward")
+        if not self._finishing:
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
+            self._finishing = True
+        bucket.waiting -= 1
+        while self._next < len(self.buckets) and self.buckets[self._next].waiting == 0:
+            self._launch(self.buckets[self._next])
+            self._next += 1
+
+    def _launch(self, bucket: Bucket) -> None:
+        if bucket.grad is None:  # none of its params got a grad in this backward
+            self._allocate(bucket)
+        if self.average and self.comm.world > 1:
+            bucket.grad.div_(self.comm.world)
+        if bucket.shard is None:
+            bucket.work = self.comm.all_reduce(bucket.grad, async_op=True)
+        else:
+            bucket.work = self.comm.reduce_scatter(bucket.shard, bucket.grad, async_op=True)
+
+    @torch.no_grad()
+    def _finish_backward(self) -> None:
+        try:
+            for bucket in self.buckets[self._next :]:
+                self._launch(bucket)
+            for bucket in self.buckets:
+                bucket.work.wait()
+                if bucket.shard is not None:
+                    self._release(bucket)
+        finally:
+            for bucket in self.buckets:
+                bucket.work, bucket.waiting = None, len(bucket.params)
+            self._next, self._finishing = 0, False
+
+
+class ShardPiece(NamedTuple):
+    """The part of one param a rank owns under ZeRO: elements [start, start + master.numel()) of
+    param.view(-1). master is its float32 master copy; master.main_grad its reduced grad."""
+
+    param: nn.Parameter
+    start: int
+    master: torch.Tensor
+
+
+class ZeroAdamW:
+    """gptcore's AdamW with its state sharded over the ranks of `dp`'s group (ZeRO stage 1 or 2).
+
+    Each rank owns 1 / dp of every bucket of `dp` (a contiguous range of its flat layout) and keeps,
+    for that range only, float32 master weights and AdamW's moments. Stage 1: the grads are
+    all-reduced whole and each rank reads its range; stage 2: they are reduce-scattered, so each
+    rank receives only its range, and the full grad buffers live only during the backward. After
+    the update each bucket's params are all-gathered back into the model.
+
+    params, lr, betas, eps, weight_decay: as gptcore.optim.AdamW over the model's params; each
+    group's settings apply to its params' pieces. `param_groups` are the inner AdamW's (set a
+    group's lr there), `step(grad_scale=)` and `found_inf` behave as AdamW's, on every rank alike.
+    Clip with `grad_norm()`, the norm over all ranks' shards. `state_dict()` is this rank's shard.
+    Build it before the first backward.
+    """
+
+    def __init__(
+        self,
+        dp: DataParallel,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        stage: int = 1,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
+        if stage not in (1, 2):
+            raise ValueError(f"ZeroAdamW: stage must be 1 (optimizer state sharded) or 2 (grads too), got {stage!r}")
+        if any(bucket.shard is not None for bucket in dp.buckets):
+            raise ValueError("ZeroAdamW: this DataParallel already serves a ZeRO-2 optimizer; build one per model")
+        self.dp, self.stage, self.found_inf = dp, stage, False
+        groups = _param_groups(params)
+        group_of = _group_index(groups, dp)
+        if stage == 2:
+            dp.shard_gradients()
+        pieces_by_group = [[] for _ in groups]
+        self.pieces: list[ShardPiece] = []
+        self.masters: list[torch.Tensor] = []  # per bucket: float32 [numel / world]
+        self._grads: list[torch.Tensor] = []  # per bucket: this rank's part of the reduced grad
+        for bucket in dp.buckets:
+            start, end = dp.shard_range(bucket)
+            flat = torch.zeros(bucket.numel, dtype=torch.float32, device=dp.device)
+            for p, offset in zip(bucket.params, bucket.offsets):
+                flat[offset : offset + p.numel()] = p.detach().reshape(-1)
+            master = flat[start:end].clone()
+            grad = bucket.shard if stage == 2 else bucket.grad[start:end]
+            for p, offset in zip(bucket.params, bucket.offsets):
+                lo, hi = max(offset, start), min(offset + p.numel(), end)
+                if lo < hi:
+                    piece = master[lo - start : hi - start]
+                    piece.main_grad = grad[lo - start : hi - start]
+                    pieces_by_group[group_of[id(p)]].append(piece)
+                    self.pieces.append(ShardPiece(p, lo - offset, piece))
+            self.masters.append(master)
+            self._grads.append(grad)
+        inner = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": ps} for g, ps in zip(groups, pieces_by_group)
+        ]
+        self.optimizer = AdamW(inner, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def grad_norm(self) -> float:
+        """L2 norm of the whole reduced gradient (all ranks' shards): what clipping needs."""
+        local = torch.stack(torch._foreach_norm(self._grads, 2, dtype=torch.float32)).square().sum().reshape(1)
+        self.dp.comm.all_reduce(local)
+        return float(local.sqrt())
+
+    @torch.no_grad()
+    def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
+        """One AdamW step on this rank's shard, then the params gathered on every rank. grad_scale:
+        as AdamW's; an inf/nan grad on any rank skips the step on all (found_inf)."""
+        self.found_inf = False
+        if grad_scale is not None:
+            bad = torch.stack([~torch.isfinite(g).all() for g in self._grads]).any().float().reshape(1)
+            self.dp.comm.all_reduce(bad)
+            if bad.item():
+                self.found_inf = True
+                return
+        self.optimizer.step(grad_scale=grad_scale)
+        self._gather_params()
+
+    def _gather_params(self) -> None:
+        # Gathered into a scratch buffer a bucket at a time, so the model's params keep their own storage.
+        comm = self.dp.comm
+        for bucket, master in zip(self.dp.buckets, self.masters):
+            dtype = bucket.params[0].dtype
+            full = torch.empty(bucket.numel, dtype=dtype, device=master.device)
+            comm.all_gather(full, master.to(dtype))
+            views = [full[offset : offset + p.numel()].view_as(p) for p, offset in zip(bucket.params, bucket.offsets)]
+            torch._foreach_copy_([p.data for p in bucket.params], views)
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "dp_size": self.dp.comm.world,
+            "dp_rank": self.dp.comm.rank,
+            "bucket_numels": [b.numel for b in self.dp.buckets],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's shard: master weights, AdamW's state, and what it was sharded by."""
+        return {
+            **self._identity(),
+            "stage": self.stage,
+            "masters": self.masters,
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore this rank's shard, then gather the masters into the model's params (collective)."""
+        for key, ours in self._identity().items():
+            if state[key] != ours:
+                raise ValueError(
+                    f"ZeroAdamW.load_state_dict: the state was saved with {key} {state[key]} but here {key} is {ours};"
+                    " a sharded optimizer state loads only with the same data-parallel size, rank, model and bucket_mb"
+                )
+        for master, saved in zip(self.masters, state["masters"]):
+            master.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._gather_params()
+
+
+def _param_groups(params) -> list[dict[str, Any]]:
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [{"params": params}]
+    return [{**g, "params": list(g["params"])} for g in params]
+
+
+def _group_index(groups: list[dict[str, Any]], dp: DataParallel) -> dict[int, int]:
+    """id(param) -> its group; every param dp reduces must be in exactly one group, and nothing else."""
+    group_of: dict[int, int] = {}
+    for index, group in enumerate(groups):
+        for p in group["params"]:
+            if id(p) in group_of:
+                raise ValueError("ZeroAdamW: a param appears in more than one group")
+            group_of[id(p)] = index
+    names = {id(p): name for name, p in dp.module.named_parameters()}
+    reduced = {id(p) for bucket in dp.buckets for p in bucket.params}
+    missing = [names[i] for i in reduced if i not in group_of]
+    if missing:
+        raise ValueError(f"ZeroAdamW: params that DataParallel reduces are in no group: {sorted(missing)}")
+    if any(i not in reduced for i in group_of):
+        raise ValueError("ZeroAdamW: a param in the groups is not one DataParallel reduces (another model?)")
+    return group_of

@@ -1,0 +1,366 @@
+"""DataParallel and ZeRO stages 1 and 2 on gloo (2 and 4 CPU processes) against single-process
+training of the same model on the same global batches: losses, reduced grads and params over
+several AdamW steps with clipping; gradient accumulation under no_sync; buckets launched while
+the backward runs; bfloat16 params; an inf on one rank; sharded optimizer checkpoints; errors."""
+
+import contextlib
+import functools
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from gptcore.model import GPT, GPTConfig
+from gptcore.optim import AdamW
+from gptcore.parallel.data_parallel import DataParallel, TorchCollectives, ZeroAdamW
+from gptcore.parallel.testing import run_distributed
+
+STEPS, GLOBAL_BATCH, SEQ = 3, 4, 16
+CLIP = 1.0  # below the grad norms of these batches (2.5, 2.3, 1.9), so clipping is active
+BUCKET_MB = 0.05  # about 13k grads a bucket: the tiny model makes 7 buckets
+# eps 1e-6 instead of 1e-8: with eps tiny, Adam's first steps move a weight by about lr whatever its
+# grad's size, so a grad that is zero up to rounding could move either way by lr.
+OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-6)
+
+
+def make_model(seed: int) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.preset("tiny", vocab_size=100, n_positions=SEQ))
+
+
+def tokens() -> torch.Tensor:
+    """[STEPS, GLOBAL_BATCH, SEQ + 1]: each step's global batch."""
+    return torch.randint(0, 100, (STEPS, GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(1234))
+
+
+def param_groups(model: GPT) -> list[dict]:
+    """The trainer's groups: weight decay on 2-D weights only."""
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def clip_scale(norm: float, clip: float | None) -> float | None:
+    """The trainer's clipping as AdamW's grad_scale: grads divided by it as they are read."""
+    factor = 1.0 if clip is None else min(1.0, clip / (norm + 1e-6))
+    return None if factor == 1.0 else 1.0 / factor
+
+
+@functools.cache
+def reference(clip: float | None) -> dict:
+    """One process, the whole global batch in one backward."""
+    model = make_model(0)
+    optimizer = AdamW(param_groups(model), **OPTIM)
+    out = {"losses": [], "norms": [], "grads": []}
+    for batch in tokens():
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        grads = {name: p.grad.reshape(-1).clone() for name, p in model.named_parameters()}
+        norm = float(torch.linalg.vector_norm(torch.cat(list(grads.values()))))
+        optimizer.step(grad_scale=clip_scale(norm, clip))
+        model.zero_grad(set_to_none=True)
+        out["losses"].append(loss.item())
+        out["norms"].append(norm)
+        out["grads"].append(grads)
+    out["params"] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return out
+
+
+def build(rank: int, mode: str, group=None, bucket_mb: float = BUCKET_MB):
+    """A model (initialized differently on each rank: DataParallel broadcasts rank 0's), its
+    DataParallel and the optimizer for mode 'adamw', 'zero1' or 'zero2'."""
+    model = make_model(rank)
+    dp = DataParallel(model, group, bucket_mb=bucket_mb)
+    if mode == "adamw":
+        return model, dp, AdamW(param_groups(model), **OPTIM)
+    return model, dp, ZeroAdamW(dp, param_groups(model), stage=int(mode[-1]), **OPTIM)
+
+
+def local_grads(model, optimizer) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """The reduced grads this rank holds: name -> [(first element, values)]."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    if isinstance(optimizer, ZeroAdamW):
+        grads = {}
+        for piece in optimizer.pieces:
+            grads.setdefault(names[id(piece.param)], []).append((piece.start, piece.master.main_grad.clone()))
+        return grads
+    return {name: [(0, p.main_grad.reshape(-1).clone())] for name, p in model.named_parameters()}
+
+
+def train_worker(rank: int, world: int, mode: str, accum: int, clip: float | None) -> dict:
+    """STEPS steps on this rank's slice of each global batch, in `accum` micro batches."""
+    model, dp, optimizer = build(rank, mode)
+    per_rank = GLOBAL_BATCH // world
+    micro = per_rank // accum
+    out = {"losses": [], "norms": [], "grads": []}
+    for batch in tokens():
+        local = batch[rank * per_rank : (rank + 1) * per_rank]
+        loss_sum = torch.zeros(())
+        for k in range(accum):
+            x = local[k * micro : (k + 1) * micro]
+            with dp.no_sync() if k < accum - 1 else contextlib.nullcontext():
+                _, loss = model(x[:, :-1], x[:, 1:])
+                (loss / accum).backward()
+            loss_sum += loss.detach() / accum
+        if isinstance(optimizer, ZeroAdamW):
+            norm = optimizer.grad_norm()
+        else:
+            norm = float(torch.linalg.vector_norm(torch.cat([p.main_grad.reshape(-1) for p in model.parameters()])))
+        out["grads"].append(local_grads(model, optimizer))
+        optimizer.step(grad_scale=clip_scale(norm, clip))
+        dp.zero_grad()
+        dist.all_reduce(loss_sum)
+        out["losses"].append(float(loss_sum) / world)
+        out["norms"].append(norm)
+    out["params"] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return out
+
+
+def check_against_reference(results: list[dict], clip: float | None, sharded: bool) -> None:
+    ref = reference(clip)
+    for out in results:
+        torch.testing.assert_close(out["losses"], ref["losses"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out["norms"], ref["norms"], rtol=1e-5, atol=1e-6)
+        for name, value in ref["params"].items():
+            torch.testing.assert_close(out["params"][name], value, rtol=1e-5, atol=1e-5, msg=name)
+    for step, ref_grads in enumerate(ref["grads"]):
+        covered = {name: torch.zeros(g.numel(), dtype=torch.int32) for name, g in ref_grads.items()}
+        for out in results:
+            for name, pieces in out["grads"][step].items():
+                for start, values in pieces:
+                    end = start + values.numel()
+                    torch.testing.assert_close(values, ref_grads[name][start:end], rtol=1e-4, atol=1e-6, msg=name)
+                    covered[name][start:end] += 1
+        # ZeRO: each grad element on exactly one rank; otherwise every rank has them all.
+        for name, count in covered.items():
+            assert torch.all(count == (1 if sharded else len(results))), name
+
+
+@pytest.mark.parametrize(
+    "mode, accum, clip",
+    [("adamw", 1, None), ("adamw", 2, CLIP), ("zero1", 1, CLIP), ("zero2", 1, CLIP), ("zero2", 2, None)],
+)
+def test_dp2_matches_single_process(mode, accum, clip):
+    results = run_distributed(train_worker, 2, mode, accum, clip)
+    check_against_reference(results, clip, sharded=mode != "adamw")
+
+
+@pytest.mark.parametrize("mode", ["adamw", "zero2"])
+def test_dp4_matches_single_process(mode):
+    results = run_distributed(train_worker, 4, mode, 1, CLIP)
+    check_against_reference(results, CLIP, sharded=mode != "adamw")
+
+
+def bf16_worker(rank: int, world: int) -> dict:
+    """ZeRO-2 over bfloat16 params (PyTorch's ops: gptcore's CPU kernels are float32)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=100, n_positions=SEQ, use_gptcore_ops=False)).bfloat16()
+    dp = DataParallel(model, None, bucket_mb=BUCKET_MB)
+    optimizer = ZeroAdamW(dp, param_groups(model), stage=2, **OPTIM)
+    grad_dtypes, norms = set(), []
+    for batch in tokens():
+        x = batch[rank * 2 : rank * 2 + 2]
+        with dp.no_sync():  # two micro batches: the grads accumulate in float32
+            (model(x[:1, :-1], x[:1, 1:])[1] / 2).backward()
+        grad_dtypes |= {p.main_grad.dtype for p in model.parameters()}
+        (model(x[1:, :-1], x[1:, 1:])[1] / 2).backward()
+        norms.append(optimizer.grad_norm())
+        optimizer.step(grad_scale=clip_scale(norms[-1], CLIP))
+        dp.zero_grad()
+    for piece in optimizer.pieces:  # each param is its float32 master, rounded
+        owned = piece.param.detach().reshape(-1)[piece.start : piece.start + piece.master.numel()]
+        assert torch.equal(owned, piece.master.bfloat16())
+    return {
+        "grad_dtypes": grad_dtypes,
+        "norms": norms,
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+    }
+
+
+def test_zero2_bfloat16_params_keep_float32_grads_and_masters():
+    """Accumulation in float32 main_grad, float32 masters on each rank, bfloat16 params gathered."""
+    rank0, rank1 = run_distributed(bf16_worker, 2)
+    assert rank0["grad_dtypes"] == {torch.float32}
+    for name, value in rank0["params"].items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, rank1["params"][name])
+    # Against float32 training: the same grad norms and updates up to bfloat16's rounding.
+    ref = reference(CLIP)
+    torch.testing.assert_close(rank0["norms"], ref["norms"], rtol=1e-2, atol=0)
+    init = dict(make_model(0).named_parameters())
+    update = torch.cat([(value.float() - init[name].detach()).reshape(-1) for name, value in rank0["params"].items()])
+    ref_update = torch.cat([(value - init[name].detach()).reshape(-1) for name, value in ref["params"].items()])
+    assert torch.nn.functional.cosine_similarity(update, ref_update, dim=0) > 0.99
+
+
+class CountingCollectives(TorchCollectives):
+    """The default group, counting the reductions launched asynchronously."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.launched = 0
+
+    def all_reduce(self, tensor, async_op=False):
+        self.launched += async_op
+        return super().all_reduce(tensor, async_op)
+
+
+def overlap_worker(rank: int, world: int) -> dict:
+    model = make_model(0)
+    comm = CountingCollectives()
+    dp = DataParallel(model, comm, bucket_mb=BUCKET_MB)
+    seen = []  # buckets launched so far, as each param's grad arrives (after DataParallel's hook)
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: seen.append(comm.launched))
+    x = tokens()[0, rank * 2 : rank * 2 + 2]
+    with dp.no_sync():
+        model(x[:, :-1], x[:, 1:])[1].backward()
+    out = {"no_sync": (list(seen), comm.launched)}
+    seen.clear()
+    model(x[:, :-1], x[:, 1:])[1].backward()
+    return out | {"sync": seen, "buckets": len(dp.buckets)}
+
+
+def test_buckets_reduce_during_backward():
+    for out in run_distributed(overlap_worker, 2):
+        assert out["buckets"] >= 4
+        seen, launched = out["no_sync"]
+        assert launched == 0 and not any(seen), "no_sync launched a reduction"
+        seen = out["sync"]
+        assert seen == sorted(seen) and seen[-1] == out["buckets"]
+        # Reductions were in flight while most grads were still to come: launched as buckets filled,
+        # not at the end of the backward.
+        assert seen[len(seen) // 2] >= 2, seen
+        assert seen[-2] >= out["buckets"] - 2, seen
+
+
+def inf_worker(rank: int, world: int, mode: str) -> tuple[bool, bool]:
+    model, dp, optimizer = build(rank, mode)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = tokens()[0, rank * 2 : rank * 2 + 2]
+    model(x[:, :-1], x[:, 1:])[1].backward()
+    if rank == 1:
+        optimizer.pieces[0].master.main_grad[0] = float("inf")
+    optimizer.step(grad_scale=1.0)
+    unchanged = all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    return optimizer.found_inf, unchanged
+
+
+@pytest.mark.parametrize("mode", ["zero1", "zero2"])
+def test_inf_on_one_rank_skips_the_step_on_all(mode):
+    assert run_distributed(inf_worker, 2, mode) == [(True, True), (True, True)]
+
+
+def checkpoint_worker(rank: int, world: int, folder: str) -> None:
+    def step(model, dp, optimizer, batch):
+        x = batch[rank * 2 : rank * 2 + 2]
+        model(x[:, :-1], x[:, 1:])[1].backward()
+        optimizer.step(grad_scale=clip_scale(optimizer.grad_norm(), CLIP))
+        dp.zero_grad()
+
+    data = tokens()
+    model, dp, optimizer = build(rank, "zero2")
+    step(model, dp, optimizer, data[0])
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, f"{folder}/rank{rank}.pt")
+    for batch in data[1:]:
+        step(model, dp, optimizer, batch)
+
+    resumed, resumed_dp, resumed_optimizer = build(rank + 10, "zero2")
+    saved = torch.load(f"{folder}/rank{rank}.pt", weights_only=False)
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    for batch in data[1:]:
+        step(resumed, resumed_dp, resumed_optimizer, batch)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+    dist.barrier()  # both files written
+    other = torch.load(f"{folder}/rank{1 - rank}.pt", weights_only=False)["optimizer"]
+    with pytest.raises(ValueError, match=f"saved with dp_rank {1 - rank} but here dp_rank is {rank}"):
+        resumed_optimizer.load_state_dict(other)
+
+
+def test_sharded_checkpoint_resumes_exactly(tmp_path):
+    run_distributed(checkpoint_worker, 2, str(tmp_path))
+
+
+class OneRank:
+    """`Collectives` of a group of one: every collective is the identity."""
+
+    rank, world = 0, 1
+
+    def all_reduce(self, tensor, async_op=False):
+        return _Done() if async_op else None
+
+    def reduce_scatter(self, output, input, async_op=False):
+        output.copy_(input)
+        return _Done() if async_op else None
+
+    def all_gather(self, output, input, async_op=False):
+        output.copy_(input)
+        return _Done() if async_op else None
+
+    def broadcast(self, tensor, src=0):
+        pass
+
+
+class _Done:
+    def wait(self):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["adamw", "zero1", "zero2"])
+def test_one_rank_collectives_match_plain_training(mode):
+    """Any object with the Collectives methods can carry the reductions (gptcore's communicator)."""
+    model, dp, optimizer = build(0, mode, group=OneRank())
+    for batch in tokens():
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        optimizer.step()
+        dp.zero_grad()
+    ref = reference(None)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), ref["params"][name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+class CountingOneRank(OneRank):
+    def __init__(self):
+        self.reduced = 0
+
+    def all_reduce(self, tensor, async_op=False):
+        self.reduced += 1
+        return super().all_reduce(tensor, async_op)
+
+
+def test_buckets_without_grads_are_reduced_at_the_end_of_the_backward():
+    """A param the loss does not reach holds back its bucket, and those after it (buckets launch in
+    order, so every rank issues the same collectives), until the end of the backward."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    comm = CountingOneRank()
+    dp = DataParallel(model, comm, bucket_mb=64 * 64 * 4 / 2**20)  # a bucket per layer, last layer first
+    assert [b.params for b in dp.buckets] == [[m.bias, m.weight] for m in model[::-1]]
+    seen = []
+    model[0].weight.register_post_accumulate_grad_hook(lambda p: seen.append(comm.reduced))
+    model[2](model[0](torch.randn(3, 64))).sum().backward()  # model[1] unused
+    assert seen == [1] and comm.reduced == 3
+    assert torch.all(model[1].weight.main_grad == 0) and model[1].weight.grad is None
+    assert model[0].weight.main_grad.abs().sum() > 0
+
+
+def test_argument_errors():
+    model = make_model(0)
+    with pytest.raises(ValueError, match="bucket_mb must be positive"):
+        DataParallel(model, OneRank(), bucket_mb=0)
+    with pytest.raises(ValueError, match="all params must share one dtype and device"):
+        DataParallel(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double()), OneRank())
+    dp = DataParallel(model, OneRank())
+    with pytest.raises(ValueError, match="stage must be 1"):
+        ZeroAdamW(dp, model.parameters(), stage=3)
+    with pytest.raises(ValueError, match=r"in no group: \['transformer.ln_f.bias'"):
+        ZeroAdamW(dp, [p for n, p in model.named_parameters() if not n.startswith("transformer.ln_f")])
+    with pytest.raises(ValueError, match="not one DataParallel reduces"):
+        ZeroAdamW(dp, [*model.parameters(), torch.zeros(3)])
+    ZeroAdamW(dp, model.parameters(), stage=2)
+    with pytest.raises(ValueError, match="already serves a ZeRO-2 optimizer"):
+        ZeroAdamW(dp, model.parameters(), stage=1)
