@@ -96,57 +96,34 @@ class _ReduceFromRegion(torch.autograd.Function):
         return grad, None
 
 
-class _Split(torch.autograd.Function):
-    """Forward: keep own chunk along dim; backward: all-gather along dim."""
+def _paired(name: str, forward, backward, doc: str) -> type[torch.autograd.Function]:
+    """An autograd function doing forward(x, dim, group) and, on the gradient, its adjoint
+    backward(grad, dim, group)."""
 
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return split_along(x, dim, group)
+    class Mapping(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, dim, group):
+            ctx.dim, ctx.group = dim, group
+            return forward(x, dim, group)
 
-    @staticmethod
-    def backward(ctx, grad):
-        return all_gather_along(grad, ctx.dim, ctx.group), None, None
+        @staticmethod
+        def backward(ctx, grad):
+            return backward(grad, ctx.dim, ctx.group), None, None
 
-
-class _Gather(torch.autograd.Function):
-    """Forward: all-gather along dim; backward: keep own chunk along dim."""
-
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return all_gather_along(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return split_along(grad, ctx.dim, ctx.group), None, None
+    Mapping.__name__ = Mapping.__qualname__ = name
+    Mapping.__doc__ = doc
+    return Mapping
 
 
-class _GatherReduceScatter(torch.autograd.Function):
-    """Forward: all-gather along dim; backward: reduce-scatter along dim (the consumers of the
-    gathered tensor are tensor-parallel, so each rank holds only part of its gradient)."""
-
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return all_gather_along(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return reduce_scatter_along(grad, ctx.dim, ctx.group), None, None
-
-
-class _ReduceScatter(torch.autograd.Function):
-    """Forward: reduce-scatter along dim; backward: all-gather along dim."""
-
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return reduce_scatter_along(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return all_gather_along(grad, ctx.dim, ctx.group), None, None
+_Split = _paired("_Split", split_along, all_gather_along, "Forward: own chunk along dim; backward: all-gather.")
+_Gather = _paired("_Gather", all_gather_along, split_along, "Forward: all-gather along dim; backward: own chunk.")
+# The consumers of the gathered tensor are tensor-parallel, so each rank holds only part of its gradient.
+_GatherReduceScatter = _paired(
+    "_GatherReduceScatter", all_gather_along, reduce_scatter_along, "Forward: all-gather; backward: reduce-scatter."
+)
+_ReduceScatter = _paired(
+    "_ReduceScatter", reduce_scatter_along, all_gather_along, "Forward: reduce-scatter; backward: all-gather."
+)
 
 
 def copy_to_region(x: torch.Tensor, group) -> torch.Tensor:
