@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -317,6 +317,7 @@ def forward_backward_1f1b(
     num_tokens: int | None = None,
     grad_scale: float = 1.0,
     forward_only: bool = False,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> list[torch.Tensor]:
     """Forward and backward of one batch through the pipeline, micro batch by micro batch, in the
     order schedule_1f1b gives this stage; grads accumulate into the stage's parameters.
@@ -327,7 +328,10 @@ def forward_backward_1f1b(
     first / last stage. The loss is the mean over the batch's target tokens: each micro batch's
     token sum divided by num_tokens (default: the targets != -100 over all micro batches; pass the
     count over more ranks when the batch spans them). grad_scale multiplies the loss the backward
-    starts from (loss scaling). forward_only: forwards without grad, for evaluation.
+    starts from (loss scaling). forward_only: forwards without grad, for evaluation. no_sync: a
+    context manager factory (DataParallel.no_sync when the stage is data parallel) entered around
+    every backward but the batch's last, so the data-parallel grad reduction runs once, on the
+    grads of all the micro batches (Megatron's no_sync_func).
 
     Returns on the last stage each micro batch's detached loss (their sum is the batch's mean loss,
     unscaled), elsewhere []. The tied embedding grads are not summed here: call
@@ -366,10 +370,13 @@ def forward_backward_1f1b(
                     in_flight[k] = (x, out)
             else:
                 x, out = in_flight.pop(k)
-                if stage.is_last:
-                    torch.autograd.backward(out * grad_scale if grad_scale != 1.0 else out)
-                else:
-                    torch.autograd.backward(out, neighbours.recv_grad())
+                # Backwards run in micro batch order, so k == num_micro_batches - 1 is the last.
+                deferred = no_sync is not None and k < num_micro_batches - 1
+                with no_sync() if deferred else contextlib.nullcontext():
+                    if stage.is_last:
+                        torch.autograd.backward(out * grad_scale if grad_scale != 1.0 else out)
+                    else:
+                        torch.autograd.backward(out, neighbours.recv_grad())
                 if not stage.is_first:
                     neighbours.send_grad(x.grad)
         neighbours.finish()
