@@ -1,0 +1,116 @@
+"""Move a GPT checkpoint between (tensor parallel, pipeline parallel) layouts.
+
+A layout's state is a dict keyed by (tp_rank, pp_rank): pipeline stage pp_rank's entries
+(pipeline.stage_state_dict, GPT's parameter names) cut into tensor-parallel shard tp_rank
+(tensor_parallel.shard_state_dict). `split` makes one from a full GPT state dict, `merge` is its
+exact inverse, and `reshard` = split(merge(...)) goes from any layout to any other the config
+allows (not only to multiples or divisors of the old sizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from gptcore.model import GPT, GPTConfig
+from gptcore.parallel.pipeline import merge_stage_state_dicts, split_layers, stage_state_dict
+from gptcore.parallel.tensor_parallel import check_tensor_parallel, merge_state_dicts, shard_state_dict
+
+Shards = dict[tuple[int, int], dict[str, torch.Tensor]]
+
+
+def check_layout(config: GPTConfig, tp: int, pp: int) -> None:
+    """Raise ValueError unless a GPT with this config splits over tp tensor-parallel ranks and pp
+    pipeline stages (n_head and the padded vocab divisible by tp, n_layer by pp)."""
+    check_tensor_parallel(config, tp)
+    split_layers(config.n_layer, pp)
+
+
+def _expected_state(config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A GPT state dict with this config's names, order and shapes, on the meta device (no storage)."""
+    with torch.device("meta"):
+        return GPT(config).state_dict()
+
+
+def _check_full_state(full_state: Mapping[str, torch.Tensor], config: GPTConfig, what: str) -> None:
+    expected = _expected_state(config)
+    missing = [k for k in expected if k not in full_state]
+    unexpected = [k for k in full_state if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"reshard: {what} does not match the config's GPT: missing {missing[:4]}"
+            f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}"
+        )
+    for key, ref in expected.items():
+        if tuple(full_state[key].shape) != tuple(ref.shape):
+            raise ValueError(
+                f"reshard: {what}: {key!r} has shape {tuple(full_state[key].shape)}, the config's GPT"
+                f" {tuple(ref.shape)}"
+            )
+
+
+def split(full_state: Mapping[str, torch.Tensor], config: GPTConfig, tp: int, pp: int) -> Shards:
+    """The (tp_rank, pp_rank) -> state dict of a full GPT state dict in a tp x pp layout: the
+    pipeline split first, then each stage's tensors sharded over tp (new tensors; both the first and
+    the last stage get a copy of the tied wte)."""
+    check_layout(config, tp, pp)
+    _check_full_state(full_state, config, "the full state")
+    full = dict(full_state)
+    shards: Shards = {}
+    for pp_rank in range(pp):
+        stage = stage_state_dict(full, pp_rank, pp, config.n_layer)
+        for tp_rank in range(tp):
+            shards[(tp_rank, pp_rank)] = shard_state_dict(stage, tp_rank, tp)
+    return shards
+
+
+def layout_of(shards: Mapping[tuple[int, int], Mapping[str, torch.Tensor]]) -> tuple[int, int]:
+    """(tp, pp) of a complete set of shards; ValueError if a key is malformed or a shard is missing."""
+    if not shards:
+        raise ValueError("reshard: no shards given")
+    for key in shards:
+        if not (
+            isinstance(key, tuple)
+            and len(key) == 2
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in key)
+        ):
+            raise ValueError(f"reshard: shard keys must be (tp_rank, pp_rank) pairs of non-negative ints, got {key!r}")
+    tp = 1 + max(t for t, _ in shards)
+    pp = 1 + max(p for _, p in shards)
+    missing = [(t, p) for p in range(pp) for t in range(tp) if (t, p) not in shards]
+    if missing:
+        raise ValueError(
+            f"reshard: missing shard(s) {missing} (tp_rank, pp_rank) of a tp={tp} x pp={pp} layout;"
+            " every rank's shard is needed"
+        )
+    return tp, pp
+
+
+def merge(shards: Mapping[tuple[int, int], Mapping[str, torch.Tensor]], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The full GPT state dict from every (tp_rank, pp_rank) shard: the inverse of split. Each
+    stage's tp shards are merged, then the stages; the first and last stage's wte copies must be equal."""
+    tp, pp = layout_of(shards)
+    check_layout(config, tp, pp)
+    stages = []
+    for pp_rank in range(pp):
+        names = list(shards[(0, pp_rank)])
+        for tp_rank in range(1, tp):
+            other = list(shards[(tp_rank, pp_rank)])
+            if set(other) != set(names):
+                raise ValueError(
+                    f"reshard: shards (0, {pp_rank}) and ({tp_rank}, {pp_rank}) hold different entries:"
+                    f" {sorted(set(names) ^ set(other))[:4]}"
+                )
+        stages.append(merge_state_dicts([shards[(t, pp_rank)] for t in range(tp)]))
+    merged = merge_stage_state_dicts(stages)  # raises if the tied wte copies differ
+    _check_full_state(merged, config, f"the merged tp={tp} x pp={pp} state")
+    return {key: merged[key] for key in _expected_state(config)}  # GPT's order
+
+
+def reshard(
+    shards: Mapping[tuple[int, int], Mapping[str, torch.Tensor]], config: GPTConfig, tp: int, pp: int
+) -> Shards:
+    """Shards of any layout -> the same weights in a tp x pp layout (split(merge(shards)))."""
+    check_layout(config, tp, pp)  # fail before merging
+    return split(merge(shards, config), config, tp, pp)
