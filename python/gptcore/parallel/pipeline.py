@@ -172,25 +172,33 @@ class PipelineStage(nn.Module):
         return [p for p in self.parameters() if p is not copy]
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        cfg, t = self.config, self.transformer
+        x = self.trunk(inputs)
+        return self.head(x, targets) if self.is_last else x
+
+    def trunk(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The embeddings (first stage; inputs are token ids) and this stage's blocks."""
+        cfg, t, kind = self.config, self.transformer, type(self).__name__
         if self.is_first:
             seq_len = inputs.shape[1]
             if seq_len > cfg.n_positions:
-                raise ValueError(f"PipelineStage: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
+                raise ValueError(f"{kind}: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
             positions = torch.arange(seq_len, device=inputs.device)
             x = F.dropout(t.wte(inputs) + t.wpe(positions), cfg.dropout, self.training)
         else:
             x = inputs
         recompute = self.recompute if self.training and torch.is_grad_enabled() else "none"
         if recompute not in ("none", "full", "selective"):
-            raise ValueError(f"PipelineStage.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
+            raise ValueError(f"{kind}.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
         for block in t.h.values():
             if recompute == "full":
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x, recompute_attention=recompute == "selective")
-        if not self.is_last:
-            return x
+        return x
+
+    def head(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Last stage: the logits, or with targets the cross-entropy summed over the target tokens."""
+        cfg, t = self.config, self.transformer
         x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
         logits = self.ops.linear(x, t.wte.weight[: cfg.vocab_size])  # tied head over the real rows
         if targets is None:
