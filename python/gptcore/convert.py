@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from gptcore.model import GPT, GPTConfig
+from gptcore.model import DTYPES, GPT, GPTConfig
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
@@ -183,9 +183,6 @@ def load_any(source, **overrides) -> GPT:
     return from_hf(path, **overrides) if kind == "hf" else load(path, **overrides)
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str = "auto"):
     """(model in eval mode, tokenizer or None) for generation, evaluation and serving.
 
@@ -203,13 +200,13 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
         raise ValueError(f"device {device}: no CUDA device is visible; use --device cpu")
     if dtype == "auto":
         dtype = "bf16" if device.type == "cuda" else "fp32"
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose from auto, {', '.join(_DTYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose from auto, {', '.join(DTYPES)}")
     use_gptcore_ops = device.type == "cuda" or dtype == "fp32"
     kind, path = resolve(source)
     overrides = dict(use_gptcore_ops=use_gptcore_ops, dropout=0.0, attn_dropout=0.0)
     model = from_hf(path, **overrides) if kind == "hf" else load(path, **overrides)
-    model = model.to(device=device, dtype=_DTYPES[dtype]).eval()
+    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     if tokenizer is None:
         folder = path if kind == "hf" else path.parent / "tokenizer"
         has_files = (

@@ -58,6 +58,9 @@ def _presets() -> dict[str, dict]:
 
 PRESETS = _presets()
 
+# Precision names (configs, --dtype) -> parameter dtypes.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class GPTConfig:

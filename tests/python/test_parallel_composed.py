@@ -36,13 +36,7 @@ GLOBAL_B, T, STEPS, DP = 4, 16, 3, 2
 MICRO_BATCHES = 2  # per data-parallel rank and step, in the pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; spinning OpenMP threads crawl on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model() -> GPT:

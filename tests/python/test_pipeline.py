@@ -23,13 +23,7 @@ CONFIG = GPTConfig(vocab_size=256, n_positions=32, n_layer=4, n_head=2, n_embd=6
 MICRO_B, T, STEPS = 2, 16, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; spinning OpenMP threads crawl on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(config=CONFIG) -> GPT:

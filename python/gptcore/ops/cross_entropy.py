@@ -81,9 +81,17 @@ def cross_entropy(
     if not logits.is_contiguous():
         raise ValueError("cross_entropy: 'logits' is not contiguous; pass logits.contiguous()")
     loss, _ = cross_entropy_fwd(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).contiguous(), ignore_index)
+    return reduce_token_losses(loss, target, ignore_index, reduction, logits.dtype)
+
+
+def reduce_token_losses(
+    loss: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """Flat per-token losses (0 at ignored targets) reduced like F.cross_entropy: shaped as target
+    ("none"), summed ("sum") or averaged over the targets != ignore_index ("mean"); in dtype."""
     if reduction == "none":
-        return loss.view(target.shape).to(logits.dtype)
+        return loss.view(target.shape).to(dtype)
     total = loss.sum()
     if reduction == "mean":
         total = total / (target != ignore_index).sum()
-    return total.to(logits.dtype)
+    return total.to(dtype)

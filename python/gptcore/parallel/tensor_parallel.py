@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gptcore import ops as gptcore_ops
 from gptcore.model import GPT, REFERENCE_OPS, GPTConfig
+from gptcore.ops.cross_entropy import reduce_token_losses
 from gptcore.optim.adamw import param_grad
 from gptcore.parallel.mappings import (
     all_gather_along,
@@ -291,12 +292,7 @@ def vocab_parallel_cross_entropy(
         vocab_start = dist.get_rank(group) * logits.shape[-1]
     rows = logits.reshape(-1, logits.shape[-1])
     loss = _VocabParallelCrossEntropy.apply(rows, target.reshape(-1).long(), vocab_start, ignore_index, group)
-    if reduction == "none":
-        return loss.view(target.shape).to(logits.dtype)
-    total = loss.sum()
-    if reduction == "mean":
-        total = total / (target != ignore_index).sum()
-    return total.to(logits.dtype)
+    return reduce_token_losses(loss, target, ignore_index, reduction, logits.dtype)
 
 
 class TPBlock(nn.Module):

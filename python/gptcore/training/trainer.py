@@ -33,14 +33,13 @@ from gptcore.data import (
     parse_split,
 )
 from gptcore.data.stdlib_corpus import cache_root
-from gptcore.model import GPT
+from gptcore.model import DTYPES, GPT
 from gptcore.optim import AdamW
 from gptcore.optim.adamw import param_grad
 from gptcore.training import checkpoint as ckpt
 from gptcore.training.config import ConfigError, TrainConfig
 from gptcore.training.schedule import LossScaler, lr_at
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) for MFU; other devices need peak_tflops in the config.
 _PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
 
@@ -83,7 +82,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg, self.log = cfg.validate(), log
         self.device = resolve_device(cfg.device)
-        self.dtype = _DTYPES[cfg.precision]
+        self.dtype = DTYPES[cfg.precision]
         if self.device.type == "cpu" and cfg.precision != "fp32" and cfg.use_gptcore_ops:
             raise ConfigError(
                 f"precision {cfg.precision} on the CPU: gptcore's CPU kernels are float32; use precision=fp32,"
