@@ -1,5 +1,5 @@
-"""The `gptcore` console script: `info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export`, `train`,
-`generate`, `eval [ppl]`, `serve`."""
+"""The `gptcore` console script: `info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export|reshard`,
+`train`, `generate`, `eval [ppl]`, `serve`."""
 
 from __future__ import annotations
 
@@ -159,9 +159,9 @@ def _preprocess(parser, args) -> None:
 
 
 def _add_convert_parser(sub) -> None:
-    conv = sub.add_parser("convert", help="convert models: Hugging Face GPT-2 import/export").add_subparsers(
-        dest="convert_command", required=True
-    )
+    conv = sub.add_parser(
+        "convert", help="convert models: Hugging Face GPT-2 import/export, checkpoint resharding"
+    ).add_subparsers(dest="convert_command", required=True)
     imp = conv.add_parser(
         "hf-import",
         help="a HF GPT-2 directory (config.json + model.safetensors) -> a gptcore model file",
@@ -172,24 +172,55 @@ def _add_convert_parser(sub) -> None:
     imp.add_argument("--out", required=True, help="the gptcore model file to write")
     exp = conv.add_parser(
         "hf-export",
-        help="a gptcore model file -> a HF GPT-2 directory (config.json + model.safetensors)",
-        description="Write a gptcore model file as a directory GPT2LMHeadModel.from_pretrained loads.",
+        help="a gptcore model or checkpoint -> a HF GPT-2 directory (config.json + model.safetensors)",
+        description="Write a model as a directory GPT2LMHeadModel.from_pretrained loads: a gptcore model file,"
+        " a training checkpoint folder step_N/ (sharded ones merged) or a save folder (its newest checkpoint).",
     )
-    exp.add_argument("--checkpoint", required=True, help="a gptcore model file (from hf-import or convert.save)")
+    exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder or save folder")
     exp.add_argument("--out", required=True, help="the directory to write")
+    res = conv.add_parser(
+        "reshard",
+        help="a training checkpoint's weights -> another tensor x pipeline parallel layout",
+        description="Write the weights of a training checkpoint (a step_N/ folder, or a save folder: its newest"
+        " checkpoint) split for --tensor-parallel x --pipeline-parallel ranks (1 x 1: one model.safetensors) as"
+        " OUT/step_N, with layout.json, trainer.pt without optimizer and RNG state, config.yaml and tokenizer/."
+        " Per-rank optimizer state is not carried over.",
+    )
+    res.add_argument("--checkpoint", required=True, help="step_N/ folder or save folder")
+    res.add_argument("--tensor-parallel", type=int, default=1, metavar="T", help="tensor-parallel size (default 1)")
+    res.add_argument("--pipeline-parallel", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
+    res.add_argument("--out", required=True, help="the save folder to write OUT/step_N into")
 
 
-def _convert(args) -> None:
+def _convert(args) -> int:
+    import gptcore
     from gptcore import convert
 
-    if args.convert_command == "hf-import":
-        model = convert.from_hf(args.hf_dir, use_gptcore_ops=False)
-        convert.save(model, args.out)
-    else:
-        model = convert.load(args.checkpoint, use_gptcore_ops=False)
-        convert.to_hf(model, args.out)
+    try:
+        if args.convert_command == "reshard":
+            from gptcore.parallel.checkpoint import read_layout, reshard_checkpoint
+
+            folder = reshard_checkpoint(args.checkpoint, args.out, args.tensor_parallel, args.pipeline_parallel)
+            files = sorted(p.name for p in folder.glob("model*.safetensors"))
+            layout = read_layout(folder)
+            print(
+                f"{folder}: tp={layout['tensor_parallel']} x pp={layout['pipeline_parallel']},"
+                f" {len(files)} model file{'s' if len(files) != 1 else ''} ({files[0]}"
+                f"{f' ... {files[-1]}' if len(files) > 1 else ''})"
+            )
+            return 0
+        if args.convert_command == "hf-import":
+            model = convert.from_hf(args.hf_dir, use_gptcore_ops=False)
+            convert.save(model, args.out)
+        else:
+            model = convert.load_any(args.checkpoint, use_gptcore_ops=False)
+            convert.to_hf(model, args.out)
+    except (ValueError, OSError, gptcore.Error) as e:
+        print(f"gptcore convert: error: {e}", file=sys.stderr)
+        return 2
     c = model.config
     print(f"{args.out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}")
+    return 0
 
 
 def _add_train_parser(sub) -> None:
@@ -202,21 +233,62 @@ def _add_train_parser(sub) -> None:
         " `load` (or `save`) when there is one; SIGTERM finishes the step, saves and exits.",
     )
     train.add_argument("--config", default="tiny-cpu", help="a YAML file or a shipped config name (default: tiny-cpu)")
+    train.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes on this machine (through torchrun): data parallel, or the layout the config's"
+        " tensor_parallel and pipeline_parallel ask for (default 1)",
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value")
 
 
+def _launch(args) -> int:
+    """`gptcore train --nproc-per-node N ...`: torchrun --standalone running N copies of the same command."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    if args.nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    from gptcore.training import load_config
+
+    load_config(args.config, args.overrides)  # a bad config stops here, once, not in every process
+    command = ["-m", "gptcore", "train", "--config", str(args.config), *args.overrides]
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={args.nproc_per_node}", *command])
+    except ChildFailedError as e:  # the processes printed their own errors
+        codes = sorted({failure.exitcode for failure in e.failures.values()})
+        print(f"gptcore train: {len(e.failures)} of {args.nproc_per_node} processes failed", file=sys.stderr)
+        return max(codes) if codes and max(codes) > 0 else 1
+    return 0
+
+
 def _train(args) -> int:
+    import torch.distributed as dist
+
     from gptcore.data import load_tokenizer
     from gptcore.generate import sample
-    from gptcore.training import Trainer, load_config
+    from gptcore.training import load_config
+    from gptcore.training.parallel_trainer import launched_world_size, make_trainer
 
+    if args.nproc_per_node > 1 and launched_world_size() == 1:
+        return _launch(args)
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg)
-    trainer.train()
+    trainer = make_trainer(cfg)
+    try:
+        trainer.train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if not trainer.is_main:
+        return 0
     if trainer.stopped_by_signal:
         print(f"stopped by {trainer.stopped_by_signal} at step {trainer.step}")
         return 0
-    if cfg.sample_tokens:
+    if cfg.sample_tokens and cfg.tensor_parallel * cfg.pipeline_parallel > 1:
+        print(f"(no sample: the model is split over processes; try `gptcore generate --checkpoint {cfg.save}`)")
+    elif cfg.sample_tokens:
         tokenizer = load_tokenizer(trainer.tokenizer_path)
         prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else []
         room = trainer.model.config.n_positions - max(len(prompt), 1)
@@ -486,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "preprocess":
         _preprocess(parser, args)
     elif args.command == "convert":
-        _convert(args)
+        return _convert(args)
     elif args.command == "train":
         from gptcore.training import ConfigError
 

@@ -6,7 +6,9 @@ multiple of `pad_vocab_multiple`; import pads with zero rows, export drops them.
 tied to the embedding: HF writes no `lm_head.weight` and ties it on load.
 
 gptcore model file (`save` / `load`): one safetensors file holding the state dict, with the
-GPTConfig as JSON under the metadata key "gptcore_config".
+GPTConfig as JSON under the metadata key "gptcore_config". A sharded training checkpoint (a step
+folder with layout.json and one such file per (tp_rank, pp_rank): gptcore.parallel.checkpoint) is
+read by `resolve` / `load_any` / `load_for_inference` as the full model, its shards merged.
 """
 
 from __future__ import annotations
@@ -131,38 +133,70 @@ def to_hf(model: GPT, directory) -> Path:
     return directory
 
 
+CONFIG_KEY = "gptcore_config"  # the safetensors metadata key holding the GPTConfig as JSON
+
+
+def save_state(
+    state: dict[str, torch.Tensor], config: GPTConfig, path, extra_metadata: dict[str, str] | None = None
+) -> Path:
+    """Write a gptcore model file: `state` (any tensors keyed by GPT parameter names: a full state
+    dict or one shard of it) as safetensors, `config` in its metadata (without use_gptcore_ops,
+    which is a choice of whoever runs the model, not part of it), plus `extra_metadata` (strings).
+    Returns the path."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    saved = config.to_dict()
+    del saved["use_gptcore_ops"]
+    metadata = {CONFIG_KEY: json.dumps(saved)}
+    for key, value in (extra_metadata or {}).items():
+        if key == CONFIG_KEY or not isinstance(value, str):
+            raise ValueError(f"save_state: extra metadata {key!r}={value!r}: string values, not {CONFIG_KEY!r}")
+        metadata[key] = value
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
 def save(model: GPT, path) -> None:
-    """gptcore's model file: the state dict as safetensors, the config in its metadata (without
-    use_gptcore_ops, which is a choice of whoever runs the model, not part of it)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    config = model.config.to_dict()
-    del config["use_gptcore_ops"]
-    save_file(state, path, metadata={"gptcore_config": json.dumps(config)})
+    """gptcore's model file: the model's state dict and config (save_state)."""
+    save_state(model.state_dict(), model.config, path)
 
 
-def load(path, **overrides) -> GPT:
-    """A GPT from a file written by `save`; `overrides` set GPTConfig fields."""
+def read_metadata(path) -> dict[str, str]:
+    """The metadata of a gptcore model file; ValueError if `path` is not one."""
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
         raise ValueError(f"{path}: not a safetensors file ({e})") from None
-    if "gptcore_config" not in metadata:
-        raise ValueError(f"{path}: not a gptcore model file (no 'gptcore_config' metadata)")
-    model = GPT(GPTConfig(**(json.loads(metadata["gptcore_config"]) | overrides)))
+    if CONFIG_KEY not in metadata:
+        raise ValueError(f"{path}: not a gptcore model file (no {CONFIG_KEY!r} metadata)")
+    return metadata
+
+
+def config_from_metadata(metadata: dict[str, str], **overrides) -> GPTConfig:
+    """The GPTConfig a gptcore model file's metadata holds, with `overrides` set."""
+    return GPTConfig(**(json.loads(metadata[CONFIG_KEY]) | overrides))
+
+
+def load(path, **overrides) -> GPT:
+    """A GPT from a file written by `save`; `overrides` set GPTConfig fields."""
+    model = GPT(config_from_metadata(read_metadata(path), **overrides))
     model.load_state_dict(load_file(path))
     return model
 
 
 def resolve(source) -> tuple[str, Path]:
-    """What `source` names: ("hf", folder) for an HF GPT-2 folder (config.json), ("gptcore", file) for a
-    gptcore model file, a training checkpoint folder or a save folder (its newest complete checkpoint)."""
+    """What `source` names: ("hf", folder) for an HF GPT-2 folder (config.json); ("gptcore", file) for a
+    gptcore model file; for a training checkpoint folder, or a save folder (its newest complete
+    checkpoint), ("gptcore", its model.safetensors), or ("sharded", the folder) when its layout.json
+    says it is split over tensor or pipeline ranks."""
+    from gptcore.parallel.checkpoint import LAYOUT_FILE, read_layout
     from gptcore.training.checkpoint import find_checkpoint
 
     path = Path(source)
     if path.is_dir() and (path / "config.json").is_file():
         return "hf", path
-    if path.is_dir() and not (path / "model.safetensors").is_file():
+    if path.is_dir() and not any((path / name).is_file() for name in ("model.safetensors", LAYOUT_FILE)):
         found = find_checkpoint(path)
         if found is None:
             raise ValueError(
@@ -171,25 +205,46 @@ def resolve(source) -> tuple[str, Path]:
             )
         path = found
     if path.is_dir():
+        layout = read_layout(path)
+        if (layout["tensor_parallel"], layout["pipeline_parallel"]) != (1, 1):
+            return "sharded", path
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: checkpoint folder without model.safetensors")
         path = path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{source}: no such model file or folder")
     return "gptcore", path
 
 
+def _load_resolved(kind: str, path: Path, overrides: dict) -> GPT:
+    if kind == "hf":
+        return from_hf(path, **overrides)
+    if kind == "sharded":
+        from gptcore.parallel.checkpoint import load_full_state
+
+        # use_gptcore_ops defaults to GPTConfig's (on), as `load`'s does
+        state, config = load_full_state(path, **({"use_gptcore_ops": True} | overrides))
+        model = GPT(config)
+        model.load_state_dict(state)
+        return model
+    return load(path, **overrides)
+
+
 def load_any(source, **overrides) -> GPT:
-    """A GPT from whatever `resolve` accepts; `overrides` set GPTConfig fields."""
+    """A GPT from whatever `resolve` accepts (a sharded checkpoint's shards merged into the full
+    model); `overrides` set GPTConfig fields."""
     kind, path = resolve(source)
-    return from_hf(path, **overrides) if kind == "hf" else load(path, **overrides)
+    return _load_resolved(kind, path, overrides)
 
 
 def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str = "auto"):
     """(model in eval mode, tokenizer or None) for generation, evaluation and serving.
 
-    source: anything `resolve` accepts. The tokenizer is `tokenizer` if given, else the one the
-    model came with: a training checkpoint's tokenizer/ copy, a `tokenizer/` folder beside a model
-    file, or the tokenizer files of an HF folder. device "auto": CUDA when visible. dtype "auto":
-    bf16 on CUDA, fp32 on CPU (gptcore's CPU kernels are float32; other dtypes there run on PyTorch ops).
+    source: anything `resolve` accepts (a sharded checkpoint is merged). The tokenizer is `tokenizer`
+    if given, else the one the model came with: a training checkpoint's tokenizer/ copy, a
+    `tokenizer/` folder beside a model file, or the tokenizer files of an HF folder. device "auto":
+    CUDA when visible. dtype "auto": bf16 on CUDA, fp32 on CPU (gptcore's CPU kernels are float32;
+    other dtypes there run on PyTorch ops).
     """
     from gptcore.data import load_tokenizer
 
@@ -205,10 +260,10 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
     use_gptcore_ops = device.type == "cuda" or dtype == "fp32"
     kind, path = resolve(source)
     overrides = dict(use_gptcore_ops=use_gptcore_ops, dropout=0.0, attn_dropout=0.0)
-    model = from_hf(path, **overrides) if kind == "hf" else load(path, **overrides)
+    model = _load_resolved(kind, path, overrides)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     if tokenizer is None:
-        folder = path if kind == "hf" else path.parent / "tokenizer"
+        folder = {"hf": path, "sharded": path / "tokenizer"}.get(kind, path.parent / "tokenizer")
         has_files = (
             folder.is_dir()
             and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json"))

@@ -1,7 +1,7 @@
-"""Composed parallelism on 4 gloo processes: tp2 x dp2 (with and without sequence parallelism),
-pp2 x dp2 and tp2 x pp2 (without sequence parallelism), each against the single-process GPT
-trained on the whole global batch: the loss, the merged gradients and the weights after a few
-SGD steps.
+"""Composed parallelism on 4 gloo processes: tp2 x dp2 and tp2 x pp2 (each with and without
+sequence parallelism) and pp2 x dp2, each against the single-process GPT trained on the whole
+global batch: the loss, the merged gradients and the weights after a few SGD steps.
+test_parallel_world8 runs tp2 x pp2 x dp2 with this module's helpers.
 
 Each data-parallel rank takes its half of every global batch. The halves hold different numbers of
 target tokens, so DataParallel sums (average=False) gradients of losses already normalized by the
@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from gptcore.model import GPT, GPTConfig
+from gptcore.optim.adamw import param_grad
 from gptcore.parallel.data_parallel import DataParallel
 from gptcore.parallel.layout import ParallelLayout, build_groups
 from gptcore.parallel.pipeline import (
@@ -191,38 +192,96 @@ def test_pp2_dp2_matches_single_process():
     run_distributed(_pp_dp_worker, 4, _reference())
 
 
-# ---- tp2 x pp2 ---------------------------------------------------------------------------------
-# Without sequence parallelism (TPPipelineStage does not support it yet).
+# ---- tp2 x pp2 (x dp) ---------------------------------------------------------------------------
 
 
-def _tp_pp_worker(rank: int, world_size: int, reference: list[dict]) -> None:
-    groups = build_groups(ParallelLayout(world_size, tp=2, pp=2))
-    assert groups.layout.dp == 1
-    stage = TPPipelineStage(_model(), groups.coords.pp, groups.layout.pp, groups.tp)
+def _gather_tp_pp(groups, tensors: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """The full GPT tensors (grads or weights) from every rank's TPPipelineStage tensors, gathered
+    over the world: the data-parallel replicas must be equal; reshard.merge raises unless both wte
+    copies of each tp shard are equal (tied)."""
+    gathered = [None] * groups.layout.world
+    dist.all_gather_object(gathered, (groups.coords, tensors))
+    shards = {}
+    for coords, shard in gathered:
+        key = (coords.tp, coords.pp)
+        if key not in shards:
+            shards[key] = shard
+            continue
+        for name, value in shard.items():
+            assert torch.equal(value, shards[key][name]), f"{what} {name}: data-parallel replicas differ"
+    return merge(shards, CONFIG)
+
+
+def _train_tp_pp(groups, reference: list[dict], sequence_parallel: bool) -> None:
+    """TPPipelineStage training against the reference on any tp x pp (x dp) layout: with dp > 1 each
+    data-parallel rank takes its part of every global batch and DataParallel sums the grads once
+    per step (no_sync over the micro batches)."""
+    layout, coords = groups.layout, groups.coords
+    what = f"tp{layout.tp} x pp{layout.pp} x dp{layout.dp} sequence_parallel={sequence_parallel}"
+    stage = TPPipelineStage(_model(), coords.pp, layout.pp, groups.tp, sequence_parallel=sequence_parallel)
+    assert all(hasattr(p, "tensor_parallel") and hasattr(p, "sequence_parallel") for p in stage.parameters())
     broadcast_tied_embedding(stage, groups.embedding, first_stage_rank=groups.pp_ranks[0])
+    dp = DataParallel(stage, groups.dp, average=False) if layout.dp > 1 else None
     optimizer = _optimizer(stage.parameters())
     prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.stage)
-    per_micro = GLOBAL_B // MICRO_BATCHES
-    key = (groups.coords.tp, groups.coords.pp)
+    per_micro = GLOBAL_B // layout.dp // MICRO_BATCHES
     for step in range(STEPS):
         idx, targets = _batch(step)
-        micro_batches = list(zip(idx.split(per_micro), targets.split(per_micro)))
-        losses = forward_backward_1f1b(stage, micro_batches, groups.pp, prev_rank, next_rank)
-        all_reduce_tied_embedding_grad(stage, groups.embedding)
-        if stage.is_last:  # every tp rank of the last stage holds the whole loss
-            _close(torch.stack(losses).sum(), reference[step]["loss"], f"tp2 x pp2: step {step} loss")
+        local_idx, local_targets = idx.chunk(layout.dp)[coords.dp], targets.chunk(layout.dp)[coords.dp]
+        micro_batches = list(zip(local_idx.split(per_micro), local_targets.split(per_micro)))
+        losses = forward_backward_1f1b(
+            stage,
+            micro_batches,
+            groups.pp,
+            prev_rank,
+            next_rank,
+            num_tokens=_num_tokens(targets),  # every micro batch's token sum / the global batch's tokens
+            no_sync=dp.no_sync if dp else None,
+        )
+        stage.reduce_sequence_parallel_grads()  # a no-op without sequence parallelism
+        all_reduce_tied_embedding_grad(stage, groups.embedding)  # after the data-parallel reduction
+        if stage.is_last:  # every tp rank of the last stage holds the whole loss of its data
+            total = torch.stack(losses).sum().reshape(1)
+            dist.all_reduce(total, group=groups.dp)
+            _close(total[0], reference[step]["loss"], f"{what}: step {step} loss")
         else:
             assert losses == []
-        grads = [None] * world_size
-        dist.all_gather_object(grads, (key, {n: p.grad for n, p in stage.named_parameters()}))
-        # reshard.merge raises unless both wte copies of each tp shard hold the same (tied) grad.
-        _close_all(merge(dict(grads), CONFIG), reference[step]["grads"], f"tp2 x pp2: step {step} grad of")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    states = [None] * world_size
-    dist.all_gather_object(states, (key, stage.state_dict()))
-    _close_all(merge(dict(states), CONFIG), reference[-1]["state"], f"tp2 x pp2: after {STEPS} SGD steps,")
+        grads = _gather_tp_pp(groups, {n: param_grad(p) for n, p in stage.named_parameters()}, what)
+        _close_all(grads, reference[step]["grads"], f"{what}: step {step} grad of")
+        if dp:
+            _sgd_step(optimizer, dp)
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    state = _gather_tp_pp(groups, stage.state_dict(), what)
+    _close_all(state, reference[-1]["state"], f"{what}: after {STEPS} SGD steps,")
 
 
-def test_tp2_pp2_matches_single_process():
-    run_distributed(_tp_pp_worker, 4, _reference())
+def _tp_pp_worker(rank: int, world_size: int, reference: list[dict], sequence_parallel: bool) -> None:
+    groups = build_groups(ParallelLayout(world_size, tp=2, pp=2))
+    assert groups.layout.dp == 1
+    _train_tp_pp(groups, reference, sequence_parallel)
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["no_sp", "sp"])
+def test_tp2_pp2_matches_single_process(sequence_parallel):
+    run_distributed(_tp_pp_worker, 4, _reference(), sequence_parallel)
+
+
+def _sp_indivisible_worker(rank: int, world_size: int) -> None:
+    groups = build_groups(ParallelLayout(world_size, tp=2, pp=2))
+    stage = TPPipelineStage(_model(), groups.coords.pp, groups.layout.pp, groups.tp, sequence_parallel=True)
+    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.stage)
+    idx, targets = (t[:, : T - 1] for t in _batch(0))  # T - 1 = 15 tokens over 2 tp ranks
+    message = r"sequence length \(15\) must be divisible by the tensor-parallel size \(2\)"
+    # Every stage raises before any transfer (activation_shape), so no rank waits on another.
+    with pytest.raises(ValueError, match=message):
+        forward_backward_1f1b(stage, [(idx, targets)], groups.pp, prev_rank, next_rank)
+    if stage.is_first:  # and the stage itself, called directly
+        with pytest.raises(ValueError, match=message):
+            stage(idx)
+    dist.barrier()  # no rank tears the groups down while another is still setting them up
+
+
+def test_tp_pipeline_sequence_parallel_needs_divisible_seq_len():
+    run_distributed(_sp_indivisible_worker, 4)

@@ -21,11 +21,27 @@ made or was given) unless `store=` names another. A store rather than a collecti
 alike, no device tensor, no torch NCCL communicator) and is how torch's own ProcessGroupNCCL
 shares its id. It follows that the ranks of a group create their communicators over it in the
 same order, as they would for any collective.
+
+`CommCollectives` serves a communicator to gptcore.parallel.data_parallel (DataParallel,
+ZeroAdamW) as its `Collectives`, so the gradient reductions run on gptcore's NCCL:
+
+    dp = DataParallel(model, CommCollectives.create(group, device))  # or CommCollectives(comm)
+    dp = DataParallel(model, CommCollectives(Communicator.single()))  # one process, CPU or CUDA
+
+On CUDA it issues every collective on a communication stream of its own (one per device) that
+first waits for the current stream, so the tensors' producers are done; a call with
+async_op=True returns at once with a handle whose wait() makes the then current stream wait for
+the collective, without blocking the host, so the reductions overlap the backward that keeps
+running on the current stream (as torch's ProcessGroupNCCL and Megatron do). async_op=False is
+the same call followed by wait(). The tensors are marked as used on the communication stream
+(record_stream), so freeing them before the collective has run is safe. On CPU tensors (the
+single backend) every call is done when it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import Iterator
 
@@ -208,3 +224,79 @@ class Communicator:
         # Calls in a group run at its end: their tensors must outlive temporaries like x.contiguous().
         if self._depth:
             self._held.extend(tensors)
+
+
+class CommWork:
+    """The handle of a CommCollectives call: wait() makes the current CUDA stream wait for the
+    collective (no host sync); is_completed() says whether the GPU has run it. Without an event
+    (CPU tensors) the call is already done."""
+
+    def __init__(self, event: torch.cuda.Event | None = None, device: torch.device | None = None):
+        self._event, self._device = event, device
+
+    def wait(self) -> None:
+        if self._event is not None:
+            torch.cuda.current_stream(self._device).wait_event(self._event)
+
+    def is_completed(self) -> bool:
+        return self._event is None or self._event.query()
+
+
+class CommCollectives:
+    """gptcore.parallel.data_parallel's `Collectives` (sum collectives, async_op) over a
+    Communicator; see the module docstring."""
+
+    def __init__(self, comm: Communicator):
+        self.comm = comm
+        self.rank, self.world = comm.rank, comm.world
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}  # the communication stream per device
+
+    @classmethod
+    def create(
+        cls,
+        group: dist.ProcessGroup | None = None,
+        device: torch.device | int | str | None = None,
+        store: dist.Store | None = None,
+    ) -> CommCollectives:
+        """Over a new NCCL communicator: Communicator.create(group, device, store). Collective."""
+        return cls(Communicator.create(group, device, store))
+
+    def __repr__(self) -> str:
+        return f"CommCollectives({self.comm!r})"
+
+    def all_reduce(self, tensor: torch.Tensor, async_op: bool = False) -> CommWork | None:
+        return self._issue(self.comm.all_reduce, tensor, async_op=async_op)
+
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, async_op: bool = False) -> CommWork | None:
+        return self._issue(self.comm.reduce_scatter, output, input, async_op=async_op)
+
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor, async_op: bool = False) -> CommWork | None:
+        return self._issue(self.comm.all_gather, output, input, async_op=async_op)
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        self._issue(functools.partial(self.comm.broadcast, src=src), tensor, async_op=False)
+
+    def stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The communication stream on `device` (a CUDA device), made on first use."""
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
+        return self._streams[device]
+
+    def _issue(self, call, *tensors: torch.Tensor, async_op: bool) -> CommWork | None:
+        device = tensors[0].device
+        if device.type != "cuda":
+            call(*tensors)
+            return CommWork() if async_op else None
+        side = self.stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))  # the tensors' producers first
+        with torch.cuda.stream(side):
+            call(*tensors)
+            done = torch.cuda.Event()
+            done.record(side)
+        for t in tensors:  # their memory is not reused before the collective has run
+            t.record_stream(side)
+        work = CommWork(done, device)
+        if async_op:
+            return work
+        work.wait()
+        return None

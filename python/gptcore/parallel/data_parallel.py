@@ -111,9 +111,15 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _make_buckets(params: list[nn.Parameter], bucket_numel: int, world: int) -> list[Bucket]:
+def _make_buckets(params: list[nn.Parameter], bucket_numel: int, world: int, alone: set[int]) -> list[Bucket]:
     buckets, current, offsets, end = [], [], [], 0
     for p in params:
+        if id(p) in alone:  # a bucket of its own: close the current one first
+            if current:
+                buckets.append(Bucket(current, offsets, _round_up(end, _ALIGN * world), waiting=len(current)))
+                current, offsets, end = [], [], 0
+            buckets.append(Bucket([p], [0], _round_up(p.numel(), _ALIGN * world), waiting=1))
+            continue
         current.append(p)
         offsets.append(end)
         end = _round_up(end + p.numel(), _ALIGN)
@@ -140,11 +146,23 @@ class DataParallel:
     by the global batch, e.g. by its token count).
 
     Gradient accumulation: run every micro batch but the last under `no_sync()`; `zero_grad()`
-    clears the grads after the optimizer step. The param and grad dtype and device are the
-    model's as it is at construction: move and cast the model first.
+    clears the grads after the optimizer step. `sync_grads()` reduces when no backward outside
+    no_sync() ran in a step. The param and grad dtype and device are the model's as it is at
+    construction: move and cast the model first.
+
+    own_bucket: params that each get a bucket alone. Two models whose such param has the same
+    shape then shard it identically under ZeRO (the pipeline's first and last stage hold the two
+    copies of the tied embedding and sum their grads shard by shard).
     """
 
-    def __init__(self, model: nn.Module, group, bucket_mb: float = 25.0, average: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        group,
+        bucket_mb: float = 25.0,
+        average: bool = True,
+        own_bucket: Iterable[nn.Parameter] = (),
+    ):
         if not bucket_mb > 0:
             raise ValueError(f"DataParallel: bucket_mb must be positive, got {bucket_mb!r}")
         self.module = model
@@ -159,7 +177,8 @@ class DataParallel:
                 f"DataParallel: all params must share one dtype and device; found {sorted(map(str, kinds))}"
             )
         self.device = params[0].device
-        self.buckets = _make_buckets(params[::-1], int(bucket_mb * 2**20) // 4, self.comm.world)
+        alone = {id(p) for p in own_bucket}
+        self.buckets = _make_buckets(params[::-1], int(bucket_mb * 2**20) // 4, self.comm.world, alone)
         self._sync = True
         self._finishing = False  # the end-of-backward callback is queued
         self._next = 0  # buckets launch in order, so every rank issues the same collectives
@@ -208,6 +227,12 @@ class DataParallel:
             yield
         finally:
             self._sync = previous
+
+    @torch.no_grad()
+    def sync_grads(self) -> None:
+        """Reduce the grads accumulated so far now, for a step whose backward passes all ran under
+        no_sync() (e.g. every micro batch of this rank had no target token)."""
+        self._finish_backward()
 
     @torch.no_grad()
     def zero_grad(self) -> None:

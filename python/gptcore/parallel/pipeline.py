@@ -10,9 +10,10 @@ A stage's parameters keep the full model's names (`transformer.h.5.attn.c_attn.w
 whichever stage runs layer 5), so a stage's state dict is a slice of the full GPT's.
 
 Communication is explicit: the schedule takes the pipeline's process group and the global ranks of
-the neighbouring stages. Activations and their grads go point to point with the fixed shape
-[micro_B, T, C] and the parameters' dtype; every stage knows them from its micro batches and the
-config, so no shape is exchanged.
+the neighbouring stages. Activations and their grads go point to point with one fixed shape,
+`stage.activation_shape(micro_B, T)` ([micro_B, T, C]; a tensor-parallel stage with sequence
+parallelism sends its [micro_B, T/tp, C] chunk), and the parameters' dtype; every stage knows them
+from its micro batches and the config, so no shape is exchanged.
 """
 
 from __future__ import annotations
@@ -171,25 +172,33 @@ class PipelineStage(nn.Module):
         copy = self.transformer.wte.weight if self.holds_tied_copy and not self.is_first else None
         return [p for p in self.parameters() if p is not copy]
 
+    def activation_shape(self, batch: int, seq_len: int) -> tuple[int, ...]:
+        """The shape of the hidden states this stage passes on (and the next stage takes) for
+        micro batches of [batch, seq_len] ids: [batch, seq_len, C]. forward_backward_1f1b sends and
+        receives activations and their grads in this shape."""
+        return (batch, seq_len, self.config.n_embd)
+
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         x = self.trunk(inputs)
         return self.head(x, targets) if self.is_last else x
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """First stage: token + position embeddings of ids [B, T], with dropout: [B, T, C]."""
+        cfg, t = self.config, self.transformer
+        seq_len = idx.shape[1]
+        if seq_len > cfg.n_positions:
+            raise ValueError(f"{type(self).__name__}: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
+        positions = torch.arange(seq_len, device=idx.device)
+        return F.dropout(t.wte(idx) + t.wpe(positions), cfg.dropout, self.training)
+
     def trunk(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The embeddings (first stage; inputs are token ids) and this stage's blocks."""
-        cfg, t, kind = self.config, self.transformer, type(self).__name__
-        if self.is_first:
-            seq_len = inputs.shape[1]
-            if seq_len > cfg.n_positions:
-                raise ValueError(f"{kind}: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
-            positions = torch.arange(seq_len, device=inputs.device)
-            x = F.dropout(t.wte(inputs) + t.wpe(positions), cfg.dropout, self.training)
-        else:
-            x = inputs
+        """The embeddings (first stage, self.embed; inputs are token ids) and this stage's blocks."""
+        x = self.embed(inputs) if self.is_first else inputs
         recompute = self.recompute if self.training and torch.is_grad_enabled() else "none"
         if recompute not in ("none", "full", "selective"):
+            kind = type(self).__name__
             raise ValueError(f"{kind}.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
-        for block in t.h.values():
+        for block in self.transformer.h.values():
             if recompute == "full":
                 x = checkpoint(block, x, use_reentrant=False)
             else:
@@ -278,7 +287,7 @@ class _Neighbours:
         if x.shape != self.shape or x.dtype != self.dtype:
             raise RuntimeError(
                 f"pipeline: the {what} to send is {x.dtype} {list(x.shape)}; the receiving stage expects"
-                f" {self.dtype} {list(self.shape)} (the parameters' dtype, [micro_B, T, C])"
+                f" {self.dtype} {list(self.shape)} (the parameters' dtype, stage.activation_shape(micro_B, T))"
             )
         self.sends = [(work, t) for work, t in self.sends if not work.is_completed()]
         x = x.detach().contiguous()
@@ -355,7 +364,8 @@ def forward_backward_1f1b(
         num_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro_batches)
     num_tokens = max(num_tokens, 1)
     param = next(stage.parameters())
-    neighbours = _Neighbours(group, prev_rank, next_rank, (B, T, stage.config.n_embd), param.dtype, param.device)
+    shape = stage.activation_shape(B, T)  # checked on every stage before any transfer
+    neighbours = _Neighbours(group, prev_rank, next_rank, shape, param.dtype, param.device)
     num_micro_batches = len(micro_batches)
     if forward_only:
         order = [("F", k) for k in range(num_micro_batches)]

@@ -17,10 +17,11 @@ replicated parameter gets its whole gradient on every rank. With `sequence_paral
 residual stream, layer norms and dropout work on [B, T/tp, C] sequence chunks: all-gather along
 the sequence before a column-parallel linear, reduce-scatter after a row-parallel one. The
 replicated parameters then see only their rank's tokens, so their gradients must be summed over
-the group once per step: `TPGPT.reduce_sequence_parallel_grads()`, after the backward(s) and
-before clipping and the optimizer step. Every parameter carries two flags: `tensor_parallel`
-(split over the ranks; a global grad norm counts the others, replicated, once) and
-`sequence_parallel` (its gradient is summed by reduce_sequence_parallel_grads).
+the group once per step, after the backward(s) and before clipping and the optimizer step:
+`reduce_sequence_parallel_grads(model, group)`, or the method of that name of TPGPT and
+tp_pipeline.TPPipelineStage. Every parameter carries two flags: `tensor_parallel` (split over
+the ranks; a global grad norm counts the others, replicated, once) and `sequence_parallel` (its
+gradient is summed by reduce_sequence_parallel_grads).
 
 Dropout draws from torch's default generators and the tp ranks must be seeded alike: without
 sequence parallelism the hidden dropout acts on replicated activations and must draw the same
@@ -444,17 +445,25 @@ class TPGPT(nn.Module):
         return gather_from_region(padded, self.group)[..., : self.config.vocab_size]
 
     def reduce_sequence_parallel_grads(self) -> None:
-        """Sum over the group the gradients (main_grad where a param has one) of the parameters
-        that sequence parallelism splits by token: layer norms, wpe, row-parallel biases. One
-        all-reduce; call after the backward(s), before clipping. Nothing to do without it."""
-        params = [p for p in self.parameters() if getattr(p, "sequence_parallel", False)]
-        grads = [g for g in map(param_grad, params) if g is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=self.group)
-        for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
-            g.copy_(summed.view_as(g))
+        """reduce_sequence_parallel_grads(self, self.group): call after the backward(s), before
+        clipping. Nothing to do without sequence parallelism."""
+        reduce_sequence_parallel_grads(self, self.group)
+
+
+def reduce_sequence_parallel_grads(module: nn.Module, group) -> None:
+    """Sum over the tensor-parallel group the gradients (main_grad where a param has one) of
+    module's parameters flagged `sequence_parallel`: those sequence parallelism splits by token
+    (layer norms, wpe, row-parallel biases), whose grads each rank has from its own tokens only.
+    One all-reduce; call after the backward(s), before clipping. Nothing to do when no parameter
+    is flagged (no sequence parallelism) or none has a grad."""
+    params = [p for p in module.parameters() if getattr(p, "sequence_parallel", False)]
+    grads = [g for g in map(param_grad, params) if g is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(summed.view_as(g))
 
 
 def tensor_parallel_model(model: GPT, group, sequence_parallel: bool = False) -> TPGPT:

@@ -114,4 +114,7 @@ def _rank_main(fn, rank, world_size, store, channel, timeout, args) -> None:
     channel.close()
     channel.join_thread()
     if dist.is_initialized():
+        if report[1]:  # wait for the others: tearing down while a peer still connects fails it
+            with contextlib.suppress(Exception):
+                dist.barrier()
         dist.destroy_process_group()

@@ -44,29 +44,44 @@ def _write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def write_checkpoint(save: str | os.PathLike, step: int, write_files, keep_last: int) -> Path:
+def write_checkpoint(
+    save: str | os.PathLike, step: int, write_files, keep_last: int, rank: int = 0, barrier=None
+) -> Path:
     """Create <save>/step_<step>: `write_files(folder)` fills a temporary folder, then the marker is
     written, the folder renamed, `latest` moved to it and checkpoints beyond the newest `keep_last`
-    removed. Returns the checkpoint folder."""
+    removed. Returns the checkpoint folder.
+
+    Several processes (a distributed run, on one shared file system): every rank calls it with its
+    rank and a `barrier()` over all of them; each writes its own files into the one temporary
+    folder, and rank 0 alone creates, completes and publishes it."""
     root = Path(save)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    tmp = root / f".{final.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    # One process: a per-process name, so two runs in one folder cannot mix files; several: one shared name.
+    tmp = root / (f".{final.name}.tmp{os.getpid()}" if barrier is None else f".{final.name}.tmp")
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if barrier is not None:
+        barrier()
     write_files(tmp)
-    for file in tmp.rglob("*"):
-        if file.is_file():
-            with open(file, "rb+") as f:
-                os.fsync(f.fileno())
-    _write_atomic(tmp / COMPLETE, f"{step}\n")
-    if final.exists():  # a re-save of the same step (resumed run saving again): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    _write_atomic(root / LATEST, final.name + "\n")
-    for old in complete_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    if barrier is not None:
+        barrier()
+    if rank == 0:
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as f:
+                    os.fsync(f.fileno())
+        _write_atomic(tmp / COMPLETE, f"{step}\n")
+        if final.exists():  # a re-save of the same step (resumed run saving again): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        _write_atomic(root / LATEST, final.name + "\n")
+        for old in complete_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    if barrier is not None:
+        barrier()
     return final
 
 

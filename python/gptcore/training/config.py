@@ -50,7 +50,7 @@ class TrainConfig:
 
     # batch and schedule
     micro_batch_size: int = 8
-    global_batch_size: int = 8  # = micro_batch_size x gradient accumulation steps (one device)
+    global_batch_size: int = 8  # = micro_batch_size x data-parallel size x gradient accumulation steps
     train_steps: int = 1000
     lr: float = 6e-4
     min_lr: float = 6e-5
@@ -74,6 +74,14 @@ class TrainConfig:
     loss_scale_window: int = 1000  # good steps before the scale doubles
     hysteresis: int = 2  # overflows tolerated before the scale halves
     recompute: str = "none"  # full: each block; selective: each block's attention sublayer
+
+    # parallelism: launch with torchrun (or `gptcore train --nproc-per-node N`); the data-parallel size
+    # is what the world size leaves: world = data x tensor_parallel x pipeline_parallel
+    tensor_parallel: int = 1  # attention heads and MLP columns split over this many ranks
+    pipeline_parallel: int = 1  # layers split into this many stages, run by a 1F1B schedule
+    sequence_parallel: bool = False  # with tensor_parallel > 1: layer norms and dropout on sequence chunks
+    zero_stage: int = 0  # 1: AdamW state sharded over the data-parallel ranks; 2: gradients too
+    ddp_bucket_mb: float = 25.0  # gradients all-reduced in buckets of about this size, during the backward
 
     # eval, logging, checkpoints
     eval_interval: int = 100  # 0: no periodic eval
@@ -164,6 +172,22 @@ class TrainConfig:
             raise ConfigError("need initial_loss_scale >= min_loss_scale > 0")
         if self.loss_scale_window < 1 or self.hysteresis < 1:
             raise ConfigError("loss_scale_window and hysteresis must be >= 1")
+        for name in ("tensor_parallel", "pipeline_parallel"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(
+                f"zero_stage must be 0 (off), 1 (optimizer state sharded) or 2 (gradients too), got {self.zero_stage}"
+            )
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            raise ConfigError("sequence_parallel needs tensor_parallel > 1 (it splits the sequence over those ranks)")
+        if self.sequence_parallel and self.seq_len % self.tensor_parallel:
+            raise ConfigError(
+                f"sequence_parallel: seq_len ({self.seq_len}) must be divisible by tensor_parallel"
+                f" ({self.tensor_parallel}); each rank holds seq_len / tensor_parallel positions"
+            )
+        if not self.ddp_bucket_mb > 0:
+            raise ConfigError(f"ddp_bucket_mb must be > 0, got {self.ddp_bucket_mb}")
         if self.data_path is None and self.tokenizer is not None:
             raise ConfigError("tokenizer is set but data_path is not; the default corpus brings its own tokenizer")
         return self

@@ -1,4 +1,5 @@
-"""Single-device GPT pretraining: data, model, AdamW, schedule, mixed precision, eval, checkpoints.
+"""GPT pretraining on one device: data, model, AdamW, schedule, mixed precision, eval, checkpoints.
+(training.parallel_trainer.ParallelTrainer runs the same loop over several processes.)
 
 One optimizer step takes global_batch_size samples in micro batches of micro_batch_size (gradient
 accumulation); the loss is the mean over every target token of the global batch, so accumulating
@@ -60,6 +61,36 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
     return 6.0 * model.num_parameters() + 12.0 * c.n_layer * c.n_embd * seq_len
 
 
+def rank_file_name(rank: int) -> str:
+    """A distributed checkpoint's file of one process's own state (optimizer shard, RNG states)."""
+    return f"rank_{rank:05d}.pt"
+
+
+def decay_groups(params, weight_decay: float) -> list[dict]:
+    """AdamW's param groups: weight decay on 2-D weights only (not biases, not layer norms)."""
+    params = list(params)
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def _accumulate_in_fp32(model: torch.nn.Module) -> None:
+    """Half params accumulate their grads in a float32 `main_grad` (Megatron's convention), which
+    the optimizer reads: many micro batches then add up without half-precision rounding."""
+
+    def accumulate(p: torch.Tensor) -> None:
+        if p.main_grad is None:
+            p.main_grad = p.grad.float()
+        else:
+            p.main_grad.add_(p.grad)
+        p.grad = None
+
+    for p in model.parameters():
+        p.main_grad = None
+        p.register_post_accumulate_grad_hook(accumulate)
+
+
 def _open_indexed(prefix: str, vocab_size: int) -> IndexedDataset:
     for suffix in (".idx", ".bin"):
         if not Path(prefix + suffix).is_file():
@@ -79,9 +110,17 @@ class Trainer:
     """Builds everything from a TrainConfig and runs `train()`; resumes from the newest checkpoint
     in `load` (or `save`) when there is one. `log` receives each console line."""
 
+    is_main = True  # the process that logs and writes shared files (rank 0 of a distributed run)
+
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg, self.log = cfg.validate(), log
-        self.device = resolve_device(cfg.device)
+        if cfg.tensor_parallel * cfg.pipeline_parallel > 1 and type(self) is Trainer:
+            raise ConfigError(
+                f"tensor_parallel {cfg.tensor_parallel} x pipeline_parallel {cfg.pipeline_parallel} needs as many"
+                " processes (or a multiple): launch with `gptcore train --nproc-per-node N ...` or"
+                " `torchrun --nproc-per-node N -m gptcore train ...`"
+            )
+        self.device = self._device()
         self.dtype = DTYPES[cfg.precision]
         if self.device.type == "cpu" and cfg.precision != "fp32" and cfg.use_gptcore_ops:
             raise ConfigError(
@@ -90,7 +129,8 @@ class Trainer:
             )
         data_path, tokenizer_path = cfg.data_path, cfg.tokenizer
         if data_path is None:
-            prefix, tokenizer_path = default_dataset(progress=cfg.progress)
+            with self._main_first():  # the first run builds the corpus; the others wait and read it
+                prefix, tokenizer_path = default_dataset(progress=cfg.progress and self.is_main)
             data_path = str(prefix)
         if tokenizer_path is None:
             raise ConfigError("data_path is set but tokenizer is not; name the tokenizer the data was made with")
@@ -100,34 +140,30 @@ class Trainer:
         except (ValueError, OSError) as e:
             raise ConfigError(f"tokenizer: {e}") from None
 
+        source = cfg.load or cfg.save
+        self._resume = ckpt.find_checkpoint(source) if source is not None else None
+        if self._resume is None and cfg.load is not None:
+            raise ConfigError(f"load: no complete checkpoint in {cfg.load}")
+
         torch.manual_seed(cfg.seed)
-        if cfg.init_from:
-            self.model = self._initial_model(cfg.init_from)
-        else:
-            self.model = GPT(cfg.model_config(self.tokenizer.vocab_size))
-        if self.model.config.vocab_size < self.tokenizer.vocab_size:
+        model = (
+            self._initial_model(cfg.init_from) if cfg.init_from else GPT(cfg.model_config(self.tokenizer.vocab_size))
+        )
+        if model.config.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(
-                f"vocab_size ({self.model.config.vocab_size}) is smaller than the tokenizer's "
+                f"vocab_size ({model.config.vocab_size}) is smaller than the tokenizer's "
                 f"({self.tokenizer.vocab_size}); unset vocab_size to take the tokenizer's"
             )
-        if cfg.seq_len > self.model.config.n_positions:
-            raise ConfigError(
-                f"seq_len ({cfg.seq_len}) exceeds the model's n_positions ({self.model.config.n_positions})"
-            )
-        self.model.recompute = cfg.recompute
-        self.model.to(device=self.device, dtype=self.dtype)
-        self.train_data, self.valid_data = self._datasets(data_path)
-
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.eps,
-        )
-        if self.dtype != torch.float32:
-            self._accumulate_in_fp32()
+        if cfg.seq_len > model.config.n_positions:
+            raise ConfigError(f"seq_len ({cfg.seq_len}) exceeds the model's n_positions ({model.config.n_positions})")
+        model.recompute = cfg.recompute
+        self.config = model.config
+        self.num_parameters = model.num_parameters()
+        self.flops_per_token = flops_per_token(model, cfg.seq_len)
+        self.model = self._place(model)
+        with self._main_first():  # the first run writes the sample-index caches; the others read them
+            self.train_data, self.valid_data = self._datasets(data_path)
+        self.optimizer = self._make_optimizer()
         if cfg.precision == "fp16":
             dynamic = cfg.loss_scale is None
             self.scaler = LossScaler(
@@ -141,20 +177,37 @@ class Trainer:
             self.scaler = LossScaler(1.0, dynamic=False)
         self.step = 0  # optimizer steps taken (skipped ones included): the data position
         self.updates = 0  # steps whose update was applied: the lr schedule's position
-        self.flops_per_token = flops_per_token(self.model, cfg.seq_len)
         self.peak_flops = self._peak_flops()
         self.history: list[dict] = []
         self._stop_signal: str | None = None
         self.resumed_from = None
-        source = cfg.load or cfg.save
-        if source is not None:
-            found = ckpt.find_checkpoint(source)
-            if found is not None:
-                self.load_checkpoint(found)
-            elif cfg.load is not None:
-                raise ConfigError(f"load: no complete checkpoint in {cfg.load}")
+        if self._resume is not None:
+            self.load_checkpoint(self._resume)
 
-    # ---- setup --------------------------------------------------------------------------------
+    # ---- setup (a ParallelTrainer overrides the device, the placement and the optimizer) --------
+    def _device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    def _main_first(self):
+        """Run a block in the main process before the others (file caches): nothing to order here."""
+        return contextlib.nullcontext()
+
+    def _place(self, model: GPT) -> torch.nn.Module:
+        """The model on the device in the training precision; half params accumulate in float32."""
+        model.to(device=self.device, dtype=self.dtype)
+        if self.dtype != torch.float32:
+            _accumulate_in_fp32(model)
+        return model
+
+    def _make_optimizer(self):
+        cfg = self.cfg
+        return AdamW(
+            decay_groups(self.model.parameters(), cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+        )
+
     def _initial_model(self, source: str) -> GPT:
         cfg = self.cfg
         overrides = {"use_gptcore_ops": cfg.use_gptcore_ops}
@@ -172,7 +225,7 @@ class Trainer:
             weights, prefixes = parse_blend(data_path)
         except ValueError as e:
             raise ConfigError(f"data_path: {e}") from None
-        indexed = [_open_indexed(prefix, self.model.config.vocab_size) for prefix in prefixes]
+        indexed = [_open_indexed(prefix, self.config.vocab_size) for prefix in prefixes]
         cache = cfg.data_cache or str(cache_root() / "indices")
         eod = self.tokenizer.eod_id if cfg.eod_mask_loss else None
         num_train = cfg.train_steps * cfg.global_batch_size
@@ -201,21 +254,6 @@ class Trainer:
         valid = split_dataset(1, num_valid, cfg.seed + 1) if num_valid else None
         return train, valid
 
-    def _accumulate_in_fp32(self) -> None:
-        """Half params accumulate their grads in a float32 `main_grad` (Megatron's convention), which
-        the optimizer reads: many micro batches then add up without half-precision rounding."""
-
-        def accumulate(p: torch.Tensor) -> None:
-            if p.main_grad is None:
-                p.main_grad = p.grad.float()
-            else:
-                p.main_grad.add_(p.grad)
-            p.grad = None
-
-        for p in self.model.parameters():
-            p.main_grad = None
-            p.register_post_accumulate_grad_hook(accumulate)
-
     def _peak_flops(self) -> float | None:
         if self.cfg.peak_tflops is not None:
             return self.cfg.peak_tflops * 1e12
@@ -237,8 +275,35 @@ class Trainer:
         labels = batch["labels"].masked_fill(batch["loss_mask"] == 0, -100)
         return {"tokens": batch["tokens"].to(self.device), "labels": labels.to(self.device)}
 
-    def _grads(self) -> list[torch.Tensor]:
-        return [g for p in self.model.parameters() if (g := param_grad(p)) is not None]
+    def _step_batches(self) -> list[dict[str, torch.Tensor]]:
+        """This step's micro batches: the whole global batch, micro_batch_size samples each."""
+        micro, first = self.cfg.micro_batch_size, self.step * self.cfg.global_batch_size
+        return [self._batch(first + k * micro, micro, self.train_data) for k in range(self.cfg.grad_accum_steps)]
+
+    def _global_count(self, count: int) -> int:
+        """The target tokens of the whole global batch, from this process's count."""
+        return count
+
+    def _forward_backward(self, batches, counts: list[int], total: int, scale: float) -> torch.Tensor:
+        """Forward and backward of every micro batch, each micro batch's mean loss weighted by its
+        share of the `total` target tokens, so the grads are those of the batch's mean loss (times
+        scale). Returns that mean loss (float64, unscaled)."""
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch, count in zip(batches, counts):
+            if count == 0:
+                continue  # nothing to predict in this micro batch (all masked)
+            _, loss = self.model(batch["tokens"], batch["labels"])
+            loss = loss.float() * (count / total)
+            (loss * scale if scale != 1.0 else loss).backward()
+            loss_sum += loss.detach()
+        return loss_sum
+
+    def _grad_norm(self) -> float:
+        """The L2 norm of the whole (still scaled) gradient."""
+        grads = [g for p in self.model.parameters() if (g := param_grad(p)) is not None]
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))))
 
     def _zero_grads(self) -> None:
         for p in self.model.parameters():
@@ -248,29 +313,16 @@ class Trainer:
 
     def train_step(self) -> dict:
         """One optimizer step over a global batch; returns its metrics."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        micro, first = cfg.micro_batch_size, self.step * cfg.global_batch_size
-        batches = [self._batch(first + k * micro, micro, self.train_data) for k in range(cfg.grad_accum_steps)]
+        cfg = self.cfg
+        self.model.train()
+        batches = self._step_batches()
         counts = [int((b["labels"] != -100).sum()) for b in batches]
-        total = max(sum(counts), 1)
+        total = self._global_count(sum(counts))
         scale = self.scaler.scale
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch, count in zip(batches, counts):
-            if count == 0:
-                continue  # nothing to predict in this micro batch (all masked)
-            _, loss = model(batch["tokens"], batch["labels"])
-            loss = loss.float() * (count / total)
-            (loss * scale if scale != 1.0 else loss).backward()
-            loss_sum += loss.detach()
-
-        grads = self._grads()
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float32) if grads else []
-        grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) / scale if grads else 0.0
+        loss = self._forward_backward(batches, counts, max(total, 1), scale)
+        grad_norm = self._grad_norm() / scale
         found_inf = not math.isfinite(grad_norm)
-        lr = lr_at(
-            self.updates, cfg.lr, cfg.min_lr, cfg.warmup_steps_resolved, cfg.decay_steps_resolved, cfg.decay_style
-        )
+        lr = self.lr(self.updates)
         if not found_inf:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -286,12 +338,12 @@ class Trainer:
         self.step += 1
         return {
             "step": self.step,
-            "loss": float(loss_sum),
+            "loss": float(loss),
             "lr": lr,
             "grad_norm": grad_norm,
             "loss_scale": loss_scale,
             "skipped": found_inf,
-            "tokens": sum(counts),
+            "tokens": total,
         }
 
     @torch.no_grad()
@@ -308,6 +360,10 @@ class Trainer:
                 _, loss = self.model(batch["tokens"], batch["labels"])
                 total, count = total + float(loss) * n, count + n
         self.model.train()
+        return self._eval_result(total, count)
+
+    @staticmethod
+    def _eval_result(total: float, count: float) -> dict:
         loss = total / max(count, 1)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
 
@@ -325,49 +381,82 @@ class Trainer:
 
         def write(folder: Path) -> None:
             convert.save(self.model, folder / "model.safetensors")
-            trainer_state = {
-                "step": self.step,
-                "updates": self.updates,
-                "consumed_samples": self.step * cfg.global_batch_size,
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": self._rng_state(),
-                "config": cfg.to_dict(),
-            }
-            torch.save(trainer_state, folder / "trainer.pt")
-            import yaml
-
-            (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            ckpt.copy_tokenizer(self.tokenizer_path, folder / "tokenizer")
+            self._write_shared(folder, {"optimizer": self.optimizer.state_dict(), "rng": self._rng_state()})
 
         return ckpt.write_checkpoint(cfg.save, self.step, write, cfg.keep_last)
 
-    def load_checkpoint(self, folder: Path) -> None:
-        """Restore model, optimizer, scaler, RNGs and data position from a checkpoint folder."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    def _write_shared(self, folder: Path, extra: dict) -> None:
+        """trainer.pt (step counters, loss scaler, config and `extra`), config.yaml and the tokenizer."""
+        import yaml
 
-        with safe_open(folder / "model.safetensors", framework="pt") as f:
-            saved = json.loads((f.metadata() or {}).get("gptcore_config", "{}"))
-        ours = self.model.config.to_dict()
+        cfg = self.cfg
+        trainer_state = {
+            "step": self.step,
+            "updates": self.updates,
+            "consumed_samples": self.step * cfg.global_batch_size,
+            "scaler": self.scaler.state_dict(),
+            "config": cfg.to_dict(),
+            **extra,
+        }
+        torch.save(trainer_state, folder / "trainer.pt")
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        ckpt.copy_tokenizer(self.tokenizer_path, folder / "tokenizer")
+
+    def load_checkpoint(self, folder: Path) -> None:
+        """Restore model, optimizer, scaler, RNGs and data position from a checkpoint folder. A
+        checkpoint of a distributed run is merged into the one model; its optimizer state comes
+        back when it was not split by the layout (no tensor or pipeline parallelism, no ZeRO),
+        otherwise training goes on from the weights with fresh AdamW moments (said in the log)."""
+        from gptcore.parallel.checkpoint import load_full_state
+
+        state, saved_config = load_full_state(folder)
+        self._check_same_model(folder, saved_config)
+        self.model.load_state_dict({k: v.to(self.dtype) for k, v in state.items()})
+        self._load_training_state(folder)
+
+    def _check_same_model(self, folder: Path, saved_config) -> None:
+        saved, ours = saved_config.to_dict(), self.config.to_dict()
         for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "bias", "pad_vocab_multiple"):
-            if key in saved and saved[key] != ours[key]:
+            if saved[key] != ours[key]:
                 raise ConfigError(
                     f"{folder}: the checkpoint's model has {key}={saved[key]!r} but this config builds "
                     f"{key}={ours[key]!r}; resume with the same model, or save to a new folder"
                 )
-        weights = load_file(folder / "model.safetensors")
-        self.model.load_state_dict({k: v.to(self.dtype) for k, v in weights.items()})
+
+    def _saved_state(self, folder: Path, trainer_state: dict) -> tuple[dict | None, dict | None]:
+        """(optimizer state, RNG states) of this process in a checkpoint, each None when the checkpoint
+        has none that fits (saved under another layout, or weights only)."""
+        from gptcore.parallel.checkpoint import read_layout
+
+        if "optimizer" in trainer_state:  # a one-process checkpoint
+            return trainer_state["optimizer"], trainer_state["rng"]
+        layout = read_layout(folder)
+        unsplit = (layout["tensor_parallel"], layout["pipeline_parallel"], layout["zero_stage"]) == (1, 1, 0)
+        rank0 = folder / rank_file_name(0)
+        if not (unsplit and rank0.is_file()):
+            return None, None
+        saved = torch.load(rank0, map_location="cpu", weights_only=False)
+        return saved["optimizer"], None
+
+    def _load_training_state(self, folder: Path) -> None:
+        """Everything but the weights: optimizer, loss scaler, step counters, RNG states."""
         state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer_state, rng = self._saved_state(folder, state)
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        else:
+            self.log(
+                f"{folder}: its optimizer state does not fit this run's layout (or it holds weights only);"
+                " resuming from the weights, step and schedule with fresh AdamW moments"
+            )
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.updates = state["step"], state["updates"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         self.resumed_from = folder
         self.log(f"resumed from {folder} at step {self.step}")
 
@@ -406,7 +495,7 @@ class Trainer:
         cfg = self.cfg
         end = cfg.train_steps if max_steps is None else min(cfg.train_steps, self.step + max_steps)
         self.log(
-            f"training {self.model.num_parameters() / 1e6:.2f}M params on {self.device} ({cfg.precision}), "
+            f"training {self.num_parameters / 1e6:.2f}M params on {self._where()} ({cfg.precision}), "
             f"global batch {cfg.global_batch_size} x {cfg.seq_len} tokens, steps {self.step} -> {end}"
         )
         with _Reporter(self, end) as report, self._signals():
@@ -417,7 +506,7 @@ class Trainer:
                     report.log_window(out)
                 if cfg.eval_interval and self.valid_data and (self.step % cfg.eval_interval == 0 or self.step == end):
                     report.log_eval(self.evaluate())
-                stopping = self._stop_signal is not None
+                stopping = self._stop_requested()
                 periodic = cfg.save_interval and self.step % cfg.save_interval == 0
                 if cfg.save and (stopping or periodic or self.step == end):
                     report.write(f"saved {self.save_checkpoint()}")
@@ -428,6 +517,13 @@ class Trainer:
                         )
                     break
         return self.history
+
+    def _where(self) -> str:
+        return str(self.device)
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop (after this step)."""
+        return self._stop_signal is not None
 
     @property
     def stopped_by_signal(self) -> str | None:
@@ -441,15 +537,16 @@ class _Reporter:
     def __init__(self, trainer: Trainer, end: int):
         self.trainer, self.cfg = trainer, trainer.cfg
         self.bar = self.metrics = self.writer = None
-        if self.cfg.progress and trainer.step < end:
+        main = trainer.is_main
+        if self.cfg.progress and main and trainer.step < end:
             from tqdm import tqdm
 
             self.bar = tqdm(total=end, initial=trainer.step, unit="step", dynamic_ncols=True, leave=False, disable=None)
         path = self.cfg.log_file or (str(Path(self.cfg.save) / "metrics.jsonl") if self.cfg.save else None)
-        if path:
+        if path and main:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.metrics = open(path, "a")  # noqa: SIM115 (closed in __exit__)
-        if self.cfg.tensorboard_dir:
+        if self.cfg.tensorboard_dir and main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
