@@ -232,8 +232,14 @@ def _add_train_parser(sub) -> None:
         " Without data_path, trains on the built-in default corpus. Resumes from the newest checkpoint in"
         " `load` (or `save`) when there is one; SIGTERM finishes the step, saves and exits.",
     )
-    train.add_argument("--config", default="tiny-cpu", help="a YAML file or a shipped config name (default: tiny-cpu)")
-    train.add_argument(
+    _add_train_arguments(train, default_config="tiny-cpu")
+
+
+def _add_train_arguments(parser, default_config: str) -> None:
+    parser.add_argument(
+        "--config", default=default_config, help=f"a YAML file or a shipped config name (default: {default_config})"
+    )
+    parser.add_argument(
         "--nproc-per-node",
         type=int,
         default=1,
@@ -241,7 +247,7 @@ def _add_train_parser(sub) -> None:
         help="run N processes on this machine (through torchrun): data parallel, or the layout the config's"
         " tensor_parallel and pipeline_parallel ask for (default 1)",
     )
-    train.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
 
 
 def _launch(args) -> int:
@@ -298,6 +304,27 @@ def _train(args) -> int:
         print(f"--- sample ({cfg.sample_tokens} tokens, temperature 0.8, top-k 40) ---")
         print(cfg.sample_prompt + tokenizer.decode(ids))
     return 0
+
+
+def _add_finetune_parser(sub) -> None:
+    ft = sub.add_parser(
+        "finetune",
+        help="finetune a pretrained GPT: SFT on src/tgt data (task `sft`, the default) or a classifier (`cls`)",
+        description="Finetune a pretrained GPT. Tasks: sft (the default: `gptcore finetune key=value ...` is"
+        " `gptcore finetune sft key=value ...`) and cls.",
+    )
+    tasks = ft.add_subparsers(dest="finetune_task", required=True)
+    sft = tasks.add_parser(
+        "sft",
+        help="supervised finetuning on jsonl src/tgt data, loss on the targets only; LoRA with lora_rank=N",
+        description="Supervised finetuning: `gptcore train` with a finetuning config (default: sft-cpu). The data"
+        " is a prefix written by `gptcore preprocess --sft` (tokens plus a loss-mask companion: with src and"
+        " tgt the loss counts the tgt tokens only; with src only, every token); init_from names the model to"
+        " start from (a gptcore checkpoint or an HF GPT-2 folder). Every training key applies (schedule,"
+        " precision, accumulation, checkpoints, resume, parallelism), plus lora_rank, lora_alpha,"
+        " lora_dropout and lora_targets.",
+    )
+    _add_train_arguments(sft, default_config="sft-cpu")
 
 
 def _add_generate_parser(sub) -> None:
@@ -544,12 +571,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_preprocess_parser(sub)
     _add_convert_parser(sub)
     _add_train_parser(sub)
+    _add_finetune_parser(sub)
     _add_generate_parser(sub)
     _add_eval_parser(sub)
     _add_serve_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["eval"] and not set(argv[1:2]) & {"ppl", "-h", "--help"}:
         argv.insert(1, "ppl")  # the default task: `gptcore eval --checkpoint ...` is `gptcore eval ppl ...`
+    if argv[:1] == ["finetune"] and not set(argv[1:2]) & {"sft", "cls", "-h", "--help"}:
+        argv.insert(1, "sft")  # the default task
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_text())
@@ -559,13 +589,13 @@ def main(argv: list[str] | None = None) -> int:
         _preprocess(parser, args)
     elif args.command == "convert":
         return _convert(args)
-    elif args.command == "train":
+    elif args.command in ("train", "finetune") and getattr(args, "finetune_task", "sft") == "sft":
         from gptcore.training import ConfigError
 
         try:
             return _train(args)
         except (ConfigError, ValueError, FileNotFoundError) as e:
-            print(f"gptcore train: error: {e}", file=sys.stderr)
+            print(f"gptcore {args.command}: error: {e}", file=sys.stderr)
             return 2
     elif args.command == "generate":
         try:

@@ -171,3 +171,15 @@ def test_cli_nproc_per_node(corpus, tmp_path):  # noqa: F811
     assert "dp 1 x tp 2 x pp 1" in out.stdout
     assert out.stdout.count("step      3 |") == 1  # one process logs
     assert (tmp_path / "run" / "step_00000003" / "model_tp01_pp00.safetensors").is_file()
+
+
+def _evaluate(rank, world, cfg):
+    return ParallelTrainer(load_config(None, cfg), log=lambda line: None).evaluate()
+
+
+@pytest.mark.parametrize("overrides", [{"pipeline_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {}])
+def test_evaluate_matches_one_process(corpus, overrides):  # noqa: F811
+    cfg = _cfg(corpus, eval_interval=5, eval_steps=3)
+    expected = Trainer(load_config(None, cfg), log=lambda line: None).evaluate()
+    for result in run_distributed(_evaluate, 2, cfg | overrides):
+        assert result["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)

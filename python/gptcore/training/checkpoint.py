@@ -8,6 +8,10 @@ any moment leaves the previous checkpoint usable.
                          tokenizer/          a copy of the tokenizer
                          COMPLETE            written last
     <save>/latest                            "step_00000100"
+
+A distributed run (training.parallel_trainer) writes, instead of model.safetensors and the
+optimizer/RNG part of trainer.pt: layout.json, one model file per (tp, pp) shard
+(parallel.checkpoint) and rank_NNNNN.pt per process (its optimizer shard and RNG states).
 """
 
 from __future__ import annotations
