@@ -113,7 +113,21 @@ def _add_preprocess_parser(sub) -> None:
     pre.add_argument(
         "--text-mode", choices=("line", "file"), default="line", help="plain text: a document per line or per file"
     )
-    pre.add_argument("--append-eod", action="store_true", help="end every document with the eod token")
+    pre.add_argument(
+        "--append-eod",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end every document with the eod token (default: off, on with --sft: the model learns to stop)",
+    )
+    pre.add_argument(
+        "--sft",
+        action="store_true",
+        help="finetuning data: jsonl records with a src and, for input-output training, a tgt; writes"
+        " PREFIX.bin/.idx (one example a document) and PREFIX_loss_mask.bin/.idx (1 on the target tokens:"
+        " the tgt tokens and the eod, or every token of a record without tgt), for `gptcore finetune`",
+    )
+    pre.add_argument("--src-key", default="src", help="--sft: the input field (default src)")
+    pre.add_argument("--tgt-key", default="tgt", help="--sft: the target field (default tgt; optional per record)")
     pre.add_argument("--workers", type=int, default=1, help="tokenizing processes")
     pre.add_argument("--partitions", type=int, default=1, help="temporary datasets written in turn, then merged")
     pre.add_argument(
@@ -127,7 +141,7 @@ def _add_preprocess_parser(sub) -> None:
 
 
 def _preprocess(parser, args) -> None:
-    from gptcore.data import default_dataset, preprocess
+    from gptcore.data import default_dataset, preprocess, preprocess_sft
 
     progress = sys.stderr.isatty()
     if args.input is None and args.tokenizer is None:
@@ -137,13 +151,35 @@ def _preprocess(parser, args) -> None:
     if args.input is None or args.tokenizer is None or args.output_prefix is None:
         parser.error("preprocess needs --input, --tokenizer and --output-prefix (or none of them: the default corpus)")
     tokenizer = args.tokenizer[0] if len(args.tokenizer) == 1 else args.tokenizer
+    if args.sft:
+        if args.json_keys != ["text"] or args.text_mode != "line":
+            parser.error("--sft reads --src-key and --tgt-key from jsonl; --json-keys and --text-mode do not apply")
+        stats = preprocess_sft(
+            args.input,
+            args.output_prefix,
+            tokenizer,
+            src_key=args.src_key,
+            tgt_key=args.tgt_key,
+            append_eod=args.append_eod is not False,
+            workers=args.workers,
+            partitions=args.partitions,
+            errors=args.errors,
+            progress=progress,
+        )
+        print(
+            f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['target_tokens']} targets) in"
+            f" {stats['seconds']:.1f} s; replaced {stats['replaced']}, skipped {stats['skipped']}"
+        )
+        for prefix in stats["outputs"].values():
+            print(f"  {prefix}.bin/.idx")
+        return
     stats = preprocess(
         args.input,
         args.output_prefix,
         tokenizer,
         json_keys=args.json_keys,
         text_mode=args.text_mode,
-        append_eod=args.append_eod,
+        append_eod=bool(args.append_eod),
         workers=args.workers,
         partitions=args.partitions,
         errors=args.errors,
@@ -260,7 +296,7 @@ def _launch(args) -> int:
     from gptcore.training import load_config
 
     load_config(args.config, args.overrides)  # a bad config stops here, once, not in every process
-    command = ["-m", "gptcore", "train", "--config", str(args.config), *args.overrides]
+    command = ["-m", "gptcore", args.command, "--config", str(args.config), *args.overrides]
     try:
         torchrun(["--standalone", f"--nproc-per-node={args.nproc_per_node}", *command])
     except ChildFailedError as e:  # the processes printed their own errors
@@ -275,12 +311,14 @@ def _train(args) -> int:
 
     from gptcore.data import load_tokenizer
     from gptcore.generate import sample
-    from gptcore.training import load_config
+    from gptcore.training import ConfigError, load_config
     from gptcore.training.parallel_trainer import launched_world_size, make_trainer
 
     if args.nproc_per_node > 1 and launched_world_size() == 1:
         return _launch(args)
     cfg = load_config(args.config, args.overrides)
+    if args.command == "finetune" and cfg.init_from is None:
+        raise ConfigError("init_from is not set: name the pretrained model to finetune (init_from=PATH)")
     trainer = make_trainer(cfg)
     try:
         trainer.train()
@@ -325,6 +363,89 @@ def _add_finetune_parser(sub) -> None:
         " lora_dropout and lora_targets.",
     )
     _add_train_arguments(sft, default_config="sft-cpu")
+    cls = tasks.add_parser(
+        "cls",
+        help="train a sequence classifier (a linear head on the last token) on .tsv/.jsonl text + label data",
+        description="Train a classifier: the GPT plus a linear head on each text's last token (HF's"
+        " GPT2ForSequenceClassification), AdamW with linear warmup and cosine decay, validated after each"
+        " epoch. Data: .tsv with a header naming a text column (text or sentence) and a label column, or"
+        " headerless text<TAB>label rows; or .jsonl objects with those keys. Labels are integer ids or names"
+        " (numbered in sorted order). Writes a folder `gptcore eval cls --checkpoint` reads: the model, the"
+        " head, the labels and the tokenizer.",
+    )
+    cls.add_argument("--init-from", required=True, help="save folder, step_N/ folder, model file or HF folder")
+    cls.add_argument("--train", required=True, metavar="FILE", help=".tsv or .jsonl training data")
+    cls.add_argument("--valid", metavar="FILE", help=".tsv or .jsonl data evaluated after each epoch")
+    cls.add_argument("--save", required=True, metavar="DIR", help="the classifier folder to write")
+    cls.add_argument("--tokenizer", help="tokenizer to use instead of the model's")
+    cls.add_argument("--text-key", help="the text column or key (default: text, else sentence)")
+    cls.add_argument("--label-key", default="label", help="the label column or key (default: label)")
+    cls.add_argument("--epochs", type=int, default=3, help="passes over the training data (default 3)")
+    cls.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    cls.add_argument("--warmup", type=float, default=0.1, help="share of the steps spent warming up (default 0.1)")
+    cls.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
+    cls.add_argument("--batch-size", type=int, default=16, help="texts a step (default 16)")
+    cls.add_argument("--max-len", type=int, help="tokens kept of each text (default: the model's n_positions)")
+    cls.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout (default 0.1)")
+    cls.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="save the epoch of the best validation accuracy (default; the last without --valid) or the last",
+    )
+    cls.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train rank-N LoRA adapters on the frozen model (and the head), merged into the saved model"
+        " (default 0: finetune the whole model)",
+    )
+    cls.add_argument("--lora-alpha", type=float, help="LoRA scale alpha / rank (default alpha = rank)")
+    cls.add_argument("--seed", type=int, default=0, help="head initialization, shuffling and dropout (default 0)")
+    cls.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (trains in float32)")
+
+
+def _finetune_cls(args) -> int:
+    import gptcore
+    from gptcore import convert
+    from gptcore.finetune import LoRAConfig, classify
+
+    try:
+        lora = LoRAConfig(args.lora_rank, alpha=args.lora_alpha) if args.lora_rank else None
+        train = classify.load_classification_data(args.train, args.text_key, args.label_key)
+        valid = None
+        if args.valid is not None:
+            valid = classify.load_classification_data(args.valid, args.text_key, args.label_key)
+        model, tokenizer = convert.load_for_inference(args.init_from, args.tokenizer, args.device, "fp32")
+        if tokenizer is None:
+            raise ValueError(f"{args.init_from}: no tokenizer found beside the model; give --tokenizer")
+        result = classify.finetune_classifier(
+            model,
+            tokenizer,
+            train,
+            valid,
+            epochs=args.epochs,
+            lr=args.lr,
+            warmup=args.warmup,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            max_len=args.max_len,
+            dropout=args.dropout,
+            seed=args.seed,
+            keep=args.keep,
+            lora=lora,
+            log=print,
+        )
+        classify.save_classifier(result.classifier, args.save, args.tokenizer or tokenizer)
+    except (ValueError, OSError, gptcore.Error) as e:
+        print(f"gptcore finetune: error: {e}", file=sys.stderr)
+        return 2
+    clf, kept = result.classifier, result.history[result.kept_epoch - 1]
+    labels = ", ".join(clf.label_names) if clf.label_names else f"ids 0..{clf.num_labels - 1}"
+    accuracy = f", valid accuracy {kept['valid_accuracy']:.4f}" if "valid_accuracy" in kept else ""
+    print(f"{args.save}: {clf.num_labels} labels ({labels}); epoch {result.kept_epoch} of {args.epochs}{accuracy}")
+    return 0
 
 
 def _add_generate_parser(sub) -> None:
@@ -338,6 +459,7 @@ def _add_generate_parser(sub) -> None:
     )
     gen.add_argument("--checkpoint", required=True, help="save folder, step_N/ folder, model file or HF folder")
     gen.add_argument("--tokenizer", help="tokenizer to use instead of the checkpoint's")
+    gen.add_argument("--lora", metavar="PATH", help="LoRA adapter file (from LoRA finetuning), merged into the model")
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--prompt-file", help="a UTF-8 file with one prompt a line (blank lines skipped)")
@@ -369,7 +491,9 @@ def _generate(args) -> int:
             raise ValueError(f"{args.prompt_file}: no prompts (the file has no non-blank line)")
     else:
         prompts = args.prompt or []
-    model, tokenizer = convert.load_for_inference(args.checkpoint, args.tokenizer, args.device, args.dtype)
+    model, tokenizer = convert.load_for_inference(
+        args.checkpoint, args.tokenizer, args.device, args.dtype, lora=args.lora
+    )
     if tokenizer is None:
         raise ValueError(f"{args.checkpoint}: no tokenizer found beside the model; give --tokenizer")
     generator = Generator(model, tokenizer, max_batch=args.max_batch)
@@ -423,9 +547,10 @@ def _generate(args) -> int:
 def _add_eval_parser(sub) -> None:
     ev = sub.add_parser(
         "eval",
-        help="evaluate a model: perplexity on a text file or an indexed dataset (task `ppl`, the default)",
+        help="evaluate a model: perplexity on a text file or an indexed dataset (task `ppl`, the default),"
+        " or a classifier's accuracy (`cls`)",
         description="Evaluate a model. Tasks: ppl (the default: `gptcore eval --checkpoint ...` is"
-        " `gptcore eval ppl --checkpoint ...`).",
+        " `gptcore eval ppl --checkpoint ...`) and cls.",
     )
     tasks = ev.add_subparsers(dest="eval_task", required=True)
     ppl = tasks.add_parser(
@@ -457,6 +582,46 @@ def _add_eval_parser(sub) -> None:
     ppl.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
     ppl.add_argument("--output", metavar="JSON", help="write the results here as JSON")
     ppl.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
+    cls = tasks.add_parser(
+        "cls",
+        help="accuracy of a classifier from `gptcore finetune cls` on .tsv/.jsonl text + label data",
+        description="Accuracy and mean cross-entropy of a classifier folder (`gptcore finetune cls --save`)"
+        " on a .tsv or .jsonl file of texts and labels (the formats finetune cls reads; labels must be the"
+        " classifier's). Texts are cut to the length the classifier was trained with.",
+    )
+    cls.add_argument("--checkpoint", required=True, help="the classifier folder")
+    cls.add_argument("--data", required=True, metavar="FILE", help=".tsv or .jsonl data")
+    cls.add_argument("--text-key", help="the text column or key (default: text, else sentence)")
+    cls.add_argument("--label-key", default="label", help="the label column or key (default: label)")
+    cls.add_argument("--batch-size", type=int, default=32, help="texts a forward (default 32)")
+    cls.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    cls.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    cls.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def _eval_cls(args) -> int:
+    import json
+
+    import gptcore
+    from gptcore.finetune import classify
+
+    try:
+        data = classify.load_classification_data(args.data, args.text_key, args.label_key)
+        classifier, tokenizer = classify.load_classifier(args.checkpoint, args.device, args.dtype)
+        if tokenizer is None:
+            raise ValueError(f"{args.checkpoint}: the classifier folder has no tokenizer/")
+        labels = classifier.label_ids(data)
+        result = classify.evaluate_classifier(classifier, data.texts, labels, tokenizer, args.batch_size)
+    except (ValueError, OSError, gptcore.Error) as e:
+        print(f"gptcore eval: error: {e}", file=sys.stderr)
+        return 2
+    result = dict(task="cls", model=str(args.checkpoint), data=str(args.data)) | result
+    if args.json:
+        print(json.dumps(result))
+    else:
+        correct = round(result["accuracy"] * result["n"])
+        print(f"{args.data}: accuracy {result['accuracy']:.4f} ({correct}/{result['n']}), loss {result['loss']:.4f}")
+    return 0
 
 
 def _eval(args) -> int:
@@ -576,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_eval_parser(sub)
     _add_serve_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["eval"] and not set(argv[1:2]) & {"ppl", "-h", "--help"}:
+    if argv[:1] == ["eval"] and not set(argv[1:2]) & {"ppl", "cls", "-h", "--help"}:
         argv.insert(1, "ppl")  # the default task: `gptcore eval --checkpoint ...` is `gptcore eval ppl ...`
     if argv[:1] == ["finetune"] and not set(argv[1:2]) & {"sft", "cls", "-h", "--help"}:
         argv.insert(1, "sft")  # the default task
@@ -586,7 +751,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "tokenizer" and args.tokenizer_command == "train":
         _tokenizer_train(args)
     elif args.command == "preprocess":
-        _preprocess(parser, args)
+        try:
+            _preprocess(parser, args)
+        except (ValueError, OSError) as e:
+            print(f"gptcore preprocess: error: {e}", file=sys.stderr)
+            return 2
     elif args.command == "convert":
         return _convert(args)
     elif args.command in ("train", "finetune") and getattr(args, "finetune_task", "sft") == "sft":
@@ -603,8 +772,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, OSError) as e:
             print(f"gptcore generate: error: {e}", file=sys.stderr)
             return 2
+    elif args.command == "finetune" and args.finetune_task == "cls":
+        return _finetune_cls(args)
     elif args.command == "eval":
-        return _eval(args)
+        return _eval_cls(args) if args.eval_task == "cls" else _eval(args)
     elif args.command == "serve":
         return _serve(args)
     return 0

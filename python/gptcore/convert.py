@@ -237,14 +237,15 @@ def load_any(source, **overrides) -> GPT:
     return _load_resolved(kind, path, overrides)
 
 
-def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str = "auto"):
+def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str = "auto", lora=None):
     """(model in eval mode, tokenizer or None) for generation, evaluation and serving.
 
     source: anything `resolve` accepts (a sharded checkpoint is merged). The tokenizer is `tokenizer`
     if given, else the one the model came with: a training checkpoint's tokenizer/ copy, a
     `tokenizer/` folder beside a model file, or the tokenizer files of an HF folder. device "auto":
     CUDA when visible. dtype "auto": bf16 on CUDA, fp32 on CPU (gptcore's CPU kernels are float32;
-    other dtypes there run on PyTorch ops).
+    other dtypes there run on PyTorch ops). lora: a LoRA adapter file (gptcore.finetune.lora.
+    save_adapters) whose adapters are merged into the weights, in float32 before the cast to dtype.
     """
     from gptcore.data import load_tokenizer
 
@@ -261,6 +262,10 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
     kind, path = resolve(source)
     overrides = dict(use_gptcore_ops=use_gptcore_ops, dropout=0.0, attn_dropout=0.0)
     model = _load_resolved(kind, path, overrides)
+    if lora is not None:
+        from gptcore.finetune.lora import apply_adapters
+
+        apply_adapters(model, lora, merge=True)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     if tokenizer is None:
         folder = {"hf": path, "sharded": path / "tokenizer"}.get(kind, path.parent / "tokenizer")

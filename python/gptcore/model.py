@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gptcore import ops as gptcore_ops
+from gptcore.finetune.lora import lora_delta
 from gptcore.ops import reference
 
 # name: (n_layer, n_head, n_embd); GPT-2 sizes have 1024 positions, GPT-3 sizes 2048.
@@ -160,11 +161,22 @@ class Block(nn.Module):
     def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
         return op_set(self.config)
 
+    def _linear(self, x: torch.Tensor, proj: nn.Linear, activation=None, residual=None) -> torch.Tensor:
+        """ops.linear with proj's weights, the activation and residual fused. A LoRA adapter on proj
+        (gptcore.finetune.lora) adds its low-rank term in the GEMM's epilogue, before the activation."""
+        delta = lora_delta(proj, x)
+        if delta is None:
+            return self.ops.linear(x, proj.weight, proj.bias, activation=activation, residual=residual)
+        y = self.ops.linear(x, proj.weight, proj.bias, residual=delta)
+        if activation is not None:  # "gelu", ops.linear's only activation
+            y = F.gelu(y, approximate="tanh")
+        return y if residual is None else y + residual
+
     def _project_add(self, x: torch.Tensor, proj: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
         """residual + dropout(proj(x)); without active dropout the add is fused into the GEMM."""
         if self.training and self.config.dropout > 0:
-            return residual + F.dropout(self.ops.linear(x, proj.weight, proj.bias), self.config.dropout, True)
-        return self.ops.linear(x, proj.weight, proj.bias, residual=residual)
+            return residual + F.dropout(self._linear(x, proj), self.config.dropout, True)
+        return self._linear(x, proj, residual=residual)
 
     def attention_sublayer(self, x: torch.Tensor, attend=None) -> torch.Tensor:
         """The attention of ln_1(x), heads merged (before c_proj): the part `recompute="selective"`
@@ -173,7 +185,7 @@ class Block(nn.Module):
         B, T, C = x.shape
         H = self.config.n_head
         h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.config.layer_norm_eps)
-        q, k, v = self.ops.linear(h, self.attn.c_attn.weight, self.attn.c_attn.bias).split(C, dim=-1)
+        q, k, v = self._linear(h, self.attn.c_attn).split(C, dim=-1)
         q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
         if attend is not None:
             y = attend(q, k, v)
@@ -189,7 +201,7 @@ class Block(nn.Module):
             y = self.attention_sublayer(x, attend)
         x = self._project_add(y, self.attn.c_proj, x)
         h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, self.config.layer_norm_eps)
-        h = self.ops.linear(h, self.mlp.c_fc.weight, self.mlp.c_fc.bias, activation="gelu")
+        h = self._linear(h, self.mlp.c_fc, activation="gelu")
         return self._project_add(h, self.mlp.c_proj, x)
 
 
@@ -237,10 +249,18 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx [B, T] token ids -> (logits [B, T, vocab_size], mean cross-entropy against targets
         [B, T] or None); targets equal to -100 are ignored."""
+        return self._run(idx, self._positions(idx), targets)
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx [B, T] token ids -> the final hidden states [B, T, n_embd] (after ln_f): what the tied
+        LM head reads, and what task heads pool (gptcore.finetune.classify)."""
+        return self._hidden(idx, self._positions(idx))
+
+    def _positions(self, idx: torch.Tensor) -> torch.Tensor:
         seq_len = idx.shape[1]
         if seq_len > self.config.n_positions:
             raise ValueError(f"GPT: sequence length {seq_len} exceeds n_positions {self.config.n_positions}")
-        return self._run(idx, torch.arange(seq_len, device=idx.device), targets)
+        return torch.arange(seq_len, device=idx.device)
 
     def forward_cached(self, idx: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
         """Generation: idx [B, T] at positions (broadcastable to [B, T]) -> logits [B, vocab_size] of
@@ -249,6 +269,13 @@ class GPT(nn.Module):
         return self._run(idx, positions, None, attend)[0][:, -1]
 
     def _run(self, idx, positions, targets, attend=None):
+        x = self._hidden(idx, positions, attend)
+        # Tied head over the real rows only: padding columns never enter the softmax.
+        logits = self.ops.linear(x, self.transformer.wte.weight[: self.config.vocab_size])
+        loss = None if targets is None else self.ops.cross_entropy(logits, targets, ignore_index=-100)
+        return logits, loss
+
+    def _hidden(self, idx, positions, attend=None):
         cfg, t = self.config, self.transformer
         x = F.dropout(t.wte(idx) + t.wpe(positions), cfg.dropout, self.training and attend is None)
         recompute = self.recompute if self.training and torch.is_grad_enabled() and attend is None else "none"
@@ -262,8 +289,4 @@ class GPT(nn.Module):
                 x = block(x, recompute_attention=recompute == "selective", attend=layer_attend)
         if attend is not None:
             x = x[:, -1:].contiguous()  # generation needs the next-token logits only
-        x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
-        # Tied head over the real rows only: padding columns never enter the softmax.
-        logits = self.ops.linear(x, t.wte.weight[: cfg.vocab_size])
-        loss = None if targets is None else self.ops.cross_entropy(logits, targets, ignore_index=-100)
-        return logits, loss
+        return self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)

@@ -1,4 +1,4 @@
-"""From raw text to training batches: tokenizers, Megatron-compatible indexed datasets, GPT samples."""
+"""From raw text to training batches: tokenizers, Megatron-compatible indexed datasets, GPT and SFT samples."""
 
 from gptcore.data.gpt_dataset import (
     BlendedDataset,
@@ -9,7 +9,8 @@ from gptcore.data.gpt_dataset import (
     parse_split,
 )
 from gptcore.data.indexed import IndexedDataset, IndexedDatasetBuilder, best_dtype
-from gptcore.data.preprocess import default_dataset, expand_inputs, preprocess
+from gptcore.data.preprocess import default_dataset, expand_inputs, preprocess, preprocess_sft
+from gptcore.data.sft import SFTDataset, has_loss_mask, loss_mask_prefix, pack_examples
 from gptcore.data.stdlib_corpus import default_corpus, default_corpus_jsonl
 from gptcore.data.tokenizer import (
     HFTokenizer,
@@ -28,6 +29,7 @@ __all__ = [
     "HFTokenizer",
     "IndexedDataset",
     "IndexedDatasetBuilder",
+    "SFTDataset",
     "SentencePieceTokenizer",
     "Tokenizer",
     "best_dtype",
@@ -38,11 +40,15 @@ __all__ = [
     "default_dataset",
     "expand_inputs",
     "gpt2_bpe_tokenizer",
+    "has_loss_mask",
     "hf_tokenizer",
     "iter_documents",
     "load_tokenizer",
+    "loss_mask_prefix",
+    "pack_examples",
     "parse_blend",
     "parse_split",
     "preprocess",
+    "preprocess_sft",
     "train_sentencepiece",
 ]

@@ -17,6 +17,10 @@ U+FFFD and counts the lines it repaired (malformed JSON cannot be repaired and i
 
 Nothing is written half: the builders write under temporary names and move ``.bin`` then ``.idx``
 into place only at the end; any exception, ``KeyboardInterrupt`` included, removes them.
+
+``preprocess_sft`` takes the same path for supervised finetuning data (jsonl only): one example a
+record, written as one document of ``<prefix>.bin/.idx`` with its target flags in the companion
+``<prefix>_loss_mask.bin/.idx`` (see ``gptcore.data.sft``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from gptcore.data.indexed import IndexedDatasetBuilder, best_dtype
+from gptcore.data.sft import loss_mask_prefix
 from gptcore.data.stdlib_corpus import default_corpus
 from gptcore.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -84,6 +89,7 @@ class _Settings:
     errors: str
     eod_id: int | None
     dtype: np.dtype
+    target_key: str | None = None  # SFT: json_keys is (source key,); a record may hold a target here
 
 
 @dataclass
@@ -104,6 +110,7 @@ class _Encoded:
     lengths: list[np.ndarray]  # per key: tokens per kept document
     replaced: int
     skipped: int
+    loss_mask: np.ndarray | None = None  # SFT: uint8 target flags of tokens[0]
 
 
 class _Encoder:
@@ -114,6 +121,8 @@ class _Encoder:
         self.s = settings
 
     def __call__(self, chunk: _Chunk) -> _Encoded:
+        if self.s.target_key is not None:
+            return self._encode_examples(chunk)
         keys = self.s.json_keys
         texts: list[list[str]] = [[] for _ in keys]
         replaced = skipped = 0
@@ -135,6 +144,46 @@ class _Encoder:
             flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lengths[-1].sum()))
             tokens.append(flat)
         return _Encoded(chunk.partition, chunk.nbytes, tokens, lengths, replaced, skipped)
+
+    def _encode_examples(self, chunk: _Chunk) -> _Encoded:
+        """SFT: source and target are tokenized apart and their ids concatenated (as HF and Megatron
+        SFT do), so the boundary between context and targets is exact whatever the tokenizer merges;
+        the targets are the target tokens and the eod, or every token of a record with no target."""
+        where, sources, targets, replaced, skipped = [], [], [], 0, 0
+        for path, lineno, raw, is_json in chunk.items:
+            record, fixed = self._parse(path, lineno, raw, is_json)
+            if record is None:
+                skipped += 1
+                continue
+            replaced += fixed
+            where.append(f"{path}:{lineno}")
+            sources.append(record[0])
+            targets.append(record[1])
+        source_ids = self.tokenizer.encode_batch(sources) if sources else []
+        given = [t for t in targets if t is not None]
+        target_ids = iter(self.tokenizer.encode_batch(given) if given else [])
+        examples, contexts = [], []
+        for place, ids, target in zip(where, source_ids, targets):
+            context = len(ids) if target is not None else 0
+            if target is not None:
+                ids = ids + next(target_ids)
+            if not ids:
+                self._malformed(f"{place}: an empty example (no tokens)")  # raises unless errors="skip"/"replace"
+                skipped += 1
+                continue
+            if self.s.append_eod:
+                ids.append(self.s.eod_id)
+            if context == len(ids):
+                self._malformed(f"{place}: an empty target and no eod after it: nothing to learn")
+                skipped += 1
+                continue
+            examples.append(ids)
+            contexts.append(context)
+        lengths = np.fromiter(map(len, examples), np.int64, len(examples))
+        tokens = np.fromiter(itertools.chain.from_iterable(examples), np.int64, int(lengths.sum()))
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        loss_mask = (np.arange(len(tokens)) - starts >= np.repeat(contexts, lengths)).astype(np.uint8)
+        return _Encoded(chunk.partition, chunk.nbytes, [tokens], [lengths], replaced, skipped, loss_mask)
 
     def _parse(self, path: str, lineno: int, raw: bytes, is_json: bool) -> tuple[list[str] | None, bool]:
         """(one text per key, whether bytes were replaced), or (None, False) for a skipped document."""
@@ -164,7 +213,14 @@ class _Encoder:
             if not isinstance(record.get(k), str):
                 what = "no key" if k not in record else f"a {type(record[k]).__name__}, not a string, under"
                 return self._malformed(f"{path}:{lineno}: {what} {k!r}")
-        return [record[k] for k in self.s.json_keys], fixed
+        texts = [record[k] for k in self.s.json_keys]
+        if self.s.target_key is not None:  # optional; present, it must be a string (null too is refused)
+            target = record.get(self.s.target_key)
+            if self.s.target_key in record and not isinstance(target, str):
+                what = "null" if target is None else f"a {type(target).__name__}, not a string,"
+                return self._malformed(f"{path}:{lineno}: {what} under {self.s.target_key!r} (leave it out for none)")
+            texts.append(target)
+        return texts, fixed
 
     def _malformed(self, message: str) -> tuple[None, bool]:
         if self.s.errors == "strict":
@@ -231,19 +287,22 @@ def _encoded_chunks(chunks: Iterator[_Chunk], encoder: _Encoder, tokenizer, sett
 
 
 class _Outputs:
-    """The final builders (one per key) and, with partitions, each partition's temporary builders."""
+    """The final builders (one per output: (prefix, dtype, vocab size)) and, with partitions, each
+    partition's temporary builders."""
 
-    def __init__(self, prefixes: list[str], dtype: np.dtype, vocab_size: int, partitions: int):
-        self.prefixes, self.dtype, self.vocab_size, self.partitions = prefixes, dtype, vocab_size, partitions
-        self.finals = [IndexedDatasetBuilder(p, dtype, vocab_size) for p in prefixes]
+    def __init__(self, specs: list[tuple[str, np.dtype, int]], partitions: int):
+        self.specs, self.partitions = specs, partitions
+        self.finals = [IndexedDatasetBuilder(p, dtype, vocab_size) for p, dtype, vocab_size in specs]
         self.parts_done: list[list[str]] = []  # temporary prefixes of finished partitions, per partition
         self.partition, self.current = -1, self.finals if partitions == 1 else []
 
     def builders(self, partition: int) -> list[IndexedDatasetBuilder]:
         if self.partitions > 1 and partition != self.partition:
             self._finish_partition()
-            tmp = [self._part_prefix(p, partition) for p in self.prefixes]
-            self.current = [IndexedDatasetBuilder(p, self.dtype, self.vocab_size) for p in tmp]
+            self.current = [
+                IndexedDatasetBuilder(self._part_prefix(p, partition), dtype, vocab_size)
+                for p, dtype, vocab_size in self.specs
+            ]
             self.partition = partition
         return self.current
 
@@ -263,7 +322,8 @@ class _Outputs:
         for i, final in enumerate(self.finals):
             for part in self.parts_done:
                 final.merge_file_(part[i])
-        for final in self.finals:
+        # Last output first: an SFT loss mask lands before its tokens, which without it read as pretraining data.
+        for final in reversed(self.finals):
             final.finalize()
         self._remove_parts()
 
@@ -311,25 +371,111 @@ def preprocess(
         raise ValueError(f"json_keys must be distinct and at least one, got {list(json_keys)}")
     if text_mode not in TEXT_MODES:
         raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}")
-    if errors not in ERRORS:
-        raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
-    if workers < 1 or partitions < 1:
-        raise ValueError(f"workers and partitions must be at least 1, got {workers} and {partitions}")
+    _check_run(errors, workers, partitions)
 
     files = expand_inputs(inputs)
     text_files = [f for f in files if f.suffix not in JSON_SUFFIXES]
     if text_files and len(json_keys) > 1:
         raise ValueError(f"{text_files[0]}: plain text has one document stream; give one json key, not {json_keys}")
+    tok = _checked_tokenizer(tokenizer, append_eod)
+    settings = _Settings(json_keys, append_eod, errors, tok.eod_id, best_dtype(tok.vocab_size))
+    prefix = os.fspath(output_prefix)
+    prefixes = [f"{prefix}_{k}_document" for k in json_keys]
+    specs = [(p, settings.dtype, tok.vocab_size) for p in prefixes]
+    stats = _run(files, tokenizer, tok, settings, specs, text_mode, workers, partitions, progress, chunk_bytes)
+    stats["outputs"] = dict(zip(json_keys, prefixes))
+    return stats
+
+
+def preprocess_sft(
+    inputs: PathLike | Sequence[PathLike],
+    output_prefix: PathLike,
+    tokenizer: PathLike | Sequence[PathLike] | Tokenizer,
+    src_key: str = "src",
+    tgt_key: str = "tgt",
+    append_eod: bool = True,
+    workers: int = 1,
+    partitions: int = 1,
+    errors: str = "strict",
+    progress: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> dict:
+    """Tokenize the jsonl ``inputs`` into the SFT dataset ``<output_prefix>.bin/.idx`` (one example a
+    document) and its loss mask ``<output_prefix>_loss_mask.bin/.idx`` (uint8, 1 on target tokens).
+
+    Each record holds a string under ``src_key`` and, optionally, one under ``tgt_key``. With a target,
+    the example is the source tokens, the target tokens and the eod, and the targets are the target
+    tokens and the eod (input-output training); without, every token is a target (continuation
+    training); one file may mix both. Source and target are tokenized apart and their ids concatenated,
+    so put any separator (a space, a newline) into the text itself. A record without the source, a
+    field that is not a string (null included), an example with no tokens or no targets, and bad JSON
+    raise a ``ValueError`` naming ``file:line`` (``errors="skip"`` drops them instead). The other
+    arguments are ``preprocess``'s.
+
+    Returns the stats: ``examples``, ``tokens``, ``target_tokens``, ``bytes``, ``replaced``, ``skipped``,
+    ``outputs`` ({"tokens": prefix, "loss_mask": prefix}), ``seconds``.
+    """
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    if src_key == tgt_key:
+        raise ValueError(f"src_key and tgt_key must differ, both are {src_key!r}")
+    _check_run(errors, workers, partitions)
+    files = expand_inputs(inputs)
+    text_files = [f for f in files if f.suffix not in JSON_SUFFIXES]
+    if text_files:
+        suffixes = "/".join(JSON_SUFFIXES)
+        raise ValueError(f"{text_files[0]}: SFT data is jsonl ({suffixes}), one JSON object a line, not plain text")
+    tok = _checked_tokenizer(tokenizer, append_eod)
+    settings = _Settings((src_key,), append_eod, errors, tok.eod_id, best_dtype(tok.vocab_size), target_key=tgt_key)
+    prefix = os.fspath(output_prefix)
+    outputs = {"tokens": prefix, "loss_mask": loss_mask_prefix(prefix)}
+    specs = [(outputs["tokens"], settings.dtype, tok.vocab_size), (outputs["loss_mask"], np.dtype(np.uint8), 2)]
+    stats = _run(files, tokenizer, tok, settings, specs, "line", workers, partitions, progress, chunk_bytes)
+    stats = {"examples": stats.pop("documents"), **stats, "outputs": outputs}
+    return stats
+
+
+def _check_run(errors: str, workers: int, partitions: int) -> None:
+    if errors not in ERRORS:
+        raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
+    if workers < 1 or partitions < 1:
+        raise ValueError(f"workers and partitions must be at least 1, got {workers} and {partitions}")
+
+
+def _checked_tokenizer(tokenizer: PathLike | Sequence[PathLike] | Tokenizer, append_eod: bool) -> Tokenizer:
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
     if append_eod and tok.eod_id is None:
         raise ValueError(f"{tok.name}: append_eod needs an end-of-document token and the vocabulary has none")
-    settings = _Settings(json_keys, append_eod, errors, tok.eod_id, best_dtype(tok.vocab_size))
-    total_bytes = sum(f.stat().st_size for f in files)
+    return tok
 
-    prefix = os.fspath(output_prefix)
+
+def _add_documents(builder: IndexedDatasetBuilder, flat: np.ndarray, lengths: np.ndarray) -> None:
+    flat = flat.astype(builder.dtype)
+    ends = np.cumsum(lengths)
+    for start, end in zip(ends - lengths, ends):
+        builder.add_document(flat[start:end])
+
+
+def _run(
+    files: list[Path],
+    tokenizer: PathLike | Sequence[PathLike] | Tokenizer,
+    tok: Tokenizer,
+    settings: _Settings,
+    specs: list[tuple[str, np.dtype, int]],
+    text_mode: str,
+    workers: int,
+    partitions: int,
+    progress: bool,
+    chunk_bytes: int,
+) -> dict:
+    """Streams ``files`` through the encoders into the outputs ``specs`` (prefix, dtype, vocab size)
+    (an SFT run's last output is its loss mask); the stats, less ``outputs``."""
+    total_bytes = sum(f.stat().st_size for f in files)
+    prefix = specs[0][0]
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    prefixes = [f"{prefix}_{k}_document" for k in json_keys]
     stats = {"documents": 0, "tokens": 0, "bytes": 0, "replaced": 0, "skipped": 0}
+    if settings.target_key is not None:
+        stats["target_tokens"] = 0
     t0 = time.perf_counter()
 
     from tqdm import tqdm
@@ -342,18 +488,19 @@ def preprocess(
         desc=f"preprocess -> {os.path.basename(prefix)}",
         disable=not (progress and sys.stderr.isatty()),
     )
-    outputs = _Outputs(prefixes, settings.dtype, tok.vocab_size, partitions)
+    outputs = _Outputs(specs, partitions)
     chunks = _chunks(files, text_mode, partitions, total_bytes, chunk_bytes)
     try:
         for enc in _encoded_chunks(chunks, _Encoder(tok, settings), tokenizer, settings, workers):
-            for builder, tokens, lengths in zip(outputs.builders(enc.partition), enc.tokens, enc.lengths):
+            builders = outputs.builders(enc.partition)
+            for builder, tokens, lengths in zip(builders, enc.tokens, enc.lengths):
                 if tokens.size and (tokens.min() < 0 or tokens.max() >= tok.vocab_size):
                     raise ValueError(f"{tok.name}: token ids {tokens.min()}..{tokens.max()} outside the vocabulary")
-                tokens = tokens.astype(settings.dtype)
-                ends = np.cumsum(lengths)
-                for start, end in zip(ends - lengths, ends):
-                    builder.add_document(tokens[start:end])
+                _add_documents(builder, tokens, lengths)
                 stats["tokens"] += len(tokens)
+            if enc.loss_mask is not None:
+                _add_documents(builders[-1], enc.loss_mask, enc.lengths[0])
+                stats["target_tokens"] += int(enc.loss_mask.sum())
             stats["documents"] += len(enc.lengths[0])
             stats["bytes"] += enc.nbytes
             stats["replaced"] += enc.replaced
@@ -366,7 +513,6 @@ def preprocess(
         raise
     finally:
         bar.close()
-    stats["outputs"] = dict(zip(json_keys, prefixes))
     stats["seconds"] = time.perf_counter() - t0
     return stats
 

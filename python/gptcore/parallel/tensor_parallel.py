@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gptcore import ops as gptcore_ops
+from gptcore.finetune.lora import lora_delta
 from gptcore.model import GPT, REFERENCE_OPS, GPTConfig
 from gptcore.ops.cross_entropy import reduce_token_losses
 from gptcore.optim.adamw import param_grad
@@ -64,6 +65,11 @@ _SPLITS = {
     "mlp.c_fc.weight": (0, 1),
     "mlp.c_fc.bias": (0, 1),
     "mlp.c_proj.weight": (1, 1),
+    # LoRA adapters (gptcore.finetune.lora): B's rows as the column-parallel W's, A's columns as the row-parallel W's
+    "attn.c_attn.lora_B": (0, 3),
+    "mlp.c_fc.lora_B": (0, 1),
+    "attn.c_proj.lora_A": (1, 1),
+    "mlp.c_proj.lora_A": (1, 1),
 }
 
 
@@ -180,8 +186,15 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features // tp)) if bias else None
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        ops = _ops(self.use_gptcore_ops)
-        return column_parallel_linear(x, self.weight, self.bias, self.group, self.sequence_parallel, ops, activation)
+        ops, sp = _ops(self.use_gptcore_ops), self.sequence_parallel
+        delta = lora_delta(self, x, self._enter_region)  # a LoRA adapter's rank-r activation enters as x does
+        if delta is None:
+            return column_parallel_linear(x, self.weight, self.bias, self.group, sp, ops, activation)
+        y = ops.linear(self._enter_region(x), self.weight, self.bias, residual=delta)
+        return y if activation is None else F.gelu(y, approximate="tanh")  # "gelu", ops.linear's only one
+
+    def _enter_region(self, t: torch.Tensor) -> torch.Tensor:
+        return gather_from_sequence(t, self.group) if self.sequence_parallel else copy_to_region(t, self.group)
 
 
 class RowParallelLinear(nn.Module):
@@ -203,11 +216,18 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, in/tp] -> [B, T, out] (or [B, T/tp, out] with sequence parallelism) + residual."""
-        y = _ops(self.use_gptcore_ops).linear(x, self.weight)
-        y = reduce_scatter_to_sequence(y, self.group) if self.sequence_parallel else reduce_from_region(y, self.group)
+        y = self._leave_region(_ops(self.use_gptcore_ops).linear(x, self.weight))
+        delta = lora_delta(self, x, self._leave_region)  # a LoRA adapter's partial A x is summed as y is
+        if delta is not None:
+            y = y + delta
         if self.bias is not None:
             y = y + self.bias
         return y if residual is None else y + residual
+
+    def _leave_region(self, t: torch.Tensor) -> torch.Tensor:
+        if self.sequence_parallel:
+            return reduce_scatter_to_sequence(t, self.group)
+        return reduce_from_region(t, self.group)
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -98,6 +98,14 @@ class TrainConfig:
     sample_tokens: int = 0  # after training, print a sample of this many tokens
     sample_prompt: str = ""
 
+    # finetuning (`gptcore finetune`): data from `gptcore preprocess --sft` (a loss-mask companion) is
+    # read as examples; lora_rank > 0 trains low-rank adapters on the frozen init_from model
+    sft_packing: bool = True  # several examples a sequence (attention may cross them); false: one each
+    lora_rank: int = 0  # 0: full finetuning
+    lora_alpha: float | None = None  # the adapters' scale is lora_alpha / lora_rank; None: lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "qkv,attn_out,mlp_in,mlp_out"  # comma-separated: qkv, attn_out, mlp_in, mlp_out
+
     seed: int = 1234
     device: str = "auto"  # auto, cpu, cuda, cuda:N
 
@@ -111,6 +119,13 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError(str(e).replace("GPTConfig.", "")) from None
 
+    def lora_config(self):
+        """The LoRAConfig of lora_rank, lora_alpha, lora_dropout and lora_targets (lora_rank > 0)."""
+        from gptcore.finetune.lora import LoRAConfig
+
+        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+        return LoRAConfig(self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=targets)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -122,7 +137,7 @@ class TrainConfig:
             raise ConfigError(f"model: unknown preset {self.model!r}; choose from {', '.join(PRESETS)}")
         self.model_config(self.vocab_size or 1)  # shape checks (n_embd % n_head, head dim, dropout ranges)
         positions = self.n_positions or PRESETS[self.model]["n_positions"]
-        if self.seq_len > positions:
+        if self.seq_len > positions and self.init_from is None:  # else checked against init_from's model
             raise ConfigError(
                 f"seq_len ({self.seq_len}) exceeds the model's n_positions ({positions}); "
                 f"lower seq_len or set n_positions >= {self.seq_len}"
@@ -186,6 +201,17 @@ class TrainConfig:
                 f"sequence_parallel: seq_len ({self.seq_len}) must be divisible by tensor_parallel"
                 f" ({self.tensor_parallel}); each rank holds seq_len / tensor_parallel positions"
             )
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be >= 0 (0: full finetuning), got {self.lora_rank}")
+        if self.lora_rank:
+            if self.init_from is None:
+                raise ConfigError(
+                    "lora_rank is set but init_from is not: LoRA adapts a pretrained model; name it with init_from"
+                )
+            try:
+                self.lora_config()
+            except ValueError as e:
+                raise ConfigError(f"lora: {e}") from None
         if not self.ddp_bucket_mb > 0:
             raise ConfigError(f"ddp_bucket_mb must be > 0, got {self.ddp_bucket_mb}")
         if self.data_path is None and self.tokenizer is not None:

@@ -52,7 +52,7 @@ from gptcore.parallel.tensor_parallel import tensor_parallel_model
 from gptcore.parallel.tp_pipeline import TPPipelineStage
 from gptcore.training import checkpoint as ckpt
 from gptcore.training.config import ConfigError, TrainConfig
-from gptcore.training.trainer import Trainer, decay_groups, rank_file_name
+from gptcore.training.trainer import Trainer, adapter_file_name, decay_groups, rank_file_name
 
 
 def launched_world_size() -> int:
@@ -134,10 +134,14 @@ class ParallelTrainer(Trainer):
             part = tensor_parallel_model(model, g.tp, cfg.sequence_parallel)
         else:
             part = model
-        if self._resume is not None:  # this shard's weights, before DataParallel and ZeRO's masters copy them
+        # This shard's weights (or a LoRA run's adapters), before DataParallel and ZeRO's masters copy them.
+        if self._resume is not None and not cfg.lora_rank:
             state, saved = load_shard_for(self._resume, layout.tp, layout.pp, coords.tp, coords.pp)
             self._check_same_model(self._resume, saved)
             part.load_state_dict(state)
+        self._adapt(part)
+        if self._resume is not None and cfg.lora_rank:
+            self._load_adapters(part, self._resume, adapter_file_name(coords.tp, coords.pp, layout.tp, layout.pp))
         part.recompute = cfg.recompute
         part.to(device=self.device, dtype=self.dtype)
         if layout.pp > 1:
@@ -205,7 +209,7 @@ class ParallelTrainer(Trainer):
                     _, mean = self.model(batches[k]["tokens"], batches[k]["labels"])
                     part = mean.float() * (counts[k] / total)
                     (part * scale if scale != 1.0 else part).backward()
-                loss += float(part)
+                loss += float(part.detach())
             if not nonempty:  # every sample of this rank is masked: reduce the zero grads all the same
                 self.ddp.sync_grads()
         self._finish_grads()
@@ -216,7 +220,7 @@ class ParallelTrainer(Trainer):
         """(param, the part of its reduced grad the optimizer reads on this rank)."""
         if self.cfg.zero_stage:
             return [(piece.param, piece.master.main_grad) for piece in self.optimizer.pieces]
-        return [(p, p.main_grad) for p in self.model.parameters()]
+        return [(p, p.main_grad) for p in self.model.parameters() if p.requires_grad]
 
     def _sum_grads(self, grads: list[torch.Tensor], group) -> None:
         if grads:
@@ -289,7 +293,12 @@ class ParallelTrainer(Trainer):
         layout, coords = g.layout, g.coords
 
         def write(folder: Path) -> None:
-            if coords.dp == 0:
+            if coords.dp == 0 and cfg.lora_rank:
+                from gptcore.finetune.lora import save_adapters
+
+                name = adapter_file_name(coords.tp, coords.pp, layout.tp, layout.pp)
+                save_adapters(self.model, folder / name, cfg.lora_config(), base=cfg.init_from)
+            elif coords.dp == 0:
                 state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
                 save_model_shard(state, self.config, folder, coords.tp, coords.pp, layout.tp, layout.pp)
             own = {"rng": self._rng_state()}

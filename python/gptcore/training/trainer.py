@@ -27,9 +27,12 @@ from gptcore.data import (
     BlendedDataset,
     GPTDataset,
     IndexedDataset,
+    SFTDataset,
     blend_sample_counts,
     default_dataset,
+    has_loss_mask,
     load_tokenizer,
+    loss_mask_prefix,
     parse_blend,
     parse_split,
 )
@@ -66,9 +69,15 @@ def rank_file_name(rank: int) -> str:
     return f"rank_{rank:05d}.pt"
 
 
+def adapter_file_name(tp_rank: int, pp_rank: int, tp: int, pp: int) -> str:
+    """A LoRA run's checkpoint file of one (tp, pp) shard's adapters."""
+    return "adapters.safetensors" if tp == pp == 1 else f"adapters_tp{tp_rank:02d}_pp{pp_rank:02d}.safetensors"
+
+
 def decay_groups(params, weight_decay: float) -> list[dict]:
-    """AdamW's param groups: weight decay on 2-D weights only (not biases, not layer norms)."""
-    params = list(params)
+    """AdamW's param groups over the trainable params: weight decay on 2-D weights only (not
+    biases, not layer norms)."""
+    params = [p for p in params if p.requires_grad]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -161,6 +170,7 @@ class Trainer:
         self.num_parameters = model.num_parameters()
         self.flops_per_token = flops_per_token(model, cfg.seq_len)
         self.model = self._place(model)
+        self.trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         with self._main_first():  # the first run writes the sample-index caches; the others read them
             self.train_data, self.valid_data = self._datasets(data_path)
         self.optimizer = self._make_optimizer()
@@ -193,11 +203,38 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _place(self, model: GPT) -> torch.nn.Module:
-        """The model on the device in the training precision; half params accumulate in float32."""
+        """The model (with LoRA adapters when asked) on the device in the training precision; half
+        params accumulate in float32."""
+        self._adapt(model)
         model.to(device=self.device, dtype=self.dtype)
         if self.dtype != torch.float32:
             _accumulate_in_fp32(model)
         return model
+
+    def _adapt(self, model: torch.nn.Module) -> None:
+        """lora_rank > 0: low-rank adapters on the target linears; every other parameter frozen."""
+        if self.cfg.lora_rank:
+            from gptcore.finetune.lora import apply_lora
+
+            apply_lora(model, self.cfg.lora_config(), seed=self.cfg.seed)
+
+    def _load_adapters(self, model: torch.nn.Module, folder: Path, name: str) -> None:
+        """A LoRA run resumes its adapters (the frozen base comes from init_from)."""
+        from gptcore.finetune.lora import load_adapters, load_lora_state_dict
+
+        path = folder / name
+        if not path.is_file():
+            raise ConfigError(
+                f"{folder}: no {name}; resuming a LoRA run (lora_rank > 0) needs a checkpoint of a LoRA run with the"
+                " same tensor_parallel and pipeline_parallel; to finetune from a full checkpoint, name it with"
+                " init_from and save to a new folder"
+            )
+        state, saved, _ = load_adapters(path)
+        if saved != self.cfg.lora_config():
+            raise ConfigError(
+                f"{path}: the adapters were trained with {saved}, this config asks for {self.cfg.lora_config()}"
+            )
+        load_lora_state_dict(model, state)
 
     def _make_optimizer(self):
         cfg = self.cfg
@@ -241,7 +278,10 @@ class Trainer:
             parts = []
             for prefix, data, documents, count in zip(prefixes, indexed, splits, counts):
                 try:
-                    parts.append(GPTDataset(data, documents[which], max(count, 1), cfg.seq_len, seed, cache, eod))
+                    if has_loss_mask(prefix):  # finetuning examples: the loss on their target tokens only
+                        parts.append(self._sft_dataset(prefix, data, documents[which], max(count, 1), seed))
+                    else:
+                        parts.append(GPTDataset(data, documents[which], max(count, 1), cfg.seq_len, seed, cache, eod))
                 except ValueError as e:
                     name = ("train", "validation")[which]
                     raise ConfigError(f"{name} split of {prefix} (split {cfg.split!r}): {e}") from None
@@ -253,6 +293,17 @@ class Trainer:
             num_valid = 0
         valid = split_dataset(1, num_valid, cfg.seed + 1) if num_valid else None
         return train, valid
+
+    def _sft_dataset(self, prefix: str, data: IndexedDataset, documents, count: int, seed: int) -> SFTDataset:
+        mask = IndexedDataset(loss_mask_prefix(prefix))
+        pad = self.tokenizer.eod_id if self.tokenizer.eod_id is not None else 0
+        dataset = SFTDataset(data, mask, documents, count, self.cfg.seq_len, seed, pad, pack=self.cfg.sft_packing)
+        if dataset.num_truncated:
+            self.log(
+                f"{prefix}: {dataset.num_truncated} examples are longer than seq_len + 1 = {self.cfg.seq_len + 1}"
+                " tokens and are cut to their first seq_len + 1 (their later targets are not trained on)"
+            )
+        return dataset
 
     def _peak_flops(self) -> float | None:
         if self.cfg.peak_tflops is not None:
@@ -380,7 +431,12 @@ class Trainer:
             raise ConfigError("save is not set: no folder to write checkpoints to")
 
         def write(folder: Path) -> None:
-            convert.save(self.model, folder / "model.safetensors")
+            if cfg.lora_rank:  # the adapters only: the frozen base is init_from
+                from gptcore.finetune.lora import save_adapters
+
+                save_adapters(self.model, folder / adapter_file_name(0, 0, 1, 1), cfg.lora_config(), base=cfg.init_from)
+            else:
+                convert.save(self.model, folder / "model.safetensors")
             self._write_shared(folder, {"optimizer": self.optimizer.state_dict(), "rng": self._rng_state()})
 
         return ckpt.write_checkpoint(cfg.save, self.step, write, cfg.keep_last)
@@ -409,9 +465,12 @@ class Trainer:
         otherwise training goes on from the weights with fresh AdamW moments (said in the log)."""
         from gptcore.parallel.checkpoint import load_full_state
 
-        state, saved_config = load_full_state(folder)
-        self._check_same_model(folder, saved_config)
-        self.model.load_state_dict({k: v.to(self.dtype) for k, v in state.items()})
+        if self.cfg.lora_rank:
+            self._load_adapters(self.model, folder, adapter_file_name(0, 0, 1, 1))
+        else:
+            state, saved_config = load_full_state(folder)
+            self._check_same_model(folder, saved_config)
+            self.model.load_state_dict({k: v.to(self.dtype) for k, v in state.items()})
         self._load_training_state(folder)
 
     def _check_same_model(self, folder: Path, saved_config) -> None:
@@ -495,8 +554,9 @@ class Trainer:
         cfg = self.cfg
         end = cfg.train_steps if max_steps is None else min(cfg.train_steps, self.step + max_steps)
         self.log(
-            f"training {self.num_parameters / 1e6:.2f}M params on {self._where()} ({cfg.precision}), "
-            f"global batch {cfg.global_batch_size} x {cfg.seq_len} tokens, steps {self.step} -> {end}"
+            f"training {self.num_parameters / 1e6:.2f}M params{self._trainable()} on {self._where()}"
+            f" ({cfg.precision}), global batch {cfg.global_batch_size} x {cfg.seq_len} tokens,"
+            f" steps {self.step} -> {end}"
         )
         with _Reporter(self, end) as report, self._signals():
             while self.step < end:
@@ -520,6 +580,11 @@ class Trainer:
 
     def _where(self) -> str:
         return str(self.device)
+
+    def _trainable(self) -> str:
+        if not self.cfg.lora_rank:
+            return ""
+        return f" (LoRA rank {self.cfg.lora_rank}: {self.trainable_parameters / 1e6:.3f}M trainable here)"
 
     def _stop_requested(self) -> bool:
         """Whether a signal asked to stop (after this step)."""

@@ -1,0 +1,31 @@
+"""Finetuning a pretrained GPT: LoRA adapters (lora).
+
+gptcore.model imports gptcore.finetune.lora, so this package must not import gptcore.model (nor
+anything that does) when it is imported.
+"""
+
+from gptcore.finetune.lora import (
+    LoRAConfig,
+    apply_adapters,
+    apply_lora,
+    load_adapters,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+    save_adapter_state,
+    save_adapters,
+    unmerge_lora,
+)
+
+__all__ = [
+    "LoRAConfig",
+    "apply_adapters",
+    "apply_lora",
+    "load_adapters",
+    "load_lora_state_dict",
+    "lora_state_dict",
+    "merge_lora",
+    "save_adapter_state",
+    "save_adapters",
+    "unmerge_lora",
+]
