@@ -8,8 +8,8 @@ targets (gptcore.finetune.lora). Peak memory: torch.cuda.max_memory_allocated on
 the process's peak RSS above its RSS after building the model and the batches (what training adds).
 
 Validation, before timing, in the lora process: with B = 0 the adapted model's logits equal the base
-model's (exactly); after the timed steps, only adapter params have changed, and both modes' losses
-are finite and below their first step's.
+model's (within 1e-5: with mlp_in adapted the GELU runs unfused); after the timed steps, only adapter
+params have changed, and in both modes the loss on the one repeated batch is finite and falling.
 
     python bench/bench_lora.py                      # CPU, GPT-2 124M shape, batch 4 x 256, rank 8
     python bench/bench_lora.py --tiny --steps 3     # smoke test
@@ -46,7 +46,7 @@ def _current_rss_bytes() -> int:
 
 def _config(args) -> GPTConfig:
     if args.tiny:
-        return GPTConfig(vocab_size=512, n_positions=128, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+        return GPTConfig(vocab_size=512, n_positions=max(args.seq, 128), n_layer=2, n_head=2, n_embd=64, dropout=0.0)
     return GPTConfig.preset("gpt2", n_positions=max(args.seq, 1024), dropout=0.0, attn_dropout=0.0)
 
 
@@ -60,10 +60,9 @@ def run_mode(args) -> dict:
     config = _config(args)
     model = GPT(config).to(device=device, dtype=dtype).train()
     g = torch.Generator().manual_seed(1)
-    batches = [
-        torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=g).to(device)
-        for _ in range(args.steps + args.warmup)
-    ]
+    # One batch, every step: the loss must then fall (memorization), a check that training happens.
+    batch = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=g).to(device)
+    batches = [batch] * (args.steps + args.warmup)
     if args.mode == "lora":
         probe = batches[0][:1, : args.seq]
         with torch.no_grad():
@@ -73,11 +72,11 @@ def run_mode(args) -> dict:
         with torch.no_grad():
             after = model(probe)[0]
         model.train()
-        if not torch.equal(before, after):
+        if not torch.allclose(before, after, rtol=1e-5, atol=1e-5):
             sys.exit("validation failed: the LoRA model with B = 0 differs from the base model")
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = AdamW(trainable, lr=1e-4, weight_decay=0.0)
+    optimizer = AdamW(trainable, lr=1e-3, weight_decay=0.0)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -95,7 +94,7 @@ def run_mode(args) -> dict:
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss_bytes()
     for name, p in model.named_parameters():
         if name in frozen and not torch.equal(p, frozen[name]):

@@ -1,5 +1,5 @@
 """The `gptcore` console script: `info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export|reshard`,
-`train`, `generate`, `eval [ppl]`, `serve`."""
+`train`, `finetune [sft]|cls`, `generate`, `eval [ppl]|cls`, `serve`."""
 
 from __future__ import annotations
 
@@ -459,7 +459,11 @@ def _add_generate_parser(sub) -> None:
     )
     gen.add_argument("--checkpoint", required=True, help="save folder, step_N/ folder, model file or HF folder")
     gen.add_argument("--tokenizer", help="tokenizer to use instead of the checkpoint's")
-    gen.add_argument("--lora", metavar="PATH", help="LoRA adapter file (from LoRA finetuning), merged into the model")
+    gen.add_argument(
+        "--lora",
+        metavar="PATH",
+        help="LoRA adapters merged into the model: a file, or a LoRA run's save or step folder",
+    )
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--prompt-file", help="a UTF-8 file with one prompt a line (blank lines skipped)")

@@ -1,4 +1,6 @@
-"""Finetuning a pretrained GPT: LoRA adapters (lora).
+"""Finetuning a pretrained GPT: LoRA adapters (lora) and a sequence-classification head
+(classify, imported as `from gptcore.finetune import classify`). Supervised finetuning itself is the
+trainer on SFT data (gptcore.data.SFTDataset).
 
 gptcore.model imports gptcore.finetune.lora, so this package must not import gptcore.model (nor
 anything that does) when it is imported.

@@ -264,7 +264,11 @@ def save_adapters(model: nn.Module, path, config: LoRAConfig, base=None) -> Path
 
 
 def load_adapters(path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, str]]:
-    """(adapter tensors, LoRAConfig, the file's metadata) of a file written by save_adapters."""
+    """(adapter tensors, LoRAConfig, the file's metadata) of a file written by save_adapters, or of a
+    LoRA run's checkpoint (a step_N folder or its save folder; the per-(tp, pp) files of a
+    model-parallel run are joined into whole tensors)."""
+    if Path(path).is_dir():
+        return _load_adapter_checkpoint(Path(path))
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
@@ -273,6 +277,30 @@ def load_adapters(path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, 
     if CONFIG_KEY not in metadata:
         raise ValueError(f"{path}: not a gptcore LoRA adapter file (no {CONFIG_KEY!r} metadata)")
     return load_file(path), LoRAConfig.from_json(metadata[CONFIG_KEY]), metadata
+
+
+def _load_adapter_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, str]]:
+    # Imported here: gptcore.parallel and gptcore.training import gptcore.model, which imports this module.
+    from gptcore.parallel.checkpoint import read_layout
+    from gptcore.parallel.tensor_parallel import merge_state_dicts
+    from gptcore.training.checkpoint import find_checkpoint
+    from gptcore.training.trainer import adapter_file_name
+
+    step = find_checkpoint(folder)
+    if step is None:
+        raise ValueError(f"{folder}: no checkpoint here (expected a LoRA run's step_N folder or save folder)")
+    layout = read_layout(step)
+    tp, pp = layout["tensor_parallel"], layout["pipeline_parallel"]
+    names = [[adapter_file_name(t, p, tp, pp) for t in range(tp)] for p in range(pp)]
+    missing = [name for stage in names for name in stage if not (step / name).is_file()]
+    if missing:
+        raise ValueError(f"{step}: no LoRA adapters ({', '.join(missing[:4])} missing); is it a LoRA run's checkpoint?")
+    state: dict[str, torch.Tensor] = {}
+    for stage in names:
+        shards = [load_adapters(step / name) for name in stage]
+        state.update(merge_state_dicts([shard for shard, _, _ in shards]))
+    _, config, metadata = shards[0]
+    return state, config, metadata
 
 
 def apply_adapters(model: nn.Module, path, merge: bool = False) -> LoRAConfig:
