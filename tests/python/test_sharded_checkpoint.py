@@ -132,7 +132,7 @@ def test_shard_files_carry_config_and_ranks(sharded):
 
 def test_save_model_shard_rejects_a_wrong_state(tmp_path, full):
     shards = split(full, CONFIG, 2, 1)
-    with pytest.raises(ValueError, match=r"not shard \(0, 0\) of a tp=2 x pp=2 layout"):
+    with pytest.raises(ValueError, match=r"shard \(0, 0\) of tp=2 x pp=2 does not match"):
         save_model_shard(shards[(0, 0)], CONFIG, tmp_path, 0, 0, 2, 2)
     with pytest.raises(ValueError, match="has shape"):
         save_model_shard(shards[(0, 0)] | {"transformer.wpe.weight": full["transformer.wpe.weight"][:, :8]},

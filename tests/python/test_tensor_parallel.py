@@ -247,3 +247,56 @@ def _check_everything(rank, world_size):
 def test_two_ranks():
     """One pair of processes for every distributed check: starting them costs more than the checks."""
     run_distributed(_check_everything, TP)
+
+
+# ---- dropout streams of tensor-parallel regions ---------------------------------------------
+
+
+def _gathered(x: torch.Tensor) -> list[torch.Tensor]:
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x)
+    return out
+
+
+def _check_dropout_streams(rank, world):
+    torch.manual_seed(7)  # seeded alike, as the trainer seeds the tp ranks
+    before = _gathered(torch.rand(4))
+    with mappings.rank_dropout_rng(dist.group.WORLD):
+        inside = _gathered(torch.rand(4))
+    after = _gathered(torch.rand(4))
+    assert torch.equal(before[0], before[1]) and torch.equal(after[0], after[1])  # the shared stream stays shared
+    assert not torch.equal(inside[0], inside[1])  # each rank its own draws
+    state = torch.get_rng_state()  # what an activation recompute restores before rerunning
+    with mappings.rank_dropout_rng(dist.group.WORLD):
+        first = torch.rand(4)
+    torch.set_rng_state(state)
+    with mappings.rank_dropout_rng(dist.group.WORLD):
+        assert torch.equal(torch.rand(4), first)
+    with mappings.rank_dropout_rng(dist.group.WORLD, enabled=False):
+        off = _gathered(torch.rand(4))
+    assert torch.equal(off[0], off[1])
+
+    # A tp2 model with every dropout on, sequence parallel: recomputed blocks draw the masks again,
+    # so full recompute gives the same loss and grads as none.
+    config = _config(vocab_size=256, dropout=0.2, attn_dropout=0.2, use_gptcore_ops=False)
+    torch.manual_seed(0)
+    full = GPT(config).state_dict()
+    idx = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    results = []
+    for recompute in ("none", "full"):
+        model = TPGPT(config, dist.group.WORLD, sequence_parallel=True, full_state=full).train()
+        model.recompute = recompute
+        torch.manual_seed(3)
+        _, loss = model(idx, idx)
+        loss.backward()
+        model.reduce_sequence_parallel_grads()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss_none, grads_none), (loss_full, grads_full) = results
+    assert torch.equal(loss_none, loss_full)
+    for name, grad in grads_none.items():
+        torch.testing.assert_close(grads_full[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    return True
+
+
+def test_dropout_streams_per_rank():
+    assert run_distributed(_check_dropout_streams, TP) == [True, True]

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from gptcore import convert
 from gptcore.model import GPTConfig
 from gptcore.parallel.pipeline import stage_state_dict
-from gptcore.parallel.reshard import Shards, _expected_state, check_layout, merge, split
+from gptcore.parallel.reshard import Shards, _expected_state, check_layout, check_state, merge, split
 from gptcore.parallel.tensor_parallel import shard_state_dict
 
 LAYOUT_FILE = "layout.json"
@@ -139,20 +139,7 @@ def save_model_shard(
     name = model_file_name(tp_rank, pp_rank, tp, pp)
     check_layout(config, tp, pp)
     expected = _expected_shard(config, tp_rank, pp_rank, tp, pp)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise ValueError(
-            f"save_model_shard: the state is not shard ({tp_rank}, {pp_rank}) of a tp={tp} x pp={pp} layout:"
-            f" missing {missing[:4]}{' ...' if len(missing) > 4 else ''},"
-            f" unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}"
-        )
-    for key, ref in expected.items():
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise ValueError(
-                f"save_model_shard: {key!r} has shape {tuple(state[key].shape)}; shard ({tp_rank}, {pp_rank}) of"
-                f" tp={tp} x pp={pp} has {tuple(ref.shape)}"
-            )
+    check_state(state, expected, f"save_model_shard: the state of shard ({tp_rank}, {pp_rank}) of tp={tp} x pp={pp}")
     extra = None
     if (tp, pp) != (1, 1):
         extra = dict(zip(_SHARD_KEYS, map(str, (tp_rank, pp_rank, tp, pp))))

@@ -17,6 +17,9 @@ Activations are [B, T, C], so the sequence dimension is 1. Chunks are equal and 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 
@@ -161,3 +164,26 @@ def reduce_scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
     """Leave a tensor-parallel region into sequence chunks: this rank's chunk of the sum of the
     ranks' partial x; the gradient is all-gathered."""
     return x if _size(group) == 1 else _ReduceScatter.apply(x, SEQUENCE_DIM, group)
+
+
+@contextlib.contextmanager
+def rank_dropout_rng(group, enabled: bool = True) -> Iterator[None]:
+    """Dropout inside runs on a random stream of this tensor-parallel rank's own (Megatron's
+    model-parallel RNG tracker, without its state): for regions whose data differ between the ranks,
+    the local attention heads, or a sequence chunk under sequence parallelism.
+
+    The tp ranks are seeded alike, and dropout on replicated activations must stay alike. So one
+    draw from the default CPU generator (the same on every rank) plus the rank seeds the region's
+    generators (CPU and the current CUDA device), which are restored on exit: the default streams
+    advance identically on every rank, and an activation recompute, which restores the default
+    generator's state before rerunning, draws the same masks again."""
+    if not enabled or _size(group) == 1:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64)) + 1_000_003 * (1 + dist.get_rank(group))
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(seed % 2**63)
+        if cuda:
+            torch.cuda.manual_seed(seed % 2**63)
+        yield

@@ -33,21 +33,22 @@ def _expected_state(config: GPTConfig) -> dict[str, torch.Tensor]:
         return GPT(config).state_dict()
 
 
-def _check_full_state(full_state: Mapping[str, torch.Tensor], config: GPTConfig, what: str) -> None:
-    expected = _expected_state(config)
-    missing = [k for k in expected if k not in full_state]
-    unexpected = [k for k in full_state if k not in expected]
+def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str) -> None:
+    """ValueError naming `what` unless state has exactly expected's names and shapes."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise ValueError(
-            f"reshard: {what} does not match the config's GPT: missing {missing[:4]}"
-            f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}"
+            f"{what} does not match the config's GPT: missing {missing[:4]}{' ...' if len(missing) > 4 else ''},"
+            f" unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}"
         )
     for key, ref in expected.items():
-        if tuple(full_state[key].shape) != tuple(ref.shape):
-            raise ValueError(
-                f"reshard: {what}: {key!r} has shape {tuple(full_state[key].shape)}, the config's GPT"
-                f" {tuple(ref.shape)}"
-            )
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise ValueError(f"{what}: {key!r} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}")
+
+
+def _check_full_state(full_state: Mapping[str, torch.Tensor], config: GPTConfig, what: str) -> None:
+    check_state(full_state, _expected_state(config), f"reshard: {what}")
 
 
 def split(full_state: Mapping[str, torch.Tensor], config: GPTConfig, tp: int, pp: int) -> Shards:

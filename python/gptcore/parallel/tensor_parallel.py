@@ -23,12 +23,12 @@ tp_pipeline.TPPipelineStage. Every parameter carries two flags: `tensor_parallel
 the ranks; a global grad norm counts the others, replicated, once) and `sequence_parallel` (its
 gradient is summed by reduce_sequence_parallel_grads).
 
-Dropout draws from torch's default generators and the tp ranks must be seeded alike: without
-sequence parallelism the hidden dropout acts on replicated activations and must draw the same
-mask on every rank. Attention dropout (local heads) and, with sequence parallelism, hidden
-dropout (local tokens) then draw the same stream on every rank too, so those masks are
-correlated across ranks (each is still a valid dropout mask); a per-rank generator for these
-regions (Megatron's model-parallel RNG tracker) is not done yet.
+Dropout: the tp ranks are seeded alike, so dropout on replicated activations (the hidden dropout
+without sequence parallelism) draws the same mask on every rank, as it must. Where the ranks hold
+different data, the local heads' attention dropout and, with sequence parallelism, the hidden and
+embedding dropout of their sequence chunks, dropout runs under `mappings.rank_dropout_rng`: a
+stream per rank, seeded from the shared default stream, so the masks are independent across ranks
+and an activation recompute draws them again.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from gptcore.parallel.mappings import (
     copy_to_region,
     gather_from_region,
     gather_from_sequence,
+    rank_dropout_rng,
     reduce_from_region,
     reduce_scatter_to_sequence,
 )
@@ -343,7 +344,9 @@ class TPBlock(nn.Module):
 
     def _project_add(self, x: torch.Tensor, proj: RowParallelLinear, residual: torch.Tensor) -> torch.Tensor:
         if self.training and self.config.dropout > 0:
-            return residual + F.dropout(proj(x), self.config.dropout, True)
+            y = proj(x)
+            with rank_dropout_rng(self.group, self.sequence_parallel):  # a sequence chunk: this rank's own mask
+                return residual + F.dropout(y, self.config.dropout, True)
         return proj(x, residual=residual)
 
     def attention_sublayer(self, x: torch.Tensor) -> torch.Tensor:
@@ -354,7 +357,8 @@ class TPBlock(nn.Module):
         B, T = qkv.shape[:2]
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=-1))
         dropout_p = self.config.attn_dropout if self.training else 0.0
-        y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
+        with rank_dropout_rng(self.group, dropout_p > 0):  # the local heads: this rank's own masks
+            y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
         return y.transpose(1, 2).contiguous().view(B, T, H * D)
 
     def forward(self, x: torch.Tensor, recompute_attention: bool = False) -> torch.Tensor:
@@ -446,7 +450,8 @@ class TPGPT(nn.Module):
         if self.sequence_parallel:
             positions = positions.chunk(self.tp_size)[self.tp_rank]
         x = t.wte(idx) + t.wpe(positions)
-        return F.dropout(x, self.config.dropout, self.training)
+        with rank_dropout_rng(self.group, self.sequence_parallel and self.training and self.config.dropout > 0):
+            return F.dropout(x, self.config.dropout, self.training)
 
     def head(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Final layer norm, tied vocab-parallel head over the real rows, vocab-parallel loss."""

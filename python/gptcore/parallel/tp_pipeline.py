@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptcore.model import GPT, GPTConfig
+from gptcore.parallel.mappings import rank_dropout_rng
 from gptcore.parallel.pipeline import IGNORE_INDEX, PipelineStage, _check_stage, split_layers, stage_state_dict
 from gptcore.parallel.tensor_parallel import (
     TPBlock,
@@ -130,7 +131,9 @@ class TPPipelineStage(PipelineStage):
         positions = torch.arange(seq_len, device=idx.device)
         if self.sequence_parallel:
             positions = positions.chunk(self.tp_size)[self.tp_rank]
-        return F.dropout(t.wte(idx) + t.wpe(positions), cfg.dropout, self.training)
+        x = t.wte(idx) + t.wpe(positions)
+        with rank_dropout_rng(self.group, self.sequence_parallel and self.training and cfg.dropout > 0):
+            return F.dropout(x, cfg.dropout, self.training)
 
     def head(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """The tied vocab-parallel head: this rank's vocab shard of the logits, or with targets the

@@ -147,7 +147,8 @@ class ParallelTrainer(Trainer):
         if layout.pp > 1:
             broadcast_tied_embedding(part, g.embedding, g.pp_ranks[0])
         self.tied = part.transformer.wte.weight if layout.pp > 1 and part.holds_tied_copy else None
-        # Dropout: the tp ranks of a stage draw alike (replicated activations), the others differ.
+        # Dropout: the tp ranks of a stage draw alike (replicated activations; where their data differ,
+        # mappings.rank_dropout_rng forks a stream per rank), the other ranks differ.
         torch.manual_seed(cfg.seed + 100_003 * coords.dp + 1_009 * coords.pp)
         dp_group = g.dp
         if self.device.type == "cuda" and _C.build_info()["nccl_version"] > 0:  # gptcore's NCCL communicator
