@@ -1,5 +1,6 @@
-"""The `gptcore` console script: `info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export|reshard`,
-`train`, `finetune [sft]|cls`, `generate`, `eval [ppl]|cls`, `serve`."""
+"""The `gptcore` console script: `info`, `tokenizer train`, `preprocess`,
+`convert hf-import|hf-export|reshard|merge-lora`, `train`, `finetune [sft]|cls`, `generate`, `eval [ppl]|cls`,
+`serve`."""
 
 from __future__ import annotations
 
@@ -213,7 +214,17 @@ def _add_convert_parser(sub) -> None:
         " a training checkpoint folder step_N/ (sharded ones merged) or a save folder (its newest checkpoint).",
     )
     exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder or save folder")
+    exp.add_argument("--lora", metavar="PATH", help="LoRA adapters (file, or a LoRA run's folder) merged in first")
     exp.add_argument("--out", required=True, help="the directory to write")
+    mrg = conv.add_parser(
+        "merge-lora",
+        help="a base model + LoRA adapters -> one gptcore model file with the adapters merged",
+        description="Merge LoRA adapters (an adapter file, or a LoRA run's save or step folder) into the weights"
+        " of their base model (any model --checkpoint names) and write a plain gptcore model file.",
+    )
+    mrg.add_argument("--checkpoint", required=True, help="the base model: model file, checkpoint or HF folder")
+    mrg.add_argument("--lora", required=True, help="adapter file, or a LoRA run's save or step folder")
+    mrg.add_argument("--out", required=True, help="the gptcore model file to write")
     res = conv.add_parser(
         "reshard",
         help="a training checkpoint's weights -> another tensor x pipeline parallel layout",
@@ -250,7 +261,14 @@ def _convert(args) -> int:
             convert.save(model, args.out)
         else:
             model = convert.load_any(args.checkpoint, use_gptcore_ops=False)
-            convert.to_hf(model, args.out)
+            if args.lora:
+                from gptcore.finetune.lora import apply_adapters
+
+                apply_adapters(model, args.lora, merge=True)
+            if args.convert_command == "merge-lora":
+                convert.save(model, args.out)
+            else:
+                convert.to_hf(model, args.out)
     except (ValueError, OSError, gptcore.Error) as e:
         print(f"gptcore convert: error: {e}", file=sys.stderr)
         return 2

@@ -121,7 +121,7 @@ def to_hf(model: GPT, directory) -> Path:
     if not config.bias:
         raise ValueError("to_hf: HF GPT-2 has biases everywhere; this model was built with bias=False")
     state = {}
-    for name, value in model.state_dict().items():
+    for name, value in model_state(model).items():
         value = value.detach().cpu()
         if name == "transformer.wte.weight":
             value = value[: config.vocab_size]
@@ -156,9 +156,21 @@ def save_state(
     return path
 
 
+def model_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The GPT's weights to export: its state dict, less the factors of LoRA adapters that are merged
+    into the weights (gptcore.finetune.lora.merge_lora); ValueError if an adapter is not merged."""
+    adapted = [m for m in model.modules() if getattr(m, "lora_A", None) is not None]
+    if any(not m.lora_merged for m in adapted):
+        raise ValueError(
+            "the model has LoRA adapters not merged into its weights: merge_lora(model) first (or save the"
+            " adapters alone with gptcore.finetune.lora.save_adapters)"
+        )
+    return {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
+
+
 def save(model: GPT, path) -> None:
-    """gptcore's model file: the model's state dict and config (save_state)."""
-    save_state(model.state_dict(), model.config, path)
+    """gptcore's model file: the model's weights (model_state) and config (save_state)."""
+    save_state(model_state(model), model.config, path)
 
 
 def read_metadata(path) -> dict[str, str]:

@@ -157,7 +157,10 @@ def _lora_steps(rank, world, cfg, steps):
     return [trainer.train_step() for _ in range(steps)]
 
 
-@pytest.mark.parametrize("overrides", [{"tensor_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"tensor_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {"pipeline_parallel": 2}, {}],
+)
 def test_lora_tensor_and_data_parallel_match_one_process(task, overrides):
     cfg = _cfg(task, clip_grad=0.05, **LORA)
     trainer = _quiet(cfg)
@@ -193,3 +196,29 @@ def test_lora_tensor_parallel_adapters_join_for_generation(task, tmp_path):
         assert close > 0.98, name
     model, _ = convert.load_for_inference(task[2], task[1], device="cpu", lora=str(tmp_path / "tp2"))
     assert model(torch.tensor([[1, 2, 3]]))[0].isfinite().all()
+
+
+def test_merge_lora_into_a_model_file_and_hf(task, tmp_path):
+    """`convert merge-lora` and `hf-export --lora` write the base with the trained adapters merged:
+    the logits of the adapted model; saving an unmerged adapted model is refused."""
+    from transformers import GPT2LMHeadModel
+
+    from gptcore.finetune.lora import apply_adapters
+
+    _quiet(_cfg(task, train_steps=3, save=str(tmp_path / "run"), **LORA)).train()
+    base = task[2]
+    adapted = convert.load(base, use_gptcore_ops=False)
+    apply_adapters(adapted, tmp_path / "run")
+    idx = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = adapted.eval()(idx)[0]
+    with pytest.raises(ValueError, match="not merged"):
+        convert.save(adapted, tmp_path / "bad.safetensors")
+    args = ["--checkpoint", base, "--lora", str(tmp_path / "run")]
+    assert cli.main(["convert", "merge-lora", *args, "--out", str(tmp_path / "merged.safetensors")]) == 0
+    merged = convert.load(tmp_path / "merged.safetensors", use_gptcore_ops=False).eval()
+    assert cli.main(["convert", "hf-export", *args, "--out", str(tmp_path / "hf")]) == 0
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(idx)[0], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(hf(idx).logits[..., :512], expected, rtol=1e-4, atol=1e-4)

@@ -438,8 +438,7 @@ def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Pat
     gpt = classifier.gpt
     if any(getattr(m, "lora_A", None) is not None for m in gpt.modules()):
         merge_lora(gpt)
-    state = {k: v for k, v in gpt.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
-    convert.save_state(state, gpt.config, directory / MODEL_FILE)
+    convert.save(gpt, directory / MODEL_FILE)
     save_file({"score.weight": classifier.score.weight.detach().cpu().contiguous()}, directory / HEAD_FILE)
     meta = {
         "num_labels": classifier.num_labels,
