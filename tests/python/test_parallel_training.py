@@ -183,3 +183,24 @@ def test_evaluate_matches_one_process(corpus, overrides):  # noqa: F811
     expected = Trainer(load_config(None, cfg), log=lambda line: None).evaluate()
     for result in run_distributed(_evaluate, 2, cfg | overrides):
         assert result["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
+
+
+def _stop_on_one_rank(rank, world, cfg):
+    trainer = ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+    step = trainer.train_step
+
+    def train_step():
+        out = step()
+        if rank == 1 and trainer.step == 2:
+            trainer._stop_signal = "SIGTERM"  # as the signal handler sets it, on one rank only
+        return out
+
+    trainer.train_step = train_step
+    trainer.train()
+    return trainer.step, trainer.stopped_by_signal
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(corpus, tmp_path):  # noqa: F811
+    cfg = _cfg(corpus, train_steps=6, save=str(tmp_path / "run"))
+    assert run_distributed(_stop_on_one_rank, 2, cfg) == [(2, "a signal to another process"), (2, "SIGTERM")]
+    assert (tmp_path / "run" / "step_00000002" / "COMPLETE").is_file()

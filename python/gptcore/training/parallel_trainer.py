@@ -255,7 +255,9 @@ class ParallelTrainer(Trainer):
 
     def _stop_requested(self) -> bool:
         # Every process stops after the same step, or the others would wait for it forever.
-        return self._all_reduce([float(self._stop_signal is not None)])[0] > 0
+        if self._all_reduce([float(self._stop_signal is not None)])[0] > 0:
+            self._stop_signal = self._stop_signal or "a signal to another process"
+        return self._stop_signal is not None
 
     @torch.no_grad()
     def evaluate(self) -> dict:
