@@ -66,6 +66,17 @@ def all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     return out
 
 
+def all_reduce_coalesced(tensors: list[torch.Tensor], group) -> None:
+    """Each tensor = its sum over the ranks, in place, in one all-reduce of them flattened together
+    (every rank passes tensors of the same shapes in the same order). Nothing to do for none."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, group=group)
+    for t, summed in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(summed.view_as(t))
+
+
 def reduce_scatter_along(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     """This rank's chunk along dim of the sum of the ranks' x."""
     size = _size(group)

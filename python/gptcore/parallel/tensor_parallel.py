@@ -48,6 +48,7 @@ from gptcore.ops.cross_entropy import reduce_token_losses
 from gptcore.optim.adamw import param_grad
 from gptcore.parallel.mappings import (
     all_gather_along,
+    all_reduce_coalesced,
     copy_to_region,
     gather_from_region,
     gather_from_sequence,
@@ -158,6 +159,12 @@ def gather_full_state_dict(shard_state: Mapping[str, torch.Tensor], group) -> di
     return merge_state_dicts([{name: stack[rank] for name, stack in gathered.items()} for rank in range(size)])
 
 
+def enter_column_parallel(x: torch.Tensor, group, sequence_parallel: bool) -> torch.Tensor:
+    """The input of a column-parallel linear: x copied into the region, or with sequence parallelism
+    this rank's sequence chunk all-gathered along the sequence."""
+    return gather_from_sequence(x, group) if sequence_parallel else copy_to_region(x, group)
+
+
 def column_parallel_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -169,8 +176,7 @@ def column_parallel_linear(
 ) -> torch.Tensor:
     """act(x W_r^T + b_r) for this rank's rows W_r of W: x replicated [B, T, in] (or this rank's
     sequence chunk [B, T/tp, in] with sequence parallelism) -> [B, T, out_r]."""
-    x = gather_from_sequence(x, group) if sequence_parallel else copy_to_region(x, group)
-    return ops.linear(x, weight, bias, activation=activation)
+    return ops.linear(enter_column_parallel(x, group, sequence_parallel), weight, bias, activation=activation)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -195,7 +201,7 @@ class ColumnParallelLinear(nn.Module):
         return y if activation is None else F.gelu(y, approximate="tanh")  # "gelu", ops.linear's only one
 
     def _enter_region(self, t: torch.Tensor) -> torch.Tensor:
-        return gather_from_sequence(t, self.group) if self.sequence_parallel else copy_to_region(t, self.group)
+        return enter_column_parallel(t, self.group, self.sequence_parallel)
 
 
 class RowParallelLinear(nn.Module):
@@ -482,13 +488,7 @@ def reduce_sequence_parallel_grads(module: nn.Module, group) -> None:
     One all-reduce; call after the backward(s), before clipping. Nothing to do when no parameter
     is flagged (no sequence parallelism) or none has a grad."""
     params = [p for p in module.parameters() if getattr(p, "sequence_parallel", False)]
-    grads = [g for g in map(param_grad, params) if g is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=group)
-    for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(summed.view_as(g))
+    all_reduce_coalesced([g for g in map(param_grad, params) if g is not None], group)
 
 
 def tensor_parallel_model(model: GPT, group, sequence_parallel: bool = False) -> TPGPT:

@@ -233,6 +233,15 @@ class TrainConfig:
         return self.global_batch_size // self.micro_batch_size
 
 
+def launch_error(cfg: TrainConfig) -> ConfigError:
+    """The error for a model-parallel config run as one process, not launched as several."""
+    return ConfigError(
+        f"tensor_parallel {cfg.tensor_parallel} x pipeline_parallel {cfg.pipeline_parallel} needs that many"
+        " processes (or a multiple): launch with `gptcore train --nproc-per-node N ...` or"
+        " `torchrun --nproc-per-node N -m gptcore train ...`"
+    )
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")

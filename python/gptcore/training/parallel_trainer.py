@@ -41,6 +41,7 @@ from gptcore.parallel.checkpoint import load_shard_for, read_layout, save_model_
 from gptcore.parallel.comm import CommCollectives
 from gptcore.parallel.data_parallel import DataParallel, ZeroAdamW
 from gptcore.parallel.layout import ParallelGroups, ParallelLayout, build_groups, check_layout
+from gptcore.parallel.mappings import all_reduce_coalesced
 from gptcore.parallel.pipeline import (
     PipelineStage,
     all_reduce_tied_embedding_grad,
@@ -51,7 +52,7 @@ from gptcore.parallel.pipeline import (
 from gptcore.parallel.tensor_parallel import tensor_parallel_model
 from gptcore.parallel.tp_pipeline import TPPipelineStage
 from gptcore.training import checkpoint as ckpt
-from gptcore.training.config import ConfigError, TrainConfig
+from gptcore.training.config import ConfigError, TrainConfig, launch_error
 from gptcore.training.trainer import Trainer, adapter_file_name, decay_groups, rank_file_name
 
 
@@ -70,11 +71,7 @@ def _init_process_group(cfg: TrainConfig) -> None:
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:
-        raise ConfigError(
-            f"tensor_parallel {cfg.tensor_parallel} x pipeline_parallel {cfg.pipeline_parallel} needs that many"
-            " processes (or a multiple): launch with `gptcore train --nproc-per-node N ...` or"
-            " `torchrun --nproc-per-node N -m gptcore train ...`"
-        )
+        raise launch_error(cfg)
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -223,20 +220,14 @@ class ParallelTrainer(Trainer):
             return [(piece.param, piece.master.main_grad) for piece in self.optimizer.pieces]
         return [(p, p.main_grad) for p in self.model.parameters() if p.requires_grad]
 
-    def _sum_grads(self, grads: list[torch.Tensor], group) -> None:
-        if grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat, group=group)
-            torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
-
     def _finish_grads(self) -> None:
         """Sequence-parallel grads summed over tp; the tied embedding's copies over the first and last stage."""
         views = self._grad_views()
         if self.cfg.sequence_parallel:
-            self._sum_grads([g for p, g in views if getattr(p, "sequence_parallel", False)], self.groups.tp)
+            all_reduce_coalesced([g for p, g in views if getattr(p, "sequence_parallel", False)], self.groups.tp)
         if self.tied is not None:
             if self.cfg.zero_stage:  # each copy is a bucket of its own, sharded alike on both stages
-                self._sum_grads([g for p, g in views if p is self.tied], self.groups.embedding)
+                all_reduce_coalesced([g for p, g in views if p is self.tied], self.groups.embedding)
             else:
                 all_reduce_tied_embedding_grad(self.model, self.groups.embedding)
 
@@ -267,7 +258,7 @@ class ParallelTrainer(Trainer):
         self.model.eval()
         ks = range(g.coords.dp, self.cfg.eval_steps, layout.dp)  # micro batch k on dp rank k % dp
         batches = [self._batch(k * micro, micro, self.valid_data) for k in ks]
-        count = sum(int((b["labels"] != -100).sum()) for b in batches)
+        counts = [int((b["labels"] != -100).sum()) for b in batches]
         total = 0.0
         if layout.pp > 1 and batches:
             micro_batches = [(b["tokens"], b["labels"]) for b in batches]
@@ -279,12 +270,11 @@ class ParallelTrainer(Trainer):
                 )
             )
         elif layout.pp == 1:
-            for b in batches:
-                n = int((b["labels"] != -100).sum())
+            for b, n in zip(batches, counts):
                 if n:
                     total += float(self.model(b["tokens"], b["labels"])[1]) * n
         self.model.train()
-        total, count = self._all_reduce([total, count])
+        total, count = self._all_reduce([total, sum(counts)])
         # Losses: from the last stage's tp ranks; counts: from every rank.
         return self._eval_result(total / layout.tp, count / (layout.tp * layout.pp))
 

@@ -41,7 +41,7 @@ from gptcore.model import DTYPES, GPT
 from gptcore.optim import AdamW
 from gptcore.optim.adamw import param_grad
 from gptcore.training import checkpoint as ckpt
-from gptcore.training.config import ConfigError, TrainConfig
+from gptcore.training.config import ConfigError, TrainConfig, launch_error
 from gptcore.training.schedule import LossScaler, lr_at
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) for MFU; other devices need peak_tflops in the config.
@@ -124,11 +124,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg, self.log = cfg.validate(), log
         if cfg.tensor_parallel * cfg.pipeline_parallel > 1 and type(self) is Trainer:
-            raise ConfigError(
-                f"tensor_parallel {cfg.tensor_parallel} x pipeline_parallel {cfg.pipeline_parallel} needs as many"
-                " processes (or a multiple): launch with `gptcore train --nproc-per-node N ...` or"
-                " `torchrun --nproc-per-node N -m gptcore train ...`"
-            )
+            raise launch_error(cfg)
         self.device = self._device()
         self.dtype = DTYPES[cfg.precision]
         if self.device.type == "cpu" and cfg.precision != "fp32" and cfg.use_gptcore_ops:
