@@ -11,6 +11,7 @@ median of repeated runs; CUDA timings with events) and prints a markdown table o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -51,19 +52,42 @@ def median_seconds(fns: list[Callable[[], object]], device: torch.device, warmup
 class Table:
     def __init__(self, device: torch.device, warmup: int, reps: int):
         self.device, self.warmup, self.reps = device, warmup, reps
-        self.rows: list[str] = []
+        self.rows: list[dict] = []  # one per (case, baseline), for --json
+        self.failures: list[dict] = []  # cases whose validation or run raised
 
     def compare(
         self, op: str, shape: str, ours: Callable, baselines: dict[str, Callable], work: float = 0.0, unit: str = "GB/s"
     ):
-        """work: GB moved or TFLOP done per call (unit says which), shown as gptcore's rate."""
-        t_ours, *t_bases = median_seconds([ours, *baselines.values()], self.device, self.warmup, self.reps)
-        for name, t_base in zip(baselines, t_bases):
-            bw = f"{work / t_ours:.1f} {unit}" if work else ""
-            self.rows.append(
-                f"| {op} | {shape} | {t_ours * 1e3:.3f} | {bw} | {name} | {t_base * 1e3:.3f} | {t_base / t_ours:.2f}x |"
+        """work: GB moved or TFLOP done per call (unit says which), shown as gptcore's rate. A
+        baseline that cannot run this case (a backend without a kernel for it) is reported and left out."""
+        usable = {}
+        for name, fn in baselines.items():
+            try:
+                fn()
+                usable[name] = fn
+            except Exception as e:  # noqa: BLE001 - any backend refusal; gptcore is still timed
+                self.rows.append(dict(op=op, shape=shape, baseline=name, error=f"{type(e).__name__}: {e}"[:300]))
+                print(f"| {op} | {shape} | | | {name} | unavailable: {str(e).splitlines()[0][:80]} | |", flush=True)
+        t_ours, *t_bases = median_seconds([ours, *usable.values()], self.device, self.warmup, self.reps)
+        rate = work / t_ours if work else None
+        for name, t_base in zip(usable, t_bases):
+            row = dict(op=op, shape=shape, ours_ms=t_ours * 1e3, rate=rate, unit=unit if work else None)
+            row.update(baseline=name, baseline_ms=t_base * 1e3, speedup=t_base / t_ours)
+            self.rows.append(row)
+            bw = f"{rate:.1f} {unit}" if work else ""
+            print(
+                f"| {op} | {shape} | {t_ours * 1e3:.3f} | {bw} | {name} | {t_base * 1e3:.3f}"
+                f" | {t_base / t_ours:.2f}x |",
+                flush=True,
             )
-            print(self.rows[-1], flush=True)
+
+    def run_case(self, name: str, fn: Callable[[], None]) -> None:
+        """One benchmark case; a failure (wrong result, kernel error) is recorded and the rest still run."""
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - reported in the table and the JSON, exit code 1 at the end
+            self.failures.append(dict(case=name, error=f"{type(e).__name__}: {e}"[:2000]))
+            print(f"FAILED {name}: {type(e).__name__}: {e}", flush=True)
 
     def header(self) -> str:
         return (
@@ -94,11 +118,6 @@ def bench_layer_norm(t: Table, rows: int, C: int, dtype: torch.dtype):
             {"x + r, F.layer_norm": lambda: F.layer_norm(x + r, (C,), w, b)},
             4 * size,
         )
-        if dev.type == "cuda":
-            y = torch.empty_like(x)
-            t.compare(
-                "copy (bandwidth ceiling)", shape, lambda: y.copy_(x), {"y.copy_(x)": lambda: y.copy_(x)}, 2 * size
-            )
     xg, wg, bg = (v.clone().requires_grad_() for v in (x, w, b))
     dy = torch.randn_like(x)
 
@@ -226,6 +245,30 @@ def bench_adamw(t: Table, dtype: torch.dtype, steps: int = 3):
     t.compare("AdamW step", shape, opt.step, baselines, gbytes)
 
 
+def bench_ceilings(t: Table, copy_mib: int = 2048, n: int = 8192):
+    """The device's two ceilings, measured rather than read off a datasheet: a device-to-device copy
+    far larger than the L2 (GB/s, bytes read + written) and an n x n x n bf16 product through
+    cuBLAS (torch.matmul; TFLOP/s), on random data."""
+    if t.device.type != "cuda":
+        print("ceilings: CUDA only; skipped", flush=True)
+        return
+    x = torch.randn(copy_mib * 2**20 // 4, device=t.device)
+    y = torch.empty_like(x)
+    gbytes = 2 * x.numel() * 4 / 1e9
+    t.compare(
+        "copy (bandwidth ceiling)", f"{copy_mib} MiB", lambda: y.copy_(x), {"y.copy_(x)": lambda: y.copy_(x)}, gbytes
+    )
+    a, b = (torch.randn(n, n, device=t.device, dtype=torch.bfloat16) for _ in range(2))
+    t.compare(
+        "matmul (compute ceiling)",
+        f"{n}^3 bf16",
+        lambda: a @ b,
+        {"torch.matmul": lambda: a @ b},
+        2 * n**3 / 1e12,
+        "TFLOP/s",
+    )
+
+
 def sdpa_baselines(device: torch.device) -> dict[str, Callable]:
     """Causal SDPA as the baseline: on CUDA once per fast backend (flash, cuDNN), else the default."""
 
@@ -288,7 +331,9 @@ def bench_attention_sweep(t: Table, dtype: torch.dtype):
     model width 2048 (H = 2048 / D), causal."""
     for D in (64, 128):
         for T in (512, 1024, 2048, 4096, 8192):
-            bench_attention(t, 16384 // T, 2048 // D, T, D, dtype)
+            t.run_case(
+                f"attention T {T} D {D}", lambda T=T, D=D: bench_attention(t, 16384 // T, 2048 // D, T, D, dtype)
+            )
 
 
 # glibc returns large freed blocks to the OS, so each new CPU output tensor page-faults on
@@ -317,28 +362,40 @@ def main() -> None:
     parser.add_argument("--V", type=int, default=50257)
     parser.add_argument("--attn", default="4,12,1024,64", help="attention B,H,T,D")
     parser.add_argument("--attn-sweep", action="store_true", help="attention at T 512..8192, D 64/128 (for GPUs)")
-    parser.add_argument("--ops", default="layer_norm,cross_entropy,adamw,linear,attention")
+    parser.add_argument(
+        "--ops", default="layer_norm,cross_entropy,adamw,linear,attention", help="also: ceilings (CUDA)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--json", help="write every row (and every failed case) to this file")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     table = Table(torch.device(args.device), args.warmup, args.reps)
     print(f"gptcore {gptcore.__version__}, torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads")
     print(table.header())
     selected = args.ops.split(",")
-    if "layer_norm" in selected:
-        bench_layer_norm(table, args.rows, args.C, dtype)
-    if "cross_entropy" in selected:
-        bench_cross_entropy(table, args.rows, args.V, dtype)
-    if "adamw" in selected:
-        bench_adamw(table, dtype)
-    if "linear" in selected:
-        bench_linear(table, args.rows, args.C, dtype)
-    if "attention" in selected:
-        if args.attn_sweep:
-            bench_attention_sweep(table, dtype)
-        else:
-            bench_attention(table, *(int(x) for x in args.attn.split(",")), dtype)
+    cases = {
+        "ceilings": lambda: bench_ceilings(table),
+        "layer_norm": lambda: bench_layer_norm(table, args.rows, args.C, dtype),
+        "cross_entropy": lambda: bench_cross_entropy(table, args.rows, args.V, dtype),
+        "adamw": lambda: bench_adamw(table, dtype),
+        "linear": lambda: bench_linear(table, args.rows, args.C, dtype),
+        "attention": (
+            (lambda: bench_attention_sweep(table, dtype))
+            if args.attn_sweep
+            else (lambda: bench_attention(table, *(int(x) for x in args.attn.split(",")), dtype))
+        ),
+    }
+    unknown = [name for name in selected if name not in cases]
+    if unknown:
+        parser.error(f"--ops: unknown {', '.join(unknown)}; choose from {', '.join(cases)}")
+    for name in selected:
+        table.run_case(name, cases[name])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=str(table.device), dtype=args.dtype, rows=table.rows, failures=table.failures), f)
+    if table.failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

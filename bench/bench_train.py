@@ -17,6 +17,7 @@ candidate, interleaved (A B A B ...), and the median tokens/s of each.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -104,11 +105,11 @@ def validate(cfg, device, batch, baseline_opt, seed, loss_rtol, grad_rtol, param
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
-    """6 N + 12 L C T: N the params that take part in products (the position table and the
-    embedding's padding rows do not), 12 L C T the attention scores and values (PaLM's count,
-    without causal halving)."""
+    """6 N + 6 L C T: N the params that take part in products (the position table and the
+    embedding's padding rows do not), 6 L C T the causal attention's scores and values (PaLM's
+    12 L C T, halved because a causal row sees half the keys on average)."""
     n = cfg.num_parameters - cfg.n_positions * cfg.n_embd - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
-    return 6 * n + 12 * cfg.n_layer * cfg.n_embd * seq_len
+    return 6 * n + 6 * cfg.n_layer * cfg.n_embd * seq_len
 
 
 def main() -> None:
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--loss-rtol", type=float, default=1e-4)
     parser.add_argument("--grad-rtol", type=float, default=1e-4, help="of each grad tensor's largest element")
     parser.add_argument("--param-atol", type=float, default=1e-6, help="after one step from the same grads")
+    parser.add_argument("--json", help="write the validation and every candidate's numbers to this file")
     args = parser.parse_args()
 
     pin_threads(args.threads)  # the same threads for both
@@ -218,7 +220,31 @@ def main() -> None:
         print(f"| {name} | {s / args.steps * 1e3:.1f} | {rate[name]:,.0f} |{mfu}")
     print(f"\ngptcore / PyTorch tokens/s: {rate['gptcore'] / rate['PyTorch']:.2f}x")
     if on_cuda:
-        print(f"MFU: {fpt / 1e9:.3f} GFLOP/token (6N + 12LCT), peak {args.peak_tflops} TFLOP/s")
+        print(f"MFU: {fpt / 1e9:.3f} GFLOP/token (6N + 6LCT), peak {args.peak_tflops} TFLOP/s")
+    if args.json:
+        result = dict(
+            device=str(device),
+            gpu=torch.cuda.get_device_name(device) if on_cuda else None,
+            preset=preset,
+            batch=B,
+            seq_len=seq_len,
+            dtype=str(dtype)[6:],
+            baseline="PyTorch ops" + (" + torch.compile" if compile_baseline else " eager"),
+            validation=check,
+            flops_per_token=fpt,
+            peak_tflops=args.peak_tflops,
+            candidates={
+                name: dict(
+                    ms_per_step=s / args.steps * 1e3,
+                    tokens_per_s=rate[name],
+                    mfu=rate[name] * fpt / (args.peak_tflops * 1e12),
+                )
+                for name, s in zip(candidates, seconds)
+            },
+            ratio=rate["gptcore"] / rate["PyTorch"],
+        )
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

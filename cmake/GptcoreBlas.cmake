@@ -6,6 +6,9 @@ foreach(_dir IN LISTS GPTCORE_PYTHON_SITE_DIRS)
   list(APPEND _gc_blas_roots "${_dir}/scipy_openblas32")
 endforeach()
 
+# Searched afresh at every configure, so a build folder reused by another environment takes this one's.
+unset(GPTCORE_BLAS_INCLUDE_DIR CACHE)
+unset(GPTCORE_BLAS_LIBRARY CACHE)
 find_path(GPTCORE_BLAS_INCLUDE_DIR cblas.h HINTS ${_gc_blas_roots} PATH_SUFFIXES include NO_DEFAULT_PATH)
 find_library(GPTCORE_BLAS_LIBRARY NAMES scipy_openblas HINTS ${_gc_blas_roots} PATH_SUFFIXES lib NO_DEFAULT_PATH)
 if(NOT GPTCORE_BLAS_INCLUDE_DIR OR NOT GPTCORE_BLAS_LIBRARY)

@@ -42,14 +42,25 @@ void bind_attention(py::module_& m) {
       py::arg("dk"), py::arg("dv"), py::arg("scale"), py::arg("causal"), py::arg("dropout_p"), py::arg("seed"),
       py::arg("offset"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"), release_gil());
   m.def(
-      "attention_decode",
+      "attention_decode_workspace_size",
       [](gc_tensor q, gc_tensor k_cache, gc_tensor v_cache, gc_tensor cache_lens, gc_tensor out, float scale,
-         bool causal, uintptr_t stream) {
+         bool causal) {
         const gc_attention_decode_params p{q, k_cache, v_cache, cache_lens, out, scale, causal};
-        check(gc_attention_decode(&p, stream_ptr(stream)));
+        size_t bytes = 0;
+        check(gc_attention_decode_workspace_size(&p, &bytes));
+        return bytes;
       },
       py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::arg("out"), py::arg("scale"),
-      py::arg("causal"), py::arg("stream"), release_gil());
+      py::arg("causal"), release_gil());
+  m.def(
+      "attention_decode",
+      [](gc_tensor q, gc_tensor k_cache, gc_tensor v_cache, gc_tensor cache_lens, gc_tensor out, float scale,
+         bool causal, uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
+        const gc_attention_decode_params p{q, k_cache, v_cache, cache_lens, out, scale, causal};
+        check(gc_attention_decode(&p, reinterpret_cast<void*>(workspace), workspace_bytes, stream_ptr(stream)));
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::arg("out"), py::arg("scale"),
+      py::arg("causal"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"), release_gil());
   m.def("dropout_uniform", &gc_dropout_uniform, "The uniform draw in [0, 1) behind dropout element n",
         py::arg("seed"), py::arg("offset"), py::arg("n"));
   m.def(

@@ -27,6 +27,7 @@ py::dict build_info() {
   d["cublas_version"] = i->cublas_version;
   d["nccl_version"] = i->nccl_version;
   d["openmp"] = bool(i->openmp);
+  d["note"] = i->note;
   return d;
 }
 

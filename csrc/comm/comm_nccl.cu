@@ -53,13 +53,17 @@ ncclRedOp_t nccl_op(gc_reduce_op op) {
 
 size_t count(const gc_tensor& t) { return static_cast<size_t>(gc_tensor_numel(&t)); }
 
+// ncclCommDestroy is collective: it finalizes, waiting for the queued work and, within a node,
+// for the other ranks' destroy. So only a communicator in step with its peers is destroyed; one
+// whose init or a call failed, or that is dropped without close() (e.g. while an error unwinds
+// on this rank alone), is aborted, which returns without the peers.
 class NcclComm final : public gc_comm {
  public:
   NcclComm(int rank, int world, int device) : gc_comm(GC_COMM_NCCL, rank, world, device) {}
   ~NcclComm() override {
     if (comm_) {
       DeviceGuard guard(device);
-      ncclCommDestroy(comm_);
+      ncclCommAbort(comm_);
     }
   }
 
@@ -69,67 +73,67 @@ class NcclComm final : public gc_comm {
       return fail(GC_ERROR_CUDA, "%s: selecting cuda:%d failed: %s", api, device, cudaGetErrorString(guard.status()));
     ncclUniqueId uid;
     std::memcpy(&uid, id.internal, sizeof(uid));
-    GC_NCCL_TRY(api, nullptr, ncclCommInitRank(&comm_, world, uid, rank));
-    return GC_OK;
+    return checked(api, "ncclCommInitRank", ncclCommInitRank(&comm_, world, uid, rank));
   }
 
   gc_status all_reduce(const char* api, const gc_tensor& send, const gc_tensor& recv, gc_reduce_op op,
                        void* stream) override {
-    GC_NCCL_TRY(api, comm_, ncclAllReduce(send.data, recv.data, count(recv), nccl_type(recv.dtype), nccl_op(op), comm_,
-                                          as_stream(stream)));
-    return GC_OK;
+    return checked(api, "ncclAllReduce",
+                   ncclAllReduce(send.data, recv.data, count(recv), nccl_type(recv.dtype), nccl_op(op), comm_,
+                                 as_stream(stream)));
   }
   gc_status all_gather(const char* api, const gc_tensor& send, const gc_tensor& recv, void* stream) override {
-    GC_NCCL_TRY(api, comm_,
-                ncclAllGather(send.data, recv.data, count(send), nccl_type(send.dtype), comm_, as_stream(stream)));
-    return GC_OK;
+    return checked(api, "ncclAllGather",
+                   ncclAllGather(send.data, recv.data, count(send), nccl_type(send.dtype), comm_, as_stream(stream)));
   }
   gc_status reduce_scatter(const char* api, const gc_tensor& send, const gc_tensor& recv, gc_reduce_op op,
                            void* stream) override {
-    GC_NCCL_TRY(api, comm_, ncclReduceScatter(send.data, recv.data, count(recv), nccl_type(recv.dtype), nccl_op(op),
-                                              comm_, as_stream(stream)));
-    return GC_OK;
+    return checked(api, "ncclReduceScatter",
+                   ncclReduceScatter(send.data, recv.data, count(recv), nccl_type(recv.dtype), nccl_op(op), comm_,
+                                     as_stream(stream)));
   }
   gc_status broadcast(const char* api, const gc_tensor* send, const gc_tensor& recv, int root, void* stream) override {
     const void* src = send ? send->data : recv.data;  // read on the root only
-    GC_NCCL_TRY(api, comm_,
-                ncclBroadcast(src, recv.data, count(recv), nccl_type(recv.dtype), root, comm_, as_stream(stream)));
-    return GC_OK;
+    return checked(api, "ncclBroadcast",
+                   ncclBroadcast(src, recv.data, count(recv), nccl_type(recv.dtype), root, comm_, as_stream(stream)));
   }
   // Empty transfers are skipped on both sides alike (the counts of a send and its recv agree).
   gc_status send(const char* api, const gc_tensor& tensor, int peer, void* stream) override {
     if (count(tensor) == 0) return GC_OK;
-    GC_NCCL_TRY(api, comm_,
-                ncclSend(tensor.data, count(tensor), nccl_type(tensor.dtype), peer, comm_, as_stream(stream)));
-    return GC_OK;
+    return checked(api, "ncclSend",
+                   ncclSend(tensor.data, count(tensor), nccl_type(tensor.dtype), peer, comm_, as_stream(stream)));
   }
   gc_status recv(const char* api, const gc_tensor& tensor, int peer, void* stream) override {
     if (count(tensor) == 0) return GC_OK;
-    GC_NCCL_TRY(api, comm_,
-                ncclRecv(tensor.data, count(tensor), nccl_type(tensor.dtype), peer, comm_, as_stream(stream)));
-    return GC_OK;
+    return checked(api, "ncclRecv",
+                   ncclRecv(tensor.data, count(tensor), nccl_type(tensor.dtype), peer, comm_, as_stream(stream)));
   }
-  gc_status group_start(const char* api) override {
-    GC_NCCL_TRY(api, comm_, ncclGroupStart());
-    return GC_OK;
-  }
-  gc_status group_end(const char* api) override {
-    GC_NCCL_TRY(api, comm_, ncclGroupEnd());
-    return GC_OK;
-  }
+  gc_status group_start(const char* api) override { return checked(api, "ncclGroupStart", ncclGroupStart()); }
+  gc_status group_end(const char* api) override { return checked(api, "ncclGroupEnd", ncclGroupEnd()); }
 
-  // ncclCommDestroy finalizes first: it waits for this communicator's queued work.
+  // Destroys the communicator when it is in step with its peers (see above), else aborts it.
   gc_status close(const char* api) override {
     if (!comm_) return GC_OK;
     DeviceGuard guard(device);
     const ncclComm_t comm = comm_;
     comm_ = nullptr;
-    GC_NCCL_TRY(api, nullptr, ncclCommDestroy(comm));
+    ncclResult_t state = ncclSuccess;
+    const bool healthy = !failed_ && ncclCommGetAsyncError(comm, &state) == ncclSuccess && state == ncclSuccess;
+    const ncclResult_t result = healthy ? ncclCommDestroy(comm) : ncclCommAbort(comm);
+    if (result != ncclSuccess) return nccl_fail(api, healthy ? "ncclCommDestroy" : "ncclCommAbort", result, nullptr);
     return GC_OK;
   }
 
  private:
+  // A failed call leaves this rank out of step with the others: close() then aborts.
+  gc_status checked(const char* api, const char* call, ncclResult_t result) {
+    if (result == ncclSuccess) return GC_OK;
+    failed_ = true;
+    return nccl_fail(api, call, result, comm_);
+  }
+
   ncclComm_t comm_ = nullptr;
+  bool failed_ = false;
 };
 
 }  // namespace

@@ -45,4 +45,30 @@ GC_HD float dropout_uniform(uint64_t seed, uint64_t offset, uint64_t n) {
   return uniform24(dropout_bits(seed, offset, n / 4).v[n % 4]);
 }
 
+// The keep bits of dropout elements 4 * group + q, q = 0..3, from one Philox call: bit q is set
+// when dropout_uniform(seed, offset, 4 * group + q) >= p. Kernels draw masks through this, so
+// a seed and offset give the same mask on CPU and CUDA at a quarter of the Philox work.
+GC_HD unsigned dropout_keep4(uint64_t seed, uint64_t offset, uint64_t group, float p) {
+  const Philox4 bits = dropout_bits(seed, offset, group);
+  unsigned keep = 0;
+  for (int q = 0; q < 4; ++q) keep |= (uniform24(bits.v[q]) >= p ? 1u : 0u) << q;
+  return keep;
+}
+
+// The keep bits of the len <= 61 consecutive dropout elements n .. n + len - 1 (bit x for
+// element n + x), one Philox call per group of four they touch: how a CUDA thread draws the
+// mask of its own run of a row.
+GC_HD uint64_t dropout_keep_run(uint64_t seed, uint64_t offset, uint64_t n, int len, float p) {
+  const int lead = static_cast<int>(n % 4);
+  uint64_t bits = 0;
+#ifdef __CUDA_ARCH__
+#pragma unroll 1  // one Philox per iteration: unrolled copies cost registers the kernels need
+#endif
+  for (int x = -lead; x < len; x += 4) {  // x: the group's first element, relative to n
+    const uint64_t keep = dropout_keep4(seed, offset, n / 4 + static_cast<uint64_t>((x + lead) / 4), p);
+    bits |= x >= 0 ? keep << x : keep >> -x;
+  }
+  return len > 0 ? bits & (~uint64_t{0} >> (64 - len)) : 0;
+}
+
 }  // namespace gc

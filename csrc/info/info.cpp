@@ -13,6 +13,7 @@ extern "C" const gc_build_info* gc_get_build_info(void) {
     gc_build_info i{};
     i.version = GPTCORE_VERSION;
     i.cuda_archs = GPTCORE_CUDA_ARCHS;
+    i.note = GPTCORE_BUILD_NOTE;
 #ifdef GPTCORE_WITH_CUDA
     i.cuda = 1;
     i.cuda_runtime_version = cuda_runtime_version();

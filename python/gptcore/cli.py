@@ -22,15 +22,19 @@ def info_text() -> str:
 
     b = _C.build_info()
     lines = [f"gptcore {b['version']}"]
+    # The build's note says why CUDA is off, or what a CUDA build lacks (set when CMake configured it).
+    if b["cuda"]:
+        nccl = f"NCCL {_version(b['nccl_version'], (10000, 100, 1))}" if b["nccl_version"] else b["note"]
+        lines.append(f"  build: CUDA (archs {b['cuda_archs']}); {nccl}")
+    else:
+        lines.append(f"  build: CPU only: {b['note']}")
     lines.append(f"  cpu kernels: float32, OpenMP {'on' if b['openmp'] else 'off'}")
     if b["cuda"]:
-        lines.append(f"  cuda: on (runtime {_version(b['cuda_runtime_version'], (1000, 10))}, archs {b['cuda_archs']})")
+        lines.append(f"  cuda: runtime {_version(b['cuda_runtime_version'], (1000, 10))}")
         lines.append(
             f"  cublas: {_version(b['cublas_version'], (10000, 100, 1)) if b['cublas_version'] else 'not linked'}"
         )
         lines.append(f"  nccl: {_version(b['nccl_version'], (10000, 100, 1)) if b['nccl_version'] else 'not linked'}")
-    else:
-        lines.append("  cuda: off (built without nvcc)")
     count = _C.cuda_device_count()
     lines.append(f"  cuda devices: {count}")
     for i in range(count):

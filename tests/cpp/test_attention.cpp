@@ -1,5 +1,6 @@
 // gc_attention_* through the C API: a hand-computed case, decode against the forward, the
 // dropout draws, and the status + message of bad input.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -89,7 +90,10 @@ TEST(decode_equals_forward_on_the_prefix) {
                                      view4(v.data(), B, H, T_max, D),
                                      gc_make_tensor(lens.data(), GC_INT32, GC_CPU, 0, 1, len_shape),
                                      view4(out.data(), B, H, T_new, D), 0.2f, 1};
-  CHECK(gc_attention_decode(&p, nullptr) == GC_OK);
+  size_t bytes = 1;
+  CHECK(gc_attention_decode_workspace_size(&p, &bytes) == GC_OK);
+  CHECK(bytes == 0);  // the CPU path needs none
+  CHECK(gc_attention_decode(&p, nullptr, 0, nullptr) == GC_OK);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t L = lens[b];
     std::vector<float> want(T_new * D), lse(T_new);
@@ -102,7 +106,32 @@ TEST(decode_equals_forward_on_the_prefix) {
     for (int64_t i = 0; i < T_new * D; ++i) CHECK_NEAR(out[b * T_new * D + i], want[i], 1e-6);
   }
   lens[1] = 1;  // shorter than T_new
-  CHECK_FAILS(gc_attention_decode(&p, nullptr), GC_ERROR_INVALID_ARGUMENT, "'cache_lens'[1] = 1 is outside");
+  CHECK_FAILS(gc_attention_decode(&p, nullptr, 0, nullptr), GC_ERROR_INVALID_ARGUMENT, "'cache_lens'[1] = 1 is outside");
+}
+
+TEST(backward_without_queries_writes_zero_key_gradients) {
+  // T_q = 0, T_k = 3: no query sees a key, so dk = dv = 0, written over whatever was there.
+  const int64_t T_k = 3;
+  float empty = 0.f;  // any non-NULL address stands for the empty q-shaped tensors
+  std::vector<float> k(T_k * D, 1.f), v(T_k * D, 2.f), dk(T_k * D, NAN), dv(T_k * D, NAN);
+  const int64_t lse_shape[3] = {1, 1, 0};
+  const gc_tensor q0 = view4(&empty, 1, 1, 0, D);
+  for (int32_t causal : {0, 1}) {
+    std::fill(dk.begin(), dk.end(), NAN);
+    std::fill(dv.begin(), dv.end(), NAN);
+    const gc_attention_bwd_params p{q0, view4(k.data(), 1, 1, T_k, D), view4(v.data(), 1, 1, T_k, D), q0, q0,
+                                    gc_make_tensor(&empty, GC_FLOAT32, GC_CPU, 0, 3, lse_shape), q0,
+                                    view4(dk.data(), 1, 1, T_k, D), view4(dv.data(), 1, 1, T_k, D), 1.f, causal,
+                                    0.1f, 1, 2};
+    size_t bytes = 1;
+    CHECK(gc_attention_bwd_workspace_size(&p, &bytes) == GC_OK);
+    std::vector<unsigned char> workspace(bytes + 1);
+    CHECK(gc_attention_bwd(&p, workspace.data(), bytes, nullptr) == GC_OK);
+    for (int64_t i = 0; i < T_k * D; ++i) {
+      CHECK(dk[i] == 0.f);
+      CHECK(dv[i] == 0.f);
+    }
+  }
 }
 
 TEST(dropout_uniform_is_deterministic_and_in_range) {

@@ -1,10 +1,12 @@
 // The index math of the CUDA attention kernels (ops/attention/attention_tiles.h), checked on the
 // host against brute force: which keys a query sees, which key tiles a forward query tile walks,
-// which query tiles a backward key tile walks, the decode visibility, the dropout element index,
-// and the shared-memory layouts (alignment for wmma, budget per head dim).
+// which query tiles a backward key tile walks, the decode visibility and cache split, the dropout
+// element index and the keep bits of a run of elements, and the shared-memory layouts (alignment
+// for wmma, budget per head dim).
 #include <cstdint>
 
 #include "check.h"
+#include "common/philox.h"
 #include "ops/attention/attention_tiles.h"
 
 using namespace gc::attn;
@@ -95,6 +97,47 @@ TEST(dropout_index_is_row_major_over_b_h_tq_tk) {
     for (int64_t i = 0; i < T_q; ++i)
       for (int64_t j = 0; j < T_k; ++j) CHECK(dropout_index(bh, i, j, T_q, T_k) == n++);
   CHECK(dropout_index(70000, 8191, 8191, 8192, 8192) == (70000ull * 8192 + 8191) * 8192 + 8191);
+}
+
+// The four keep bits of one Philox call are the masks of four consecutive elements.
+TEST(dropout_keep4_is_the_mask_of_four_elements) {
+  for (float p : {0.f, 0.1f, 0.5f, 0.9f})
+    for (uint64_t offset : {0ull, 5ull, (1ull << 40) + 3})
+      for (uint64_t group = 0; group < 64; ++group) {
+        const unsigned keep = gc::dropout_keep4(77, offset, group, p);
+        for (unsigned q = 0; q < 4; ++q)
+          CHECK(((keep >> q) & 1u) == (gc::dropout_uniform(77, offset, 4 * group + q) >= p ? 1u : 0u));
+      }
+}
+
+// A run's keep bits, drawn a group of four at a time, are the masks of its elements, whatever
+// the run's alignment to the groups; bits past the run are clear.
+TEST(dropout_keep_run_is_the_mask_of_the_run) {
+  for (float p : {0.1f, 0.5f})
+    for (uint64_t n : {0ull, 1ull, 2ull, 3ull, 6ull, 1001ull, (1ull << 40) + 7})
+      for (int len : {1, 2, 3, 4, 5, 15, 16, 17, 31, 32, 61}) {
+        const uint64_t bits = gc::dropout_keep_run(5, 9, n, len, p);
+        for (int x = 0; x < 64; ++x)
+          CHECK(((bits >> x) & 1u) == (x < len && gc::dropout_uniform(5, 9, n + x) >= p ? 1u : 0u));
+      }
+}
+
+// Split decoding: enough chunks to fill the SMs when rows are few, none when rows are many, at
+// most one chunk per kDecodeMinChunk keys of the cache, and the chunks cover the cache.
+TEST(decode_splits_fill_the_device_and_cover_the_cache) {
+  for (int sms : {1, 80, 132})
+    for (int64_t rows : {1, 12, 16, 100, 192, 1000, 100000})
+      for (int64_t T_max : {1, 100, 128, 129, 1000, 4096, 100000}) {
+        const int64_t splits = decode_splits(rows, T_max, sms);
+        CHECK(splits >= 1 && splits <= kDecodeMaxSplits);
+        CHECK((splits - 1) * kDecodeMinChunk < T_max);
+        CHECK(ceil_div(T_max, splits) * splits >= T_max);
+        if (rows >= kDecodeCtasPerSm * sms) CHECK(splits == 1);
+        if (splits > 1) CHECK(decode_workspace_floats(rows, splits, 64) == rows * splits * 66);
+        CHECK(decode_workspace_floats(rows, 1, 64) == 0);
+      }
+  CHECK(decode_splits(12, 4000, 132) == 32);  // B = 1, H = 12 on an H100/H200: 384 CTAs, not 12
+  CHECK(decode_splits(12, 1, 132) == 1);
 }
 
 TEST(head_dims_pad_to_the_wmma_step) {

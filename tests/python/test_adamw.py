@@ -238,3 +238,119 @@ def test_cuda_matches_torch(dtype):
     opt.step(grad_scale=8.0)
     assert opt.found_inf is True
     assert all(torch.equal(p, b) for p, b in zip(ours, before, strict=True))
+
+
+# The C API directly: many tensors (more than one launch's batch holds), one spanning several
+# batches, bfloat16 params with float32 masters beside float32 params, mixed grad dtypes, and
+# tensors one element off their allocation (the kernels' scalar path), against float64.
+
+BETAS, EPS = (0.9, 0.95), 1e-8
+
+
+def _offset(t, offset):
+    buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
+    return buf[offset:].view(t.shape).copy_(t)
+
+
+def _c_tensors(device, big):
+    """(param, grad, master, exp_avg, exp_avg_sq, lr, weight_decay) per tensor, as the C API takes them."""
+    g = torch.Generator(device=device).manual_seed(0)
+    sizes = [1, 3, 4, 7, 8, 33, 1025, 65535, 65536, 65537, 100_003] * 3 + ([21_000_001] if big else [])
+    tensors = []
+    for i, n in enumerate(sizes):
+        half = i % 2 == 0
+        offset = i % 3  # 0, 1, 2 elements off: aligned and unaligned tensors side by side
+        master = torch.randn(n, generator=g, device=device)
+        param = _offset(master.to(torch.bfloat16) if half else master, offset)
+        master = _offset(param.float(), offset) if half else None  # the master starts as the param's value
+        grad_dtype = [torch.float32, torch.bfloat16, torch.float16][i % 3]
+        grad = _offset((torch.randn(n, generator=g, device=device) * (1 + i % 4)).to(grad_dtype), offset)
+        exp_avg = _offset(torch.randn(n, generator=g, device=device) * 0.1, offset)
+        exp_avg_sq = _offset(torch.rand(n, generator=g, device=device) * 0.01, offset)
+        tensors.append((param, grad, master, exp_avg, exp_avg_sq, 1e-2 * (1 + i % 2), 0.1 * (i % 2)))
+    return tensors
+
+
+def _c_step(tensors, device, step, found_inf=None, inv_grad_scale=1.0):
+    codes = {torch.float32: gptcore._C.dtype.float32, torch.float16: gptcore._C.dtype.float16,
+             torch.bfloat16: gptcore._C.dtype.bfloat16}  # fmt: skip
+    entries = [
+        (
+            p.data_ptr(),
+            g.data_ptr(),
+            0 if m is None else m.data_ptr(),
+            ea.data_ptr(),
+            eas.data_ptr(),
+            p.numel(),
+            codes[p.dtype],
+            codes[g.dtype],
+            lr,
+            wd,
+            step,
+        )
+        for p, g, m, ea, eas, lr, wd in tensors
+    ]
+    stream = torch.cuda.current_stream().cuda_stream if device == "cuda" else 0
+    device_type = gptcore._C.CUDA if device == "cuda" else gptcore._C.CPU
+    gptcore._C.adamw_step(entries, device_type, 0, *BETAS, EPS, inv_grad_scale,
+                          0 if found_inf is None else found_inf.data_ptr(), stream)  # fmt: skip
+
+
+def _float64_step(tensors, step):
+    """The expected (master or param, exp_avg, exp_avg_sq) after one step, in float64."""
+    b1, b2 = BETAS
+    out = []
+    for p, g, m, ea, eas, lr, wd in tensors:
+        w, g = (m if m is not None else p).double(), g.double()
+        ea, eas = b1 * ea.double() + (1 - b1) * g, b2 * eas.double() + (1 - b2) * g * g
+        w = w * (1 - lr * wd) - lr / (1 - b1**step) * ea / (eas.sqrt() / (1 - b2**step) ** 0.5 + EPS)
+        out.append((w, ea, eas))
+    return out
+
+
+def _snapshot(tensors):
+    return [[t.clone() for t in entry[:5] if t is not None] for entry in tensors]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_c_api_many_tensors_mixed_dtypes_and_alignments(device):
+    if device == "cuda" and not cuda_available():
+        pytest.skip("needs a CUDA device and a CUDA build")
+    tensors = _c_tensors(device, big=device == "cuda")
+    for step in (1, 2):
+        want = _float64_step(tensors, step)
+        _c_step(tensors, device, step)
+        for (p, _, m, ea, eas, _, _), (w, ea_want, eas_want) in zip(tensors, want, strict=True):
+            torch.testing.assert_close(ea.double(), ea_want, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(eas.double(), eas_want, rtol=1e-5, atol=1e-9)
+            torch.testing.assert_close((m if m is not None else p).double(), w, rtol=1e-5, atol=1e-6)
+            if m is not None:
+                assert torch.equal(p, m.to(p.dtype))  # the param is its master rounded
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("bad", ["inf_in_the_last_tensor", "nan_in_a_bf16_grad", "flag_already_set"])
+def test_c_api_found_inf_leaves_every_tensor_untouched(device, bad):
+    if device == "cuda" and not cuda_available():
+        pytest.skip("needs a CUDA device and a CUDA build")
+    tensors = _c_tensors(device, big=device == "cuda")
+    found_inf = torch.zeros(1, dtype=torch.int32, device=device)
+    if bad == "inf_in_the_last_tensor":
+        tensors[-1][1].view(-1)[-1] = float("inf")
+    elif bad == "nan_in_a_bf16_grad":
+        tensors[4][1].view(-1)[3] = float("nan")
+        assert tensors[4][1].dtype == torch.bfloat16
+    else:  # an earlier check (another call's, or the caller's) set the flag: the step is skipped
+        found_inf.fill_(1)
+    before = _snapshot(tensors)
+    _c_step(tensors, device, 1, found_inf, inv_grad_scale=0.5)
+    assert found_inf.item() == 1
+    for got, want in zip(_snapshot(tensors), before, strict=True):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+    if bad != "flag_already_set":
+        return
+    found_inf.zero_()  # the same finite grads with the flag clear: the step runs
+    _c_step(tensors, device, 1, found_inf, inv_grad_scale=0.5)
+    assert found_inf.item() == 0
+    assert not torch.equal(tensors[0][0], before[0][0])

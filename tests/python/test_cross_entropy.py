@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import gptcore
 from gptcore import _C
 from gptcore.ops import cross_entropy, reference
-from gptcore.ops._views import view
+from gptcore.ops._views import stream, view
 from gptcore.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
 
 IGNORE = -100
@@ -210,3 +210,92 @@ def test_cuda_out_of_range_target_gives_nan():
     target[1] = 16
     loss = cross_entropy(logits, target, reduction="none")
     assert torch.isnan(loss[1]) and not torch.isnan(loss[[0, 2, 3]]).any()
+
+
+# The C API on CUDA with NaN-poisoned outputs at the GPT-2 vocabulary (odd V: every row starts at
+# a different 16-byte phase), on views one element off their allocation, and in place.
+
+GRAD_REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _offset_copy(t, offset):
+    """t's values in a CUDA tensor `offset` elements into its allocation."""
+    buf = torch.empty(t.numel() + offset, dtype=t.dtype, device="cuda")
+    return buf[offset:].view(t.shape).copy_(t)
+
+
+def _c_cross_entropy(logits, target, dloss, dlogits):
+    """gc_cross_entropy_fwd then _bwd into NaN-poisoned lse, loss, target_logit and dlogits."""
+    rows, V = logits.shape
+    lse, loss, tl = (torch.full((rows,), float("nan"), device="cuda") for _ in range(3))
+    _C.cross_entropy_fwd(view(logits, "logits"), view(target, "target"), view(lse, "lse"), view(loss, "loss"),
+                         view(tl, "target_logit"), 0, V, IGNORE, stream(logits))  # fmt: skip
+    _C.cross_entropy_bwd(view(logits, "logits"), view(target, "target"), view(lse, "lse"), view(dloss, "dloss"),
+                         view(dlogits, "dlogits"), 0, V, IGNORE, stream(logits))  # fmt: skip
+    return lse, loss, tl
+
+
+def _float64_cross_entropy(logits, target, dloss):
+    """lse, loss (0 on ignored rows), target logit (0 on ignored rows), dlogits in float64."""
+    x = logits.double()
+    lse = torch.logsumexp(x, dim=1)
+    live = target != IGNORE
+    tl = torch.where(live, x.gather(1, target.clamp(min=0).long()[:, None])[:, 0], 0.0)
+    grad = torch.softmax(x, dim=1)
+    grad[live.nonzero()[:, 0], target[live].long()] -= 1
+    grad = grad * torch.where(live, dloss.double(), 0.0)[:, None]
+    return lse, torch.where(live, lse - tl, 0.0), tl, grad
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["aligned", "logits_off_by_one", "both_off_by_one", "in_place"])
+@pytest.mark.parametrize("rows", [1, 67])
+def test_cuda_c_api_vocab_50257_on_poisoned_outputs(rows, layout, dtype):
+    V = 50257
+    logits, target = make_batch((rows,), V, dtype=dtype, device="cuda", ignore_every=4 if rows > 1 else 2)
+    target[-1] = V - 1  # the last column as a target
+    if rows > 1:
+        target[1] = 0
+    dloss = torch.rand(rows, device="cuda") + 0.5
+    want_lse, want_loss, want_tl, want_grad = _float64_cross_entropy(logits, target, dloss)
+    if layout != "aligned":
+        logits = _offset_copy(logits, 1)
+    dlogits = torch.full_like(logits, float("nan"))
+    if layout == "both_off_by_one":
+        dlogits = _offset_copy(dlogits, 1)
+    elif layout == "in_place":
+        dlogits = logits
+    lse, loss, tl = _c_cross_entropy(logits, target, dloss, dlogits)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(tl.double(), want_tl, rtol=0, atol=0)  # a copy of the (rounded) logit
+    assert (loss[target == IGNORE] == 0).all()
+    assert torch.isfinite(dlogits).all(), "a dlogits element was not written (NaN poison survived)"
+    assert (dlogits[target == IGNORE] == 0).all()
+    err = ((dlogits.double() - want_grad).norm() / want_grad.norm()).item()
+    assert err <= GRAD_REL_TOL[dtype], err
+
+
+@cuda
+def test_cuda_more_than_2_pow_31_logits():
+    """42800 x 50257 bf16 logits (2.15e9 elements, past int32 indexing): the rows past element 2^31
+    against float64, forward and in-place backward."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 16 << 30:
+        pytest.skip("needs 16 GiB of free GPU memory")
+    rows, V = 42800, 50257
+    assert rows * V > 2**31
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(rows, V, generator=g, device="cuda", dtype=torch.bfloat16) * 3
+    target = torch.randint(0, V, (rows,), generator=g, device="cuda")
+    target[-3] = IGNORE
+    check = torch.tensor([0, rows // 2, 2**31 // V, 2**31 // V + 1, rows - 3, rows - 2, rows - 1], device="cuda")
+    dloss = torch.rand(rows, device="cuda") + 0.5
+    want_lse, want_loss, _, want_grad = _float64_cross_entropy(logits[check], target[check], dloss[check])
+    lse, loss, _ = _c_cross_entropy(logits, target, dloss, logits)  # in place: dlogits is logits
+    torch.testing.assert_close(lse[check].double(), want_lse, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(loss[check].double(), want_loss, rtol=1e-6, atol=1e-5)
+    got = logits[check].double()
+    assert ((got - want_grad).norm() / want_grad.norm()).item() <= GRAD_REL_TOL[torch.bfloat16]
+    assert (logits[rows - 3] == 0).all()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import gptcore
 from gptcore import _C
 from gptcore.ops import fused_add_layer_norm, layer_norm
+from gptcore.ops._views import view
 
 ROWS = [1, 7, 1025]
 CHANNELS = [1, 63, 768, 1600]
@@ -166,7 +167,10 @@ def test_cuda_matches_float64_within_torch_error(dtype, rows, C):
     total, y = fused_add_layer_norm(*ins)
     ref = [t.detach().double().requires_grad_() for t in ins]
     total_ref = ref[0] + ref[1]
-    y_ref = F.layer_norm(total_ref.to(dtype).double(), (C,), ref[2], ref[3], 1e-5)
+    # The rounded sum's value with an unrounded gradient: a cast in the graph would round the
+    # reference dx to `dtype` too, which PyTorch's dx then matches to the bit and ours by an ulp.
+    rounded = total_ref + (total_ref.to(dtype).double() - total_ref).detach()
+    y_ref = F.layer_norm(rounded, (C,), ref[2], ref[3], 1e-5)
     # PyTorch's own error at this dtype, from the same rounded sum.
     lo = [t.detach().clone().requires_grad_() for t in ins]
     total_pt = lo[0] + lo[1]
@@ -200,3 +204,64 @@ def test_cuda_graph_capture_replays_forward_and_backward():
     graph.replay()
     want = F.layer_norm(x.detach().float(), (768,), w.detach().float(), b.detach().float())
     torch.testing.assert_close(y.float(), want, rtol=2e-2, atol=2e-2)
+
+
+# The C API on CUDA with NaN-poisoned outputs: C = 771 (no 16-byte packs: the scalar path), and
+# C = 768 both aligned (packs) and one element off its allocation (scalars again).
+
+REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _nan_like(t, offset=0):
+    buf = torch.full((t.numel() + offset,), float("nan"), dtype=t.dtype, device=t.device)
+    return buf[offset:].view(t.shape)
+
+
+def _c_layer_norm(x, r, w, b, dy, dsum, offset):
+    """gc_layer_norm_fwd then _bwd into NaN-poisoned outputs: y, sum, mean, rstd, dx, dweight, dbias."""
+    rows = x.shape[0]
+    y, total = _nan_like(x, offset), _nan_like(x, offset) if r is not None else None
+    mean, rstd = (torch.full((rows,), float("nan"), device="cuda") for _ in range(2))
+    s = torch.cuda.current_stream().cuda_stream
+    _C.layer_norm_fwd(view(x, "x"), view(r, "r"), view(w, "w"), view(b, "b"), view(y, "y"), view(total, "sum"),
+                      view(mean, "mean"), view(rstd, "rstd"), 1e-5, s)  # fmt: skip
+    normalized = total if r is not None else x
+    dx, dw, db = _nan_like(x, offset), _nan_like(w, offset), _nan_like(w, offset)
+    args = (view(dy, "dy"), view(normalized, "x"), view(w, "w"), view(mean, "mean"), view(rstd, "rstd"),
+            view(dsum, "dsum"), view(dx, "dx"), view(dw, "dw"), view(db, "db"))  # fmt: skip
+    ws = torch.empty(_C.layer_norm_bwd_workspace_size(*args), dtype=torch.uint8, device="cuda")
+    _C.layer_norm_bwd(*args, ws.data_ptr(), ws.numel(), s)
+    return y, total, mean, rstd, dx, dw, db
+
+
+def _offset_copy(t, offset):
+    return _nan_like(t, offset).copy_(t)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("C,offset", [(771, 0), (771, 1), (768, 0), (768, 1)])
+@pytest.mark.parametrize("fused_add", [False, True])
+def test_cuda_c_api_matches_float64_on_poisoned_outputs(fused_add, C, offset, dtype):
+    rows = 517
+    x, w, b = (_offset_copy(t, offset) for t in _inputs(rows, C, dtype, "cuda"))
+    r = _offset_copy(_inputs(rows, C, dtype, "cuda", seed=9)[0], offset) if fused_add else None
+    dy = _offset_copy(_inputs(rows, C, dtype, "cuda", seed=3)[0], offset)
+    dsum = _offset_copy(_inputs(rows, C, dtype, "cuda", seed=4)[0], offset) if fused_add else None
+    y, total, mean, rstd, dx, dw, db = _c_layer_norm(x, r, w, b, dy, dsum, offset)
+
+    # float64 from the same rounded inputs; the fused add normalizes the rounded sum, as documented.
+    src = (x.double() + r.double()).to(dtype) if fused_add else x
+    ref = [t.detach().double().requires_grad_() for t in (src, w, b)]
+    y_ref = F.layer_norm(ref[0], (C,), ref[1], ref[2], 1e-5)
+    dx_ref, dw_ref, db_ref = torch.autograd.grad(y_ref, ref, dy.double())
+    if fused_add:
+        dx_ref = dx_ref + dsum.double()
+        assert torch.equal(total, src)
+    var, mu = torch.var_mean(src.double(), dim=1, unbiased=False)
+    torch.testing.assert_close(mean.double(), mu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rstd.double(), (var + 1e-5).rsqrt(), rtol=1e-4, atol=0)
+    for name, got, want in [("y", y, y_ref), ("dx", dx, dx_ref), ("dweight", dw, dw_ref), ("dbias", db, db_ref)]:
+        assert torch.isfinite(got).all(), f"{name}: an element was not written (NaN poison survived)"
+        err = ((got.double() - want).norm() / want.norm()).item()
+        assert err <= REL_TOL[dtype], (name, err)

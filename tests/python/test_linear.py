@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import gptcore
+from gptcore import _C
 from gptcore.ops import linear, reference
+from gptcore.ops._views import stream, view
 
 ROWS = [1, 7, 1025]
 SIZES = [(1, 1), (40, 1), (63, 17), (768, 3072)]  # (K, N); M or N of 1: the matrix-vector path
@@ -174,3 +176,130 @@ def test_cuda_within_twice_torch_error(dtype, M, K, N, epilogue):
     for got, pt, want in zip([y, *grads], [y_pt, *grads_pt], [y_ref, *grads_ref]):
         err, err_pt = (got.double() - want).abs().max(), (pt.double() - want).abs().max()
         assert err <= 2 * err_pt + 1e-5, (err, err_pt)
+
+
+# The C API on CUDA with NaN-poisoned outputs (an element left unwritten shows), against float64,
+# at the LM-head width 50257 (odd: no fused aux epilogue, the unfused path writes its product
+# into pre_act and reads it back) and on views one element off their allocation.
+
+REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+
+
+def _rel_err(got, want):
+    """||got - want|| / ||want||, with every element written (NaN poison fails it)."""
+    assert torch.isfinite(got).all(), "an output element was not written (NaN poison survived)"
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+def _cuda_tensor(shape, dtype, offset, fill=None, seed=0, std=1.0):
+    """A CUDA tensor `offset` elements into its allocation: random (std `std`) or filled with `fill`."""
+    numel = torch.Size(shape).numel()
+    if fill is None:
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        buf = (torch.randn(numel + offset, generator=g, device="cuda") * std).to(dtype)
+    else:
+        buf = torch.full((numel + offset,), fill, dtype=dtype, device="cuda")
+    return buf[offset:].view(shape)
+
+
+def _c_linear(x, w, b, r, gelu, dy, offset):
+    """gc_linear_fwd then gc_linear_bwd into NaN-poisoned outputs: y, pre_act, dx, dweight, dbias."""
+    act = _C.ACTIVATION_GELU_TANH if gelu else _C.ACTIVATION_NONE
+    M, N = x.shape[0], w.shape[0]
+    y = _cuda_tensor((M, N), x.dtype, offset, float("nan"))
+    pre = _cuda_tensor((M, N), x.dtype, offset, float("nan")) if gelu else None
+    args = (view(x, "x"), view(w, "w"), view(b, "b"), view(r, "r"), view(y, "y"), view(pre, "pre"), act)
+    ws = torch.empty(_C.linear_fwd_workspace_size(*args), dtype=torch.uint8, device="cuda")
+    _C.linear_fwd(*args, ws.data_ptr(), ws.numel(), stream(x))
+    dx, dw = (_cuda_tensor(t.shape, x.dtype, offset, float("nan")) for t in (x, w))
+    db = _cuda_tensor((N,), x.dtype, offset, float("nan")) if b is not None else None
+    args = (view(dy, "dy"), view(x, "x"), view(w, "w"), view(pre, "pre"), view(dx, "dx"), view(dw, "dw"),
+            view(db, "db"), act)  # fmt: skip
+    ws = torch.empty(_C.linear_bwd_workspace_size(*args), dtype=torch.uint8, device="cuda")
+    _C.linear_bwd(*args, ws.data_ptr(), ws.numel(), stream(x))
+    return y, pre, dx, dw, db
+
+
+def _reference(x, w, b, r, gelu, dy):
+    """float64 y, pre_act, dx, dweight, dbias from the same (rounded) inputs."""
+    ins = [t.detach().double().requires_grad_() for t in (x, w)]
+    bias = b.detach().double().requires_grad_() if b is not None else None
+    pre = F.linear(ins[0], ins[1], bias)
+    y = F.gelu(pre, approximate="tanh") if gelu else pre
+    if r is not None:
+        y = y + r.double()
+    grads = torch.autograd.grad(y, [*ins, *([bias] if b is not None else [])], dy.double())
+    return y.detach(), pre.detach(), *grads
+
+
+def _check_c_linear(dtype, M, K, N, bias, residual, gelu, offset):
+    x = _cuda_tensor((M, K), dtype, offset, seed=1)
+    w = _cuda_tensor((N, K), dtype, offset, seed=2, std=K**-0.5)
+    b = _cuda_tensor((N,), dtype, offset, seed=3) if bias else None
+    r = _cuda_tensor((M, N), dtype, offset, seed=4) if residual else None
+    dy = _cuda_tensor((M, N), dtype, offset, seed=5)
+    got = _c_linear(x, w, b, r, gelu, dy, offset)
+    want = _reference(x, w, b, r, gelu, dy)
+    names = ["y", "pre_act", "dx", "dweight", "dbias"]
+    want = [want[0], want[1] if gelu else None, *want[2:], *([] if bias else [None])]
+    for name, g, ww in zip(names, got, want, strict=True):
+        if ww is None:
+            continue
+        err = _rel_err(g, ww)
+        assert err <= REL_TOL[dtype], (name, err)
+    return got
+
+
+CUDA_CASES = {  # (M, K, N, bias, residual, gelu)
+    "lm_head_gelu_pre_act": (300, 768, 50257, True, False, True),
+    "gelu_pre_act_fused_width": (300, 768, 3072, True, False, True),
+    "gelu_without_bias": (300, 771, 1000, False, False, True),
+    "bias_residual_odd_K": (300, 771, 50257, True, True, False),
+    "bias_only": (257, 768, 50257, True, False, False),
+    "residual_only": (257, 63, 17, False, True, False),
+    "plain": (257, 771, 50257, False, False, False),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "one_element_off"])
+@pytest.mark.parametrize("case", CUDA_CASES)
+def test_cuda_c_api_matches_float64_on_poisoned_outputs(case, offset, dtype):
+    _check_c_linear(dtype, *CUDA_CASES[case], offset)
+
+
+@pytest.mark.cuda
+def test_cuda_lm_head_size_with_gelu_is_deterministic():
+    """8192 x 50257 (the GPT-2 head over a 8-sequence batch), run twice: the second call reuses the
+    cached plan and gives bitwise the same outputs."""
+    first = _check_c_linear(torch.bfloat16, 8192, 768, 50257, True, False, True, 0)
+    second = _check_c_linear(torch.bfloat16, 8192, 768, 50257, True, False, True, 0)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_one_shape_at_changing_alignments(dtype):
+    """The plan cache keys on alignment: an offset view after an aligned one of the same shape
+    (and back) must not reuse a plan that assumes more alignment than it has."""
+    for offset in (0, 1, 2, 3, 4, 8, 0):
+        _check_c_linear(dtype, 64, 768, 3072, True, False, True, offset)
+        _check_c_linear(dtype, 64, 768, 3072, True, True, False, offset)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_module_path_on_an_offset_view(dtype):
+    """gptcore.ops.linear (the custom op and its autograd) on x = buf[1:] with an odd K."""
+    M, K, N = 33, 771, 50257
+    x = _cuda_tensor((M, K), dtype, 1, seed=1).requires_grad_()
+    w = _cuda_tensor((N, K), dtype, 0, seed=2, std=K**-0.5).requires_grad_()
+    b = _cuda_tensor((N,), dtype, 0, seed=3).requires_grad_()
+    dy = _cuda_tensor((M, N), dtype, 0, seed=5)
+    y = linear(x, w, b, activation="gelu")
+    grads = torch.autograd.grad(y, (x, w, b), dy)
+    want = _reference(x, w, b, None, True, dy)
+    for got, ref in zip([y, *grads], [want[0], *want[2:]], strict=True):
+        assert _rel_err(got, ref) <= REL_TOL[dtype]

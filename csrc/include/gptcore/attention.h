@@ -16,7 +16,10 @@
  * same on CPU and CUDA: element (b, h, i, j), at row-major index n of [B, H, T_q, T_k], is
  * kept when the uniform draw gc_dropout_uniform(seed, offset, n) >= dropout_p, and kept
  * probabilities are scaled by 1 / (1 - dropout_p). Forward and backward given the same
- * seed and offset use the same mask. */
+ * seed and offset use the same mask. One Philox call (counter offset + n / 4, key seed) gives
+ * the draws of elements 4 * (n / 4) .. 4 * (n / 4) + 3, so a call over N elements uses the
+ * counters [offset, offset + ceil(N / 4)): a caller that reuses a seed must advance the offset
+ * by at least ceil(N / 4) per call for fresh masks. */
 #ifndef GPTCORE_ATTENTION_H
 #define GPTCORE_ATTENTION_H
 
@@ -56,7 +59,11 @@ typedef struct gc_attention_bwd_params {
   uint64_t offset;
 } gc_attention_bwd_params;
 
-/* Scratch for the backward (e.g. float32 dq accumulators, rowsum(dout * out)). */
+/* Scratch for the backward (e.g. float32 dq accumulators, rowsum(dout * out)).
+ * With T_q = 0 (and T_k >= 1) dq is empty and dk, dv are written as zeros.
+ * Reproducibility: the CPU backward is bitwise deterministic; on CUDA dk and dv are, but dq is
+ * summed over key tiles with float atomics in no fixed order, so it can differ in the last bits
+ * from run to run. */
 gc_status gc_attention_bwd_workspace_size(const gc_attention_bwd_params* params, size_t* bytes);
 gc_status gc_attention_bwd(const gc_attention_bwd_params* params, void* workspace, size_t workspace_bytes,
                            void* stream);
@@ -75,7 +82,12 @@ typedef struct gc_attention_decode_params {
   int32_t causal;
 } gc_attention_decode_params;
 
-gc_status gc_attention_decode(const gc_attention_decode_params* params, void* stream);
+/* Scratch for decoding: on CUDA, when B * H * T_new rows are few next to the device's SMs, each
+ * row's cache is split into chunks whose partial results (float32) meet in the workspace
+ * (flash-decoding). Depends on the shapes and the device; 0 on CPU and without a split. */
+gc_status gc_attention_decode_workspace_size(const gc_attention_decode_params* params, size_t* bytes);
+gc_status gc_attention_decode(const gc_attention_decode_params* params, void* workspace, size_t workspace_bytes,
+                              void* stream);
 
 /* The uniform draw in [0, 1) behind dropout element n: for tests and references. */
 float gc_dropout_uniform(uint64_t seed, uint64_t offset, uint64_t n);

@@ -18,6 +18,8 @@ typedef struct gc_build_info {
   int cublas_version;       /* e.g. 131000 (cublasLtGetVersion); 0 when not linked */
   int nccl_version;         /* e.g. 23203 (ncclGetVersion); 0 when not linked */
   int openmp;               /* 1 when the CPU kernels use OpenMP */
+  const char* note;         /* why CUDA is off ("cuBLAS not found at build time (...)", "GPTCORE_CUDA=OFF")
+                               or what this CUDA build lacks ("NCCL not found: ..."); "" when nothing */
 } gc_build_info;
 
 const gc_build_info* gc_get_build_info(void);

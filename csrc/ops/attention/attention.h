@@ -23,7 +23,9 @@ gc_status attention_fwd_cuda(const gc_attention_fwd_params& p, const AttentionSh
 size_t attention_bwd_workspace_cuda(const AttentionShape& s);
 gc_status attention_bwd_cuda(const gc_attention_bwd_params& p, const AttentionShape& s, void* workspace,
                              void* stream);
-gc_status attention_decode_cuda(const gc_attention_decode_params& p, const AttentionShape& s, void* stream);
+gc_status attention_decode_workspace_cuda(const AttentionShape& s, int device, size_t* bytes);
+gc_status attention_decode_cuda(const gc_attention_decode_params& p, const AttentionShape& s, void* workspace,
+                                void* stream);
 #endif
 
 }  // namespace gc

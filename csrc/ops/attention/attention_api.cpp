@@ -86,6 +86,37 @@ gc_status check_bwd(const char* api, const gc_attention_bwd_params& p, Attention
   return check_dropout(api, p.dropout_p);
 }
 
+// No query: the forward and decode outputs are empty.
+bool empty(const AttentionShape& s) { return s.B == 0 || s.H == 0 || s.T_q == 0; }
+
+// Nothing for the backward to write; with T_q = 0 and T_k >= 1 dk and dv are zeros to write.
+bool empty_bwd(const AttentionShape& s) { return s.B == 0 || s.H == 0 || (s.T_q == 0 && s.T_k == 0); }
+
+// The decode params' shapes, dtypes and devices (not the lengths' values); the shape out.
+gc_status check_decode(const char* api, const gc_attention_decode_params& p, AttentionShape* s) {
+  GC_TRY(check_qkv(api, p.q, p.k_cache, p.v_cache, "k_cache", "v_cache", s));  // T_k is the capacity T_max
+  GC_TRY(check_like(api, p.out, "out", p.q, "q"));
+  GC_TRY(check_view(api, p.cache_lens, "cache_lens"));
+  GC_TRY(check_same_device(api, p.cache_lens, "cache_lens", p.q, "q"));
+  GC_TRY(check_dtype(api, p.cache_lens, "cache_lens", {GC_INT32}));
+  GC_TRY(check_shape(api, p.cache_lens, "cache_lens", {s->B}));
+  if (s->T_q > s->T_k)
+    return fail(GC_ERROR_SHAPE, "%s: 'q' has T_new = %lld new tokens but the cache holds at most T_max = %lld", api,
+                (long long)s->T_q, (long long)s->T_k);
+  if (!std::isfinite(p.scale)) return fail(GC_ERROR_INVALID_ARGUMENT, "%s: scale must be finite, got %g", api, p.scale);
+  return GC_OK;
+}
+
+gc_status decode_workspace(const gc_attention_decode_params& p, const AttentionShape& s, size_t* bytes) {
+  *bytes = 0;  // the CPU path needs none
+#ifdef GPTCORE_WITH_CUDA
+  if (p.q.device_type == GC_CUDA && !empty(s)) return attention_decode_workspace_cuda(s, p.q.device_index, bytes);
+#endif
+  (void)p;
+  (void)s;
+  return GC_OK;
+}
+
 size_t bwd_workspace(const AttentionShape& s, int32_t device_type) {
 #ifdef GPTCORE_WITH_CUDA
   if (device_type == GC_CUDA) return attention_bwd_workspace_cuda(s);
@@ -93,7 +124,6 @@ size_t bwd_workspace(const AttentionShape& s, int32_t device_type) {
   return attention_bwd_workspace_cpu(s);
 }
 
-bool empty(const AttentionShape& s) { return s.B == 0 || s.H == 0 || s.T_q == 0; }
 
 }  // namespace
 }  // namespace gc
@@ -143,7 +173,7 @@ extern "C" gc_status gc_attention_bwd(const gc_attention_bwd_params* params, voi
     if (workspace_bytes < need || (need > 0 && workspace == nullptr))
       return fail(GC_ERROR_WORKSPACE, "%s: the workspace has %zu bytes but %zu are needed; ask gc_attention_bwd_workspace_size",
                   api, workspace == nullptr ? size_t{0} : workspace_bytes, need);
-    if (empty(s)) return GC_OK;
+    if (empty_bwd(s)) return GC_OK;
 #ifdef GPTCORE_WITH_CUDA
     if (p.q.device_type == GC_CUDA) return attention_bwd_cuda(p, s, workspace, stream);
 #endif
@@ -152,22 +182,24 @@ extern "C" gc_status gc_attention_bwd(const gc_attention_bwd_params* params, voi
   });
 }
 
-extern "C" gc_status gc_attention_decode(const gc_attention_decode_params* params, void* stream) {
+extern "C" gc_status gc_attention_decode_workspace_size(const gc_attention_decode_params* params, size_t* bytes) {
+  constexpr const char* api = "gc_attention_decode_workspace_size";
+  return guarded(api, [&]() -> gc_status {
+    if (!params || !bytes) return fail(GC_ERROR_INVALID_ARGUMENT, "%s: params and bytes must not be NULL", api);
+    AttentionShape s{};
+    GC_TRY(check_decode(api, *params, &s));
+    return decode_workspace(*params, s, bytes);
+  });
+}
+
+extern "C" gc_status gc_attention_decode(const gc_attention_decode_params* params, void* workspace,
+                                         size_t workspace_bytes, void* stream) {
   constexpr const char* api = "gc_attention_decode";
   return guarded(api, [&]() -> gc_status {
     if (!params) return fail(GC_ERROR_INVALID_ARGUMENT, "%s: params is NULL", api);
     const gc_attention_decode_params& p = *params;
-    AttentionShape s{};  // T_k is the cache capacity T_max
-    GC_TRY(check_qkv(api, p.q, p.k_cache, p.v_cache, "k_cache", "v_cache", &s));
-    GC_TRY(check_like(api, p.out, "out", p.q, "q"));
-    GC_TRY(check_view(api, p.cache_lens, "cache_lens"));
-    GC_TRY(check_same_device(api, p.cache_lens, "cache_lens", p.q, "q"));
-    GC_TRY(check_dtype(api, p.cache_lens, "cache_lens", {GC_INT32}));
-    GC_TRY(check_shape(api, p.cache_lens, "cache_lens", {s.B}));
-    if (s.T_q > s.T_k)
-      return fail(GC_ERROR_SHAPE, "%s: 'q' has T_new = %lld new tokens but the cache holds at most T_max = %lld", api,
-                  (long long)s.T_q, (long long)s.T_k);
-    if (!std::isfinite(p.scale)) return fail(GC_ERROR_INVALID_ARGUMENT, "%s: scale must be finite, got %g", api, p.scale);
+    AttentionShape s{};
+    GC_TRY(check_decode(api, p, &s));
     if (p.cache_lens.device_type == GC_CPU) {  // CUDA reads the lengths on the device, unchecked
       const int32_t* lens = static_cast<const int32_t*>(p.cache_lens.data);
       for (int64_t b = 0; b < s.B; ++b)
@@ -177,10 +209,17 @@ extern "C" gc_status gc_attention_decode(const gc_attention_decode_params* param
                       "already be in the cache)",
                       api, (long long)b, lens[b], (long long)s.T_q, (long long)s.T_k);
     }
+    size_t need = 0;
+    GC_TRY(decode_workspace(p, s, &need));
+    if (workspace_bytes < need || (need > 0 && workspace == nullptr))
+      return fail(GC_ERROR_WORKSPACE,
+                  "%s: the workspace has %zu bytes but %zu are needed; ask gc_attention_decode_workspace_size", api,
+                  workspace == nullptr ? size_t{0} : workspace_bytes, need);
     if (empty(s)) return GC_OK;
 #ifdef GPTCORE_WITH_CUDA
-    if (p.q.device_type == GC_CUDA) return attention_decode_cuda(p, s, stream);
+    if (p.q.device_type == GC_CUDA) return attention_decode_cuda(p, s, workspace, stream);
 #endif
+    (void)workspace;
     (void)stream;
     return attention_decode_cpu(p, s);
   });

@@ -7,7 +7,10 @@
 //                 [16w, 16w + 16). The CTA walks the query tiles of 64 that can see its keys:
 //                   S^T = K Q^T, dPd^T = V dout^T                         (wmma, float smem)
 //                   P = exp(scale * S - lse), zero where invisible
-//                   Pd = P * z / (1 - p), dP = dPd * z / (1 - p)        (z = dropout keep bit)
+//                   Pd = P * z / (1 - p), dP = dPd * z / (1 - p)        (z = dropout keep bit; a
+//                                                                         lane draws its query's
+//                                                                         16 keys with one
+//                                                                         dropout_keep_run)
 //                   dS = P * (dP - dsum)
 //                   dV += Pd^T dout, dK += dS^T Q                          (wmma accumulators held
 //                                                                           in registers all along)
@@ -15,6 +18,11 @@
 //                 and writes dK = scale * (sum dS^T Q) and dV once at the end.
 //   dq_kernel:    dq = dq_acc converted to T.
 // dsum_i = dout_i . out_i equals rowsum(dPd * Pd), which is what the softmax gradient needs.
+//
+// dq is NOT bitwise reproducible: every key-tile CTA adds its share of a query row into dq_acc
+// with float atomicAdd, in whatever order the CTAs reach it, and float addition is not
+// associative, so two runs can differ in the last bits of dq. dk and dv are reproducible (each
+// is summed by one CTA in a fixed order), and so is the CPU backward.
 //
 // Invariants relied on (besides those of the forward, same tile helpers):
 // - lse comes from the forward with the same scale/causal; a row with no visible key (lse =
@@ -129,6 +137,24 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const BwdArgs<T> a) {
     }
     __syncthreads();
 
+    // Dropout keep bits: bit r + 16 h for key j0 + 16 w + r of query i0 + lane + 32 h, drawn as the
+    // run of the warp's 16 keys, consecutive dropout elements (0 for invisible keys).
+    static_assert(kWarpRows == 16 && kTileQ == 64, "a lane's two queries' keys fill 32 bits");
+    uint32_t keep_bits = 0;
+    if (a.dropout_p > 0.f) {
+      const int64_t key0 = j0 + warp * kWarpRows;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t i = i0 + lane + 32 * half;
+        const int64_t run = i < a.T_q ? visible_key_end(i, a.T_q, a.T_k, a.causal) - key0 : 0;
+        if (run > 0)
+          keep_bits |= static_cast<uint32_t>(dropout_keep_run(a.seed, a.offset, dropout_index(bh, i, key0, a.T_q, a.T_k),
+                                                              run < kWarpRows ? static_cast<int>(run) : kWarpRows,
+                                                              a.dropout_p))
+                       << (16 * half);
+      }
+    }
+
     // S^T_w = K_w Q^T and dPd^T_w = V_w dout^T (Q and dout rows read as column-major B operands).
 #pragma unroll
     for (int n = 0; n < kTileQ / 16; ++n) {
@@ -152,7 +178,8 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const BwdArgs<T> a) {
     __syncwarp();
 
     // Elementwise, transposed: row r = key j, column c = query i; lane holds c = lane, lane + 32.
-    // Not unrolled: unrolled Philox copies push the bfloat16 Dp >= 112 kernels into spills.
+    // Not unrolled: with dK and dV held in registers, unrolling spills more in the bfloat16 Dp >= 96
+    // kernels.
 #pragma unroll 1
     for (int r = 0; r < kWarpRows; ++r) {
       const int64_t j = j0 + warp * kWarpRows + r;
@@ -164,8 +191,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const BwdArgs<T> a) {
         const float p = visible ? __expf(st_w[r * L.ld_f + c] * a.scale - lse_s[c]) : 0.f;
         float pd = p, dp = dpt_w[r * L.ld_f + c];
         if (a.dropout_p > 0.f) {
-          const bool keep =
-              p > 0.f && dropout_uniform(a.seed, a.offset, dropout_index(bh, i, j, a.T_q, a.T_k)) >= a.dropout_p;
+          const bool keep = (keep_bits >> (r + 16 * half)) & 1u;
           pd = keep ? p * inv_keep : 0.f;
           dp = keep ? dp * inv_keep : 0.f;
         }
@@ -256,10 +282,16 @@ gc_status attention_bwd_cuda(const gc_attention_bwd_params& p, const AttentionSh
   GC_CUDA_TRY(guard.status());
   const int64_t BH = s.B * s.H;
   if (BH == 0) return GC_OK;
+  cudaStream_t st = as_stream(stream);
+  if (s.T_q == 0) {  // no query sees a key: zero key gradients (the caller's dk, dv are uninitialized)
+    const size_t bytes = static_cast<size_t>(BH * s.T_k * s.D) * gc_dtype_size(p.dk.dtype);
+    GC_CUDA_TRY(cudaMemsetAsync(p.dk.data, 0, bytes, st));
+    GC_CUDA_TRY(cudaMemsetAsync(p.dv.data, 0, bytes, st));
+    return GC_OK;
+  }
   if (BH > 0x7fffffff || ceil_div(s.T_k, kTileK) > 65535)
     return fail(GC_ERROR_SHAPE, "gc_attention_bwd: B*H = %lld or T_k = %lld too large for the CUDA grid",
                 static_cast<long long>(BH), static_cast<long long>(s.T_k));
-  cudaStream_t st = as_stream(stream);
   const int64_t rows = BH * s.T_q, dq_elems = rows * s.D;
   float* dq_acc = static_cast<float*>(workspace);
   float* dsum = dq_acc + dq_elems;

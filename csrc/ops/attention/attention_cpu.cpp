@@ -28,15 +28,15 @@ constexpr int64_t kFwdBK = 256;  // keys per forward tile
 constexpr int64_t kBwdKeysPerTask = 256;
 constexpr int64_t kBwdMaxSplits = 4;
 // keep[j] = 1 / (1 - p) when dropout element n0 + j is kept, else 0, for j < len: one Philox
-// call per four elements, the same draws as dropout_uniform(seed, offset, n0 + j).
+// call per four elements (dropout_keep4, as in the CUDA kernels).
 void dropout_keep(uint64_t seed, uint64_t offset, uint64_t n0, int64_t len, float p, float* keep) {
   const float inv_keep = 1.f / (1.f - p);
   int64_t j = 0;
   while (j < len) {
     const uint64_t n = n0 + static_cast<uint64_t>(j);
-    const Philox4 bits = dropout_bits(seed, offset, n / 4);
+    const unsigned bits = dropout_keep4(seed, offset, n / 4, p);
     for (unsigned lane = static_cast<unsigned>(n % 4); lane < 4 && j < len; ++lane, ++j)
-      keep[j] = uniform24(bits.v[lane]) >= p ? inv_keep : 0.f;
+      keep[j] = (bits >> lane) & 1u ? inv_keep : 0.f;
   }
 }
 
@@ -235,6 +235,12 @@ size_t attention_bwd_workspace_cpu(const AttentionShape& s) {
 }
 
 gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionShape& s, void* workspace) {
+  if (s.T_q == 0) {  // no query sees a key: zero key gradients (the caller's dk, dv are uninitialized)
+    const size_t bytes = static_cast<size_t>(s.B * s.H * s.T_k * s.D) * sizeof(float);
+    std::memset(p.dk.data, 0, bytes);
+    std::memset(p.dv.data, 0, bytes);
+    return GC_OK;
+  }
   const SerialBlas serial_blas;
   const int64_t heads = s.B * s.H, rows = heads * s.T_q, D = s.D, splits = bwd_splits(s);
   const int64_t k_blocks = (s.T_k + kBK - 1) / kBK, blocks_per_split = (k_blocks + splits - 1) / splits;

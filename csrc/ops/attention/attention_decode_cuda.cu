@@ -1,18 +1,24 @@
 // Decoding attention on CUDA: a few new queries per sequence over a KV cache, on CUDA cores
 // (each cache element is read once per query, so the kernel is bound by memory, not math).
 //
-// One CTA of 8 warps per (b, h, new query t). The cache length is read from cache_lens[b] on
-// the device. Warp w takes keys w, w + 8, w + 16, ... of the visible range; lane l holds head
-// dims l, l + 32, l + 64, l + 96. Per key the warp reduces the dot product with shuffles and
-// updates its online-softmax state (m, l) and its float output accumulator; at the end the
-// 8 warps' states are merged through shared memory (max_sum_merge rescaling).
+// One CTA of 8 warps per (b, h, new query t) and key chunk. With few such rows next to the
+// device's SMs, each row's cache is split into decode_splits(...) chunks (flash-decoding), so a
+// single sequence still spreads over the GPU; otherwise there is one chunk, the whole cache.
+// The cache length is read from cache_lens[b] on the device. Warp w takes keys w, w + 8, ... of
+// the chunk's visible range; lane l holds head dims l, l + 32, l + 64, l + 96. Per key the warp
+// reduces the dot product with shuffles and updates its online-softmax state (m, l) and its
+// float output accumulator; at the end the 8 warps' states are merged through shared memory
+// (max_sum_merge rescaling). With one chunk the CTA writes out = acc / l; with several it writes
+// its partial (m, l, acc) to the workspace, and combine_kernel merges a row's chunks the same way.
 //
 // Invariants relied on:
 // - q, k_cache, v_cache, out contiguous; D <= kMaxD = 128 (API layer), so 4 dims per lane.
 // - The visible keys of query t are [0, decode_key_end(cache_lens[b], T_max, T_new, t, causal)),
-//   with cache_lens[b] clamped to [0, T_max]; a query that sees no key writes zeros.
+//   with cache_lens[b] clamped to [0, T_max]; chunk c covers [c * chunk, (c + 1) * chunk) of them.
+//   A chunk with no visible key has m = -inf, l = 0, acc = 0, and a query that sees no key at
+//   all writes zeros.
 // - A warp's m stays -inf until its first key; alpha = exp(m - m') with m = -inf is 0 and its
-//   accumulators are 0, so nothing turns into NaN.
+//   accumulators are 0, so nothing turns into NaN; merges skip states with m = -inf.
 #include "ops/attention/attention_cuda_common.cuh"
 
 namespace gc {
@@ -35,6 +41,9 @@ struct DecodeArgs {
   int D;
   float scale;
   bool causal;
+  int64_t chunk;    // keys per chunk; gridDim.y chunks per row
+  float* part_acc;  // [rows, chunks, D] when gridDim.y > 1
+  float* part_ml;   // [rows, chunks, 2]
 };
 
 template <class T>
@@ -45,6 +54,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const DecodeA
   const int64_t bht = blockIdx.x;  // (b * H + h) * T_new + t
   const int64_t t = bht % a.T_new, bh = bht / a.T_new, b = bh / a.H;
   const int64_t key_end = decode_key_end(a.cache_lens[b], a.T_max, a.T_new, t, a.causal);
+  const int64_t chunk_begin = static_cast<int64_t>(blockIdx.y) * a.chunk;
+  const int64_t chunk_end = chunk_begin + a.chunk < key_end ? chunk_begin + a.chunk : key_end;
 
   float q[kDimsPerLane];
 #pragma unroll
@@ -56,7 +67,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const DecodeA
   const T* vc = a.v_cache + bh * a.T_max * a.D;
 
   float m = -INFINITY, l = 0.f, acc[kDimsPerLane] = {};
-  for (int64_t j = warp; j < key_end; j += kDecodeWarps) {
+  for (int64_t j = chunk_begin + warp; j < chunk_end; j += kDecodeWarps) {
     float dot = 0.f;
 #pragma unroll
     for (int k = 0; k < kDimsPerLane; ++k) {
@@ -86,29 +97,76 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const DecodeA
   MaxSum total = max_sum_empty();
 #pragma unroll
   for (int w = 0; w < kDecodeWarps; ++w) total = max_sum_merge(total, MaxSum{warp_m[w], warp_l[w]});
+  const int64_t part = bht * gridDim.y + blockIdx.y;  // this CTA's slot in the workspace
+  if (gridDim.y > 1 && threadIdx.x == 0) {
+    a.part_ml[2 * part] = total.m;
+    a.part_ml[2 * part + 1] = total.s;
+  }
   const float inv_l = total.s > 0.f ? 1.f / total.s : 0.f;
   for (int d = threadIdx.x; d < a.D; d += kDecodeWarps * 32) {
     float o = 0.f;
 #pragma unroll
     for (int w = 0; w < kDecodeWarps; ++w)
       if (warp_m[w] != -INFINITY) o += warp_acc[w][d] * __expf(warp_m[w] - total.m);
-    a.out[bht * a.D + d] = from_float<T>(o * inv_l);
+    if (gridDim.y > 1) {
+      a.part_acc[part * a.D + d] = o;  // relative to total.m, unnormalized
+    } else {
+      a.out[bht * a.D + d] = from_float<T>(o * inv_l);
+    }
   }
+}
+
+// out row = merge of its `chunks` partial states; one CTA of kMaxD threads per row, thread d
+// owns head dim d.
+template <class T>
+__global__ void __launch_bounds__(kMaxD) combine_kernel(const float* __restrict__ part_acc,
+                                                        const float* __restrict__ part_ml, T* __restrict__ out,
+                                                        int chunks, int D) {
+  const int64_t row = blockIdx.x;
+  const float* ml = part_ml + row * chunks * 2;
+  MaxSum total = max_sum_empty();
+  for (int c = 0; c < chunks; ++c) total = max_sum_merge(total, MaxSum{ml[2 * c], ml[2 * c + 1]});
+  const int d = threadIdx.x;
+  if (d >= D) return;
+  float o = 0.f;
+  for (int c = 0; c < chunks; ++c)
+    if (ml[2 * c] != -INFINITY) o += part_acc[(row * chunks + c) * D + d] * __expf(ml[2 * c] - total.m);
+  out[row * D + d] = from_float<T>(total.s > 0.f ? o / total.s : 0.f);
+}
+
+gc_status sm_count(int device, int* count) {
+  GC_CUDA_TRY(cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device));
+  return GC_OK;
 }
 
 }  // namespace
 
-gc_status attention_decode_cuda(const gc_attention_decode_params& p, const AttentionShape& s, void* stream) {
+gc_status attention_decode_workspace_cuda(const AttentionShape& s, int device, size_t* bytes) {
+  int sms = 0;
+  GC_TRY(sm_count(device, &sms));
+  const int64_t rows = s.B * s.H * s.T_q;
+  *bytes = static_cast<size_t>(decode_workspace_floats(rows, decode_splits(rows, s.T_k, sms), s.D)) * sizeof(float);
+  return GC_OK;
+}
+
+gc_status attention_decode_cuda(const gc_attention_decode_params& p, const AttentionShape& s, void* workspace,
+                                void* stream) {
   DeviceGuard guard(p.q.device_index);
   GC_CUDA_TRY(guard.status());
-  const int64_t blocks = s.B * s.H * s.T_q;  // T_q = T_new, T_k = T_max
-  if (blocks == 0) return GC_OK;
+  const int64_t rows = s.B * s.H * s.T_q;  // T_q = T_new, T_k = T_max
+  if (rows == 0) return GC_OK;
   if (s.D > kMaxD)
     return fail(GC_ERROR_SHAPE, "gc_attention_decode: CUDA decoding takes head dims up to %d, not %lld", kMaxD,
                 static_cast<long long>(s.D));
-  if (blocks > 0x7fffffff)
+  if (rows > 0x7fffffff)
     return fail(GC_ERROR_SHAPE, "gc_attention_decode: B*H*T_new = %lld too large for the CUDA grid",
-                static_cast<long long>(blocks));
+                static_cast<long long>(rows));
+  int sms = 0;
+  GC_TRY(sm_count(p.q.device_index, &sms));
+  const int64_t splits = decode_splits(rows, s.T_k, sms);
+  float* part_acc = static_cast<float*>(workspace);
+  float* part_ml = splits > 1 ? part_acc + rows * splits * s.D : nullptr;
+  cudaStream_t st = as_stream(stream);
   return half_switch(p.q.dtype, "gc_attention_decode", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const DecodeArgs<T> a{static_cast<const T*>(p.q.data),
@@ -121,9 +179,16 @@ gc_status attention_decode_cuda(const gc_attention_decode_params& p, const Atten
                           s.T_k,
                           static_cast<int>(s.D),
                           p.scale,
-                          p.causal != 0};
-    decode_kernel<T><<<static_cast<unsigned>(blocks), kDecodeWarps * 32, 0, as_stream(stream)>>>(a);
-    return check_launch("attention decode_kernel");
+                          p.causal != 0,
+                          ceil_div(s.T_k, splits),
+                          part_acc,
+                          part_ml};
+    decode_kernel<T><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(splits)), kDecodeWarps * 32, 0, st>>>(a);
+    GC_TRY(check_launch("attention decode_kernel"));
+    if (splits == 1) return GC_OK;
+    combine_kernel<T><<<static_cast<unsigned>(rows), kMaxD, 0, st>>>(part_acc, part_ml, a.out, static_cast<int>(splits),
+                                                                    a.D);
+    return check_launch("attention decode combine_kernel");
   });
 }
 

@@ -23,7 +23,9 @@
 //   m = -inf, P = 0, alpha = 0 (shift 0 avoids -inf - -inf). A row with no visible key at all
 //   (causal, T_q > T_k) gets out = 0 and lse = -inf.
 // - The dropout mask of (bh, i, j) is dropout_uniform(seed, offset, dropout_index(...)) >= p, as
-//   on the CPU and in the backward; l sums the undropped probabilities.
+//   on the CPU and in the backward; l sums the undropped probabilities. A tile's mask is drawn
+//   with dropout_keep_run (one Philox call per four consecutive keys) in runs of 32 keys of a
+//   row per lane; bits of invisible keys are 0, and their probabilities are 0 anyway.
 // - Every shared tile a warp writes and another warp reads is fenced by __syncthreads (K, V, Q);
 //   warp-private tiles (S_w, P_w, O_w) are fenced by __syncwarp between wmma and lane phases.
 #include "ops/attention/attention_cuda_common.cuh"
@@ -109,6 +111,18 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdArgs<T> a) {
     }
     __syncwarp();
 
+    // Dropout keep bits of the tile: lane l draws row l / 2's keys [32 (l % 2), 32 (l % 2) + 32),
+    // consecutive dropout elements, and the row's lanes fetch them with two shuffles below.
+    static_assert(2 * kWarpRows == 32 && kTileK == 64, "two lanes per row, 32 keys each");
+    uint32_t keep_run = 0;
+    if (a.dropout_p > 0.f) {
+      const int64_t i = q0 + warp * kWarpRows + lane / 2, j = k0 + 32 * (lane % 2);
+      const int64_t run = i < a.T_q ? visible_key_end(i, a.T_q, a.T_k, a.causal) - j : 0;
+      if (run > 0)
+        keep_run = static_cast<uint32_t>(dropout_keep_run(a.seed, a.offset, dropout_index(bh, i, j, a.T_q, a.T_k),
+                                                          run < 32 ? static_cast<int>(run) : 32, a.dropout_p));
+    }
+
     // Online softmax, one row at a time across the warp.
 #pragma unroll
     for (int r = 0; r < kWarpRows; ++r) {
@@ -124,12 +138,10 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdArgs<T> a) {
       row_l[r] = row_l[r] * alpha + warp_sum(p0 + p1);
       row_m[r] = m_new;
       if (a.dropout_p > 0.f) {
-        if (p0 > 0.f)
-          p0 = dropout_uniform(a.seed, a.offset, dropout_index(bh, i, j0, a.T_q, a.T_k)) >= a.dropout_p ? p0 * inv_keep
-                                                                                                      : 0.f;
-        if (p1 > 0.f)
-          p1 = dropout_uniform(a.seed, a.offset, dropout_index(bh, i, j1, a.T_q, a.T_k)) >= a.dropout_p ? p1 * inv_keep
-                                                                                                      : 0.f;
+        const uint32_t keep0 = __shfl_sync(0xffffffffu, keep_run, 2 * r);
+        const uint32_t keep1 = __shfl_sync(0xffffffffu, keep_run, 2 * r + 1);
+        p0 = (keep0 >> lane) & 1u ? p0 * inv_keep : 0.f;
+        p1 = (keep1 >> lane) & 1u ? p1 * inv_keep : 0.f;
       }
       p_w[r * L.ld_p + lane] = from_float<T>(p0);
       p_w[r * L.ld_p + lane + 32] = from_float<T>(p1);

@@ -1,7 +1,8 @@
 // Tile geometry of the CUDA attention kernels, as host + device helpers free of CUDA headers,
 // so that tests/cpp/test_attention_cuda_math.cpp checks the same index math the kernels run:
 // which keys a query sees (bottom-right causal alignment), which key tiles a query tile needs,
-// which query tiles a key tile needs, the dropout element index, and the shared-memory layouts.
+// which query tiles a key tile needs, the dropout element index, the decode cache split, and the
+// shared-memory layouts.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +57,30 @@ GC_HD int64_t decode_key_end(int64_t len, int64_t T_max, int64_t T_new, int64_t 
   if (!causal) return len;
   const int64_t end = len - T_new + t + 1;
   return end < 0 ? 0 : (end > len ? len : end);
+}
+
+// Decoding with few (batch, head, new query) rows splits each row's cache into chunks
+// (flash-decoding): one CTA per (row, chunk) makes a partial (max, sum, output), and a second
+// kernel merges a row's chunks. Enough chunks for about kDecodeCtasPerSm CTAs per SM, each of
+// at least kDecodeMinChunk keys of the capacity T_max (the valid lengths live on the device),
+// at most kDecodeMaxSplits; 1 means no split and no workspace.
+constexpr int kDecodeCtasPerSm = 4;
+constexpr int64_t kDecodeMinChunk = 128;
+constexpr int64_t kDecodeMaxSplits = 64;
+
+GC_HD int64_t decode_splits(int64_t rows, int64_t T_max, int sm_count) {
+  if (rows <= 0) return 1;
+  int64_t splits = ceil_div(static_cast<int64_t>(kDecodeCtasPerSm) * sm_count, rows);
+  const int64_t by_keys = ceil_div(T_max, kDecodeMinChunk);
+  splits = splits < by_keys ? splits : by_keys;
+  splits = splits < kDecodeMaxSplits ? splits : kDecodeMaxSplits;
+  return splits < 1 ? 1 : splits;
+}
+
+// Decode workspace (float32) for `splits` > 1: partial outputs [rows, splits, D], then the
+// partial (max, sum) pairs [rows, splits, 2].
+GC_HD int64_t decode_workspace_floats(int64_t rows, int64_t splits, int64_t D) {
+  return splits > 1 ? rows * splits * (D + 2) : 0;
 }
 
 GC_HD constexpr int align128(int bytes) { return (bytes + 127) / 128 * 128; }

@@ -8,10 +8,13 @@ torch.compile traces through without a graph break, and the backward reuses it.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+import torch.nn.functional as F
 
 from gptcore import _C
+from gptcore.ops import reference
 from gptcore.ops._views import stream, view
 
 
@@ -28,6 +31,8 @@ def attention_fwd(
     seed, offset = rng.tolist()
     out = torch.empty_like(q)
     lse = _lse_like(q)
+    if q.numel() == 0:  # nothing to compute (and torch gives empty tensors no data pointer)
+        return out, lse
     _C.attention_fwd(
         view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(lse, "lse"),
         scale, causal, dropout_p, seed, offset, stream(q),
@@ -55,6 +60,8 @@ def attention_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), recomputing the probabilities from lse and the same dropout mask."""
     seed, offset = rng.tolist()
+    if q.numel() == 0:  # no query sees a key: zero key gradients (torch gives empty tensors no data pointer)
+        return torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     args = (
         view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"), view(lse, "lse"),
@@ -93,10 +100,15 @@ def attention_decode_op(
 ) -> torch.Tensor:
     """q [B, H, T_new, D] over k_cache, v_cache [B, H, T_max, D] with int32 cache_lens [B]."""
     out = torch.empty_like(q)
-    _C.attention_decode(
+    if q.numel() == 0:
+        return out
+    args = (
         view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"), view(cache_lens, "cache_lens"),
-        view(out, "out"), scale, causal, stream(q),
+        view(out, "out"), scale, causal,
     )  # fmt: skip
+    # Scratch for the partial results of a cache split over the GPU (flash-decoding); 0 bytes on CPU.
+    workspace = torch.empty(_C.attention_decode_workspace_size(*args), dtype=torch.uint8, device=q.device)
+    _C.attention_decode(*args, workspace.data_ptr(), workspace.numel(), stream(q))
     return out
 
 
@@ -127,9 +139,11 @@ def attention(
 
     causal aligns the queries to the last keys (query i sees keys j <= i + T_k - T_q), which is
     F.scaled_dot_product_attention's mask when T_q == T_k; causal needs T_q <= T_k. Head dims
-    32..128 in steps of 8; float32 on CPU, float16 / bfloat16 on CUDA. Non-contiguous inputs
-    are copied to contiguous ones.
+    32..128 in steps of 8; float32 on CPU, float16 / bfloat16 on CUDA (float32 on CUDA runs
+    PyTorch's SDPA, with a notice). Non-contiguous inputs are copied to contiguous ones.
     """
+    if q.is_cuda and q.dtype == torch.float32:
+        return _float32_on_cuda(q, k, v, causal, dropout_p, scale)
     rng = draw_dropout_rng() if dropout_p > 0 else torch.zeros(2, dtype=torch.int64)
     out, _ = attention_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), causal, float(dropout_p), _default_scale(q, scale), rng
@@ -152,9 +166,37 @@ def attention_decode(
     sits at position cache_lens[b] - T_new + t. Equals attention(q, k_cache[b, :, :len],
     v_cache[b, :, :len], causal) for each sequence. No dropout, no gradient.
     """
+    if q.is_cuda and q.dtype == torch.float32:
+        return _decode_float32_on_cuda(q, k_cache, v_cache, cache_lens, causal, scale)
     return attention_decode_op(
         q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), cache_lens, causal, _default_scale(q, scale)
     )
+
+
+# gptcore's CUDA attention kernels run on the tensor cores in float16 / bfloat16. A float32 model on
+# a GPU (a parity check, an fp32 fine-tune) gets PyTorch's SDPA for this one op instead of an error;
+# its dropout draws from torch's CUDA generator, not gptcore's Philox stream.
+_FLOAT32_NOTICE = "gptcore: CUDA attention kernels take float16/bfloat16; float32 attention on CUDA runs PyTorch's SDPA"
+
+
+def _float32_on_cuda(q, k, v, causal: bool, dropout_p: float, scale: float | None) -> torch.Tensor:
+    warnings.warn(_FLOAT32_NOTICE, stacklevel=3)
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    mask = reference.causal_mask(T_q, T_k, q.device) if causal and T_q != T_k else None
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=dropout_p, scale=scale
+    )
+
+
+def _decode_float32_on_cuda(q, k_cache, v_cache, cache_lens, causal: bool, scale: float | None) -> torch.Tensor:
+    """The cache mask built on the device from cache_lens, so a CUDA graph replays it."""
+    warnings.warn(_FLOAT32_NOTICE, stacklevel=3)
+    T_new, T_max = q.shape[-2], k_cache.shape[-2]
+    keys = torch.arange(T_max, device=q.device)
+    last = cache_lens.to(torch.int64).view(-1, 1, 1, 1) - 1  # each row's last cache position
+    if causal:  # new query t sits at position len - T_new + t
+        last = last - (T_new - 1) + torch.arange(T_new, device=q.device).view(1, 1, -1, 1)
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=keys <= last, scale=scale)
 
 
 def dropout_uniforms(rng: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
