@@ -4,23 +4,27 @@
 #   bash bench/gpu/check.sh --quick OUT      sections 1-4 (info, cuda tests, HF parity, training parity)
 #   bash bench/gpu/check.sh --dry-run OUT    here, with the gptcore already installed (a CPU build): every
 #                                            script runs on the CPU at smoke size; CUDA sections say skipped
+#   --only tests,decode   just these sections;  --tests 'PYTEST ARGS'   other tests than every cuda-marked one
+#   --budget SECONDS      the whole run's limit (default 470, --quick 220)
 # Sections, each under its own time limit (and within --budget seconds in all), so that one failure or
 # hang costs only itself: 1 info and device, 2 the cuda-marked tests, 3 GPT-2 logits vs HF (fp32, bf16),
 # 4 50 training steps vs the CPU's losses, 5 op benchmarks vs PyTorch (and the copy / matmul ceilings),
-# 6 GPT-2 124M bf16 training vs torch.compile + SDPA, 7 decode vs HF generate (and GPT-2 1.5B against
+# 6 GPT-2 124M bf16 training vs torch.compile + SDPA (and its kernel profile), 7 decode vs HF generate (and GPT-2 1.5B against
 # the memory-bandwidth bound), 8 compute-sanitizer memcheck and racecheck on every op.
 # OUT receives report.md, report.json (every number with its baseline and ratio, every failure with its
 # log tail) and check.log (every section's whole output); nothing else, since a slot returns few files.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-MODE=full DRY=0 OUT="" BUDGET=""
+MODE=full DRY=0 OUT="" BUDGET="" ONLY="" TESTS="tests/python"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) MODE=quick ;;
     --dry-run) DRY=1 ;;
     --budget) BUDGET=$2; shift ;;
-    -h | --help) sed -n 2,14p "$0"; exit 0 ;;
+    --only) ONLY=",$2,"; shift ;;
+    --tests) TESTS=$2; shift ;;
+    -h | --help) sed -n 2,16p "$0"; exit 0 ;;
     -*) echo "check: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) OUT=$1 ;;
   esac
@@ -44,6 +48,7 @@ log() { echo "$*" | tee -a "$OUT/check.log"; }
 section() {
   local name=$1 limit=$2 kind=$3 rc t0 left
   shift 3
+  [[ -z "$ONLY" || "$ONLY" == *",$name,"* ]] || return 0
   left=$((BUDGET - (SECONDS - START) - 10))
   ((limit > left)) && limit=$left
   if ((limit < 15)); then
@@ -111,7 +116,8 @@ export -f info
 section info 60 any bash -c info
 
 # 2. Every cuda-marked test (all skipped without a GPU).
-section tests 180 gpu "$PY" -m pytest -m cuda tests/python -q -p no:cacheprovider -o addopts="" -rfE \
+# shellcheck disable=SC2086  # TESTS is a list of pytest arguments
+section tests 180 gpu "$PY" -m pytest -m cuda $TESTS -q -p no:cacheprovider -o addopts="" -rfE \
   "${TIMEOUT_OPT[@]}" --junitxml="$WORK/tests.xml"
 
 # 3. GPT-2 logits vs HF transformers, fp32 and bf16.
@@ -145,6 +151,14 @@ if [[ $MODE == full ]]; then
       --steps 1 --rounds 1 --json "$WORK/train_bench.json"
   else
     section train_bench 150 gpu "$PY" bench/bench_train.py --device cuda --json "$WORK/train_bench.json"
+  fi
+
+  # 6b. Where gptcore's step spends its device time, kernel by kernel (what to speed up next).
+  if ((DRY)); then
+    section profile 120 gpu "$PY" bench/gpu/profile_step.py --device cpu --preset tiny --batch 2 --seq-len 64 \
+      --json "$WORK/profile.json"
+  else
+    section profile 60 gpu "$PY" bench/gpu/profile_step.py --json "$WORK/profile.json"
   fi
 
   # 7. Decode: batch 1 and 16 against HF generate (eager attention), then GPT-2 1.5B against the bandwidth bound.

@@ -113,6 +113,15 @@ def details_md(name: str, data) -> list[str]:
         for cand, c in data["candidates"].items():
             lines.append(f"| {cand} | {c['ms_per_step']:.1f} | {c['tokens_per_s']:,.0f} | {100 * c['mfu']:.1f}% |")
         lines.append(f"gptcore / baseline tokens/s: **{data['ratio']:.2f}x**")
+    elif name == "profile":
+        lines += [
+            f"{data['total_ms_per_step']:.2f} ms per step",
+            "",
+            "| kernel | ms/step | share | calls |",
+            "|---|---|---|---|",
+        ]
+        for r in data["rows"]:
+            lines.append(f"| {r['name']} | {r['ms_per_step']:.3f} | {100 * r['share']:.1f}% | {r['calls']} |")
     elif name.startswith("decode"):
         s = data["settings"]
         lines.append(

@@ -92,7 +92,10 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.lens = torch.ones(slots, dtype=torch.int32, device=device)  # decode attention's lengths
+        # Index tensors a captured decode step reads: they must outlive every CUDA graph of it (a
+        # temporary freed after capture would be replayed from reused memory).
         self.rows = torch.arange(slots, device=device)
+        self.heads = torch.arange(c.n_head, device=device)
         self.positions = torch.zeros(slots, 1, dtype=torch.long, device=device)  # decode step's positions
         self.ops = model.ops
 
@@ -112,7 +115,7 @@ class KVCache:
         """attend(layer, q, k, v) for one new token [n, H, 1, D] per slot 0..n-1 at self.positions[:n],
         with self.lens[:n] = positions + 1."""
         slots, H, max_len, D = self.k[0].shape
-        heads = torch.arange(H, device=self.lens.device)
+        heads = self.heads
         lens = self.lens[:n]
         rows = []
 

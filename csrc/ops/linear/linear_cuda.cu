@@ -342,14 +342,24 @@ gc_status fwd(const gc_linear_fwd_params& p, LinearDims d, char* workspace, cuda
     if (fusable) GC_TRY(run_gemm<T>(fused, workspace, stream, &ran));
     if (ran) return GC_OK;
   }
-  // Unfused: the product (+ residual) into pre_act or y, then one epilogue pass over it.
+  // Unfused: the product (+ residual) into pre_act or y, then one epilogue pass over it. The bias
+  // goes into the product when cuBLASLt takes it alone, so x W^T + b is rounded once, as the
+  // fused form (and PyTorch's addmm) rounds it; else the pass adds it to the rounded product.
   T* product = pre ? pre : y;
   Gemm g = plain;
   g.d = product;
-  GC_TRY(run_plain_gemm<T>(g, workspace, stream, "forward"));
-  if (!gelu && !bias) return GC_OK;
-  epilogue_kernel<T><<<grid_for(total), 256, 0, stream>>>(product, bias, nullptr, pre, y, total, static_cast<int>(d.N),
-                                                           gelu);
+  bool bias_done = false;
+  if (gelu && bias && epilogue_aligned(bias)) {
+    Gemm with_bias = g;
+    with_bias.epilogue = CUBLASLT_EPILOGUE_BIAS;
+    with_bias.bias = const_cast<T*>(bias);
+    GC_TRY(run_gemm<T>(with_bias, workspace, stream, &bias_done));
+  }
+  if (!bias_done) GC_TRY(run_plain_gemm<T>(g, workspace, stream, "forward"));
+  const T* pass_bias = bias_done ? nullptr : bias;
+  if (!gelu && !pass_bias) return GC_OK;
+  epilogue_kernel<T><<<grid_for(total), 256, 0, stream>>>(product, pass_bias, nullptr, pre, y, total,
+                                                           static_cast<int>(d.N), gelu);
   return check_launch("linear epilogue_kernel");
 }
 
