@@ -15,12 +15,14 @@
 
 namespace gc {
 
-// exp(x) to about 1 ulp for x in [-87, 88] (Cephes' expf polynomial); NaN propagates,
-// underflow flushes to 2^-126 scale (harmless next to a softmax sum >= 1).
+// exp(x) to about 1 ulp for x in [-87, 88] (Cephes' expf polynomial); NaN propagates, and below
+// -87.3 (where a float32 exp underflows) it is exactly 0, so exp(-inf) = 0: a masked logit (the
+// tied head's -inf padding columns) takes no probability and passes no gradient.
 #pragma omp declare simd notinbranch
 inline float exp_fast(float x) {
+  const bool underflow = x < -87.3365478515625f;
   x = x > 88.f ? 88.f : x;  // keeps 2^n finite
-  x = x < -87.3365478515625f ? -87.3365478515625f : x;
+  x = underflow ? -87.3365478515625f : x;
   const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -34,7 +36,7 @@ inline float exp_fast(float x) {
   const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return underflow ? 0.f : p * scale;
 }
 
 // gelu_tanh and gelu_tanh_grad of common/math.h with exp_fast, so `omp simd` loops vectorize.

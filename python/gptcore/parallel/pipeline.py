@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gptcore.model import GPT, Block, GPTConfig, op_set
+from gptcore.model import GPT, Block, GPTConfig, op_set, tied_logits
 from gptcore.optim.adamw import param_grad
 
 IGNORE_INDEX = -100
@@ -209,9 +209,9 @@ class PipelineStage(nn.Module):
         """Last stage: the logits, or with targets the cross-entropy summed over the target tokens."""
         cfg, t = self.config, self.transformer
         x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
-        logits = self.ops.linear(x, t.wte.weight[: cfg.vocab_size])  # tied head over the real rows
+        logits = tied_logits(self.ops, x, t.wte.weight, cfg.vocab_size)
         if targets is None:
-            return logits
+            return logits[..., : cfg.vocab_size]
         # Per-token losses summed in float32: a token sum can overflow float16.
         return self.ops.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none").float().sum()
 
