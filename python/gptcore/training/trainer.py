@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import gptcore
 from gptcore import convert
 from gptcore.data import (
     BlendedDataset,
@@ -48,13 +49,30 @@ from gptcore.training.schedule import LossScaler, lr_at
 _PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, gptcore_ops: bool = True) -> torch.device:
+    """The training device. A GPU that gptcore's ops cannot use (a build without the CUDA kernels,
+    e.g. no cuBLAS when it was installed) is left for the CPU under "auto", with the build's reason,
+    and refused when named."""
+    cuda_kernels = gptcore._build_info()["cuda"] or not gptcore_ops
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available() and not cuda_kernels:
+            print(
+                f"gptcore: a GPU is visible but this build has no CUDA kernels ({_build_reason()}); training on the CPU"
+            )
+        return torch.device("cuda" if torch.cuda.is_available() and cuda_kernels else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: no CUDA device is visible; use device=cpu")
+    if device.type == "cuda" and not cuda_kernels:
+        raise ConfigError(
+            f"device {name!r}: this gptcore build has no CUDA kernels ({_build_reason()}); use device=cpu,"
+            " or use_gptcore_ops=false for PyTorch's ops"
+        )
     return device
+
+
+def _build_reason() -> str:
+    return gptcore._build_info()["note"] or "built without CUDA"
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:
@@ -192,7 +210,7 @@ class Trainer:
 
     # ---- setup (a ParallelTrainer overrides the device, the placement and the optimizer) --------
     def _device(self) -> torch.device:
-        return resolve_device(self.cfg.device)
+        return resolve_device(self.cfg.device, self.cfg.use_gptcore_ops)
 
     def _main_first(self):
         """Run a block in the main process before the others (file caches): nothing to order here."""
