@@ -9,8 +9,8 @@
 # Sections, each under its own time limit (and within --budget seconds in all), so that one failure or
 # hang costs only itself: 1 info and device, 2 the cuda-marked tests, 3 GPT-2 logits vs HF (fp32, bf16),
 # 4 50 training steps vs the CPU's losses, 5 op benchmarks vs PyTorch (and the copy / matmul ceilings),
-# 6 GPT-2 124M bf16 training vs torch.compile + SDPA (and its kernel profile), 7 decode vs HF generate (and GPT-2 1.5B against
-# the memory-bandwidth bound), 8 compute-sanitizer memcheck and racecheck on every op.
+# 6 GPT-2 124M bf16 training vs torch.compile + SDPA (and its kernel profile), 7 decode vs HF generate
+# (and GPT-2 1.5B against the memory-bandwidth bound), 8 compute-sanitizer memcheck and racecheck on every op.
 # OUT receives report.md, report.json (every number with its baseline and ratio, every failure with its
 # log tail) and check.log (every section's whole output); nothing else, since a slot returns few files.
 set -uo pipefail
@@ -24,13 +24,13 @@ while [[ $# -gt 0 ]]; do
     --budget) BUDGET=$2; shift ;;
     --only) ONLY=",$2,"; shift ;;
     --tests) TESTS=$2; shift ;;
-    -h | --help) sed -n 2,16p "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     -*) echo "check: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) OUT=$1 ;;
   esac
   shift
 done
-[[ -n "$OUT" ]] || { echo "usage: bash bench/gpu/check.sh [--quick] [--dry-run] [--budget SECONDS] OUTDIR" >&2; exit 2; }
+[[ -n "$OUT" ]] || { echo "usage: bash bench/gpu/check.sh [--quick] [--dry-run] [--only S,S] [--tests ARGS] [--budget SECONDS] OUTDIR" >&2; exit 2; }
 [[ -n "$BUDGET" ]] || BUDGET=$([[ $MODE == quick ]] && echo 220 || echo 470)
 mkdir -p "$OUT" && : >"$OUT/check.log"
 OUT=$(cd "$OUT" && pwd)
