@@ -35,6 +35,7 @@ done
 mkdir -p "$OUT" && : >"$OUT/check.log"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
 START=$SECONDS
@@ -96,22 +97,23 @@ fi
 TIMEOUT_OPT=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && TIMEOUT_OPT=(--timeout 90)
 
-# 1. What was built, and the device.
-info() {
-  "$PY" -m gptcore info || return 1
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
-    --format=csv
-  "$PY" - <<'EOF'
+# 1. What was built, and the device (device.json also heads the report when --only leaves out section 1).
+"$PY" - >"$WORK/device.json" 2>>"$OUT/check.log" <<'EOF'
 import json, torch, gptcore
 info = {"torch": torch.__version__, "cuda": torch.version.cuda, "build": gptcore._build_info()}
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     info["device"] = {"name": p.name, "sm": f"{p.major}.{p.minor}", "multiprocessors": p.multi_processor_count,
                       "memory_gib": round(p.total_memory / 2**30, 1)}
-print("INFO " + json.dumps(info))
+print(json.dumps(info))
 EOF
+info() {
+  "$PY" -m gptcore info || return 1
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+    --format=csv
+  echo "INFO $(cat "$WORK/device.json")"
 }
-export PY
+export PY WORK
 export -f info
 section info 60 any bash -c info
 

@@ -180,7 +180,7 @@ def main() -> None:
             entry["log_tail"] = "\n".join(log.splitlines()[-TAIL_LINES:])
         sections.append(entry)
 
-    info = next((s["data"] for s in sections if s["name"] == "info"), None) or {}
+    info = load_json(work / "device.json") or {}
     device = (info.get("device") or {}).get("name", "no CUDA device")
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     ok = all(s["status"].startswith(("pass", "skipped")) for s in sections)
