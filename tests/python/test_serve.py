@@ -301,9 +301,11 @@ def test_internal_error_is_500_and_the_server_keeps_serving(server, monkeypatch)
         raise RuntimeError("boom")
 
     monkeypatch.setattr(server.engine, "step", broken_step)
-    status, _, err = request(server, body={"prompt": "hi", "max_tokens": 5})
+    # ignore_eos: a sampled end-of-document token at the prefill would finish the request before
+    # any step (seen once in CI: a 200 with the failing step run on 0 requests).
+    status, _, err = request(server, body={"prompt": "hi", "max_tokens": 5, "ignore_eos": True})
     assert status == 500 and err["error"]["type"] == "server_error"
-    events = stream(server, prompt="hi", max_tokens=5)
+    events = stream(server, prompt="hi", max_tokens=5, ignore_eos=True)
     assert events[-1]["error"]["code"] == "internal_error"
     monkeypatch.undo()
     health = server.health()
