@@ -54,6 +54,11 @@ def fmt(x, spec: str = ".3g") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def table_head(*columns: str) -> list[str]:
+    """A markdown table's header and separator rows."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def details_md(name: str, data) -> list[str]:
     """A few markdown lines with the section's numbers."""
     if not data:
@@ -66,10 +71,7 @@ def details_md(name: str, data) -> list[str]:
         lines.append(f"{c['passed']} passed, {c['failures']} failed, {c['errors']} errors, {c['skipped']} skipped")
         lines += [f"- FAILED `{f['test']}`: {f['message']}" for f in data["failed"][:40]]
     elif name == "hf_parity":
-        lines += [
-            "| dtype | gptcore rel err | HF rel err (same dtype) | bound | argmax agreement | ok |",
-            "|---|---|---|---|---|---|",
-        ]
+        lines += table_head("dtype", "gptcore rel err", "HF rel err (same dtype)", "bound", "argmax agreement", "ok")
         for r in data["results"]:
             if "error" in r:
                 lines.append(f"| {r['dtype']} | error: {r['error'].splitlines()[0][:200]} | | | | False |")
@@ -83,17 +85,14 @@ def details_md(name: str, data) -> list[str]:
             f"reference (CPU fp32): loss {data['reference_first']:.4f} -> {data['reference_last']:.4f}"
             f" in {data['steps']} steps"
         )
-        lines += ["", "| run | mean abs dev | max rel dev | final rel dev | bound | ok |", "|---|---|---|---|---|---|"]
+        lines += ["", *table_head("run", "mean abs dev", "max rel dev", "final rel dev", "bound", "ok")]
         for run, r in data["runs"].items():
             lines.append(
                 f"| {run} | {r['mean_abs_dev']:.2e} | {r['max_rel_dev']:.2e} | {r['final_rel_dev']:.2e}"
                 f" | {r['bound']} | {r['ok']} |"
             )
     elif name == "ops":
-        lines += [
-            "| op | shape | gptcore ms | rate | baseline | baseline ms | speedup |",
-            "|---|---|---|---|---|---|---|",
-        ]
+        lines += table_head("op", "shape", "gptcore ms", "rate", "baseline", "baseline ms", "speedup")
         for r in data["rows"]:
             if "error" in r:
                 lines.append(f"| {r['op']} | {r['shape']} | | | {r['baseline']} | unavailable | |")
@@ -109,7 +108,7 @@ def details_md(name: str, data) -> list[str]:
             f"{data['preset']}, B {data['batch']} x T {data['seq_len']}, {data['dtype']}; baseline {data['baseline']};"
             f" validation: {data['validation']}"
         )
-        lines += ["", "| candidate | ms/step | tokens/s | MFU |", "|---|---|---|---|"]
+        lines += ["", *table_head("candidate", "ms/step", "tokens/s", "MFU")]
         for cand, c in data["candidates"].items():
             lines.append(f"| {cand} | {c['ms_per_step']:.1f} | {c['tokens_per_s']:,.0f} | {100 * c['mfu']:.1f}% |")
         lines.append(f"gptcore / baseline tokens/s: **{data['ratio']:.2f}x**")
@@ -117,8 +116,7 @@ def details_md(name: str, data) -> list[str]:
         lines += [
             f"{data['total_ms_per_step']:.2f} ms per step",
             "",
-            "| kernel | ms/step | share | calls |",
-            "|---|---|---|---|",
+            *table_head("kernel", "ms/step", "share", "calls"),
         ]
         for r in data["rows"]:
             lines.append(f"| {r['name']} | {r['ms_per_step']:.3f} | {100 * r['share']:.1f}% | {r['calls']} |")
@@ -194,8 +192,7 @@ def main() -> None:
         "",
         f"{date}; device: {device}; torch {info.get('torch')} (CUDA {info.get('cuda')}); {args.elapsed} s in all",
         "",
-        "| section | status | seconds | limit |",
-        "|---|---|---|---|",
+        *table_head("section", "status", "seconds", "limit"),
     ]
     md += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['limit']} |" for s in sections]
     for s in sections:
