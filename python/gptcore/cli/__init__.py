@@ -1,0 +1,45 @@
+"""The `gptcore` console script: a table of commands, a module each (`add_parser(commands)` adds its
+parser, whose `run(args)` default runs it), and one error boundary.
+
+`info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export|reshard|merge-lora`, `train`,
+`finetune [sft]|cls`, `generate`, `eval [ppl]|cls`, `serve`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+import gptcore
+from gptcore.cli.arguments import UsageError
+
+NAMES = ("info", "tokenizer", "preprocess", "convert", "train", "finetune", "generate", "eval", "serve")
+COMMANDS = {name: import_module(f"gptcore.cli.{name}") for name in NAMES}  # command -> its module
+
+# What a command raises for bad input, a missing or unreadable file, or a refused model or device:
+# one line on stderr and exit code 2. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, OSError, gptcore.Error)  # training's ConfigError is a ValueError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gptcore", description="GPT-2 / GPT-3 training on a fused C++/CUDA core")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS.values():
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module = COMMANDS.get(argv[0]) if argv else None
+    if hasattr(module, "DEFAULT_TASK") and not set(argv[1:2]) & {*module.TASKS, "-h", "--help"}:
+        argv.insert(1, module.DEFAULT_TASK)  # `gptcore eval --checkpoint ...` is `gptcore eval ppl ...`
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except UsageError as e:
+        parser.error(str(e))
+    except EXPECTED_ERRORS as e:
+        print(f"gptcore {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,98 @@
+"""`gptcore convert hf-import|hf-export|merge-lora|reshard`: models to and from Hugging Face GPT-2,
+LoRA adapters merged in, training checkpoints resharded."""
+
+from __future__ import annotations
+
+from gptcore import convert
+from gptcore.finetune.lora import apply_adapters
+from gptcore.parallel.checkpoint import read_layout, reshard_checkpoint
+
+
+def add_parser(commands) -> None:
+    conv = commands.add_parser(
+        "convert", help="convert models: Hugging Face GPT-2 import/export, checkpoint resharding"
+    ).add_subparsers(dest="convert_command", required=True)
+    imp = conv.add_parser(
+        "hf-import",
+        help="a HF GPT-2 directory (config.json + model.safetensors) -> a gptcore model file",
+        description="Read a Hugging Face GPT-2 directory and write a gptcore model file: one safetensors file"
+        " with the GPTConfig as JSON in its metadata (gptcore.convert.load reads it).",
+    )
+    imp.add_argument("--hf-dir", required=True, help="directory with config.json and model.safetensors")
+    imp.add_argument("--out", required=True, help="the gptcore model file to write")
+    imp.set_defaults(run=run_hf_import)
+    exp = conv.add_parser(
+        "hf-export",
+        help="a gptcore model or checkpoint -> a HF GPT-2 directory (config.json + model.safetensors)",
+        description="Write a model as a directory GPT2LMHeadModel.from_pretrained loads: a gptcore model file,"
+        " a training checkpoint folder step_N/ (sharded ones merged) or a save folder (its newest checkpoint).",
+    )
+    exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder or save folder")
+    exp.add_argument("--lora", metavar="PATH", help="LoRA adapters (file, or a LoRA run's folder) merged in first")
+    exp.add_argument("--out", required=True, help="the directory to write")
+    exp.set_defaults(run=run_hf_export)
+    mrg = conv.add_parser(
+        "merge-lora",
+        help="a base model + LoRA adapters -> one gptcore model file with the adapters merged",
+        description="Merge LoRA adapters (an adapter file, or a LoRA run's save or step folder) into the weights"
+        " of their base model (any model --checkpoint names) and write a plain gptcore model file.",
+    )
+    mrg.add_argument("--checkpoint", required=True, help="the base model: model file, checkpoint or HF folder")
+    mrg.add_argument("--lora", required=True, help="adapter file, or a LoRA run's save or step folder")
+    mrg.add_argument("--out", required=True, help="the gptcore model file to write")
+    mrg.set_defaults(run=run_merge_lora)
+    res = conv.add_parser(
+        "reshard",
+        help="a training checkpoint's weights -> another tensor x pipeline parallel layout",
+        description="Write the weights of a training checkpoint (a step_N/ folder, or a save folder: its newest"
+        " checkpoint) split for --tensor-parallel x --pipeline-parallel ranks (1 x 1: one model.safetensors) as"
+        " OUT/step_N, with layout.json, trainer.pt without optimizer and RNG state, config.yaml and tokenizer/."
+        " Per-rank optimizer state is not carried over.",
+    )
+    res.add_argument("--checkpoint", required=True, help="step_N/ folder or save folder")
+    res.add_argument("--tensor-parallel", type=int, default=1, metavar="T", help="tensor-parallel size (default 1)")
+    res.add_argument("--pipeline-parallel", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
+    res.add_argument("--out", required=True, help="the save folder to write OUT/step_N into")
+    res.set_defaults(run=run_reshard)
+
+
+def run_hf_import(args) -> None:
+    model = convert.from_hf(args.hf_dir, use_gptcore_ops=False)
+    convert.save(model, args.out)
+    _written(args.out, model)
+
+
+def run_hf_export(args) -> None:
+    model = _merged_model(args)
+    convert.to_hf(model, args.out)
+    _written(args.out, model)
+
+
+def run_merge_lora(args) -> None:
+    model = _merged_model(args)
+    convert.save(model, args.out)
+    _written(args.out, model)
+
+
+def run_reshard(args) -> None:
+    folder = reshard_checkpoint(args.checkpoint, args.out, args.tensor_parallel, args.pipeline_parallel)
+    files = sorted(p.name for p in folder.glob("model*.safetensors"))
+    layout = read_layout(folder)
+    print(
+        f"{folder}: tp={layout['tensor_parallel']} x pp={layout['pipeline_parallel']},"
+        f" {len(files)} model file{'s' if len(files) != 1 else ''} ({files[0]}"
+        f"{f' ... {files[-1]}' if len(files) > 1 else ''})"
+    )
+
+
+def _merged_model(args):
+    """The full-precision model --checkpoint names, with --lora's adapters merged in when given."""
+    model = convert.load_any(args.checkpoint, use_gptcore_ops=False)
+    if args.lora:
+        apply_adapters(model, args.lora, merge=True)
+    return model
+
+
+def _written(out, model) -> None:
+    c = model.config
+    print(f"{out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}")

@@ -1,0 +1,115 @@
+"""`gptcore eval [ppl]|cls`: a model's perplexity on text or an indexed dataset, or a classifier's accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gptcore import evaluate
+from gptcore.cli import source
+from gptcore.cli.arguments import add_classification_keys
+from gptcore.finetune import classify
+
+TASKS, DEFAULT_TASK = ("ppl", "cls"), "ppl"
+
+
+def add_parser(commands) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="evaluate a model: perplexity on a text file or an indexed dataset (task `ppl`, the default),"
+        " or a classifier's accuracy (`cls`)",
+        description="Evaluate a model. Tasks: ppl (the default: `gptcore eval --checkpoint ...` is"
+        " `gptcore eval ppl --checkpoint ...`) and cls.",
+    )
+    tasks = ev.add_subparsers(dest="eval_task", required=True)
+    ppl = tasks.add_parser(
+        "ppl",
+        help="sliding-window perplexity, bits per byte and word perplexity",
+        description="Perplexity of a model on a UTF-8 text file (tokenized as one stream) or an indexed dataset"
+        " (documents concatenated), with a sliding window: windows of --window tokens every --stride tokens,"
+        " each scoring only the tokens the previous window did not, so every token is scored once with at"
+        " least window - stride tokens of context. Reports token perplexity, bits per byte and word"
+        " perplexity (words: whitespace-separated, as in WikiText); prints a summary and writes JSON.",
+    )
+    source.add_model_source(ppl)
+    src = ppl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="FILE", help="a UTF-8 text file")
+    src.add_argument("--data-prefix", metavar="PREFIX", help="an indexed dataset PREFIX.bin/.idx")
+    ppl.add_argument("--window", type=int, help="tokens a forward sees (default: the model's n_positions)")
+    ppl.add_argument("--stride", type=int, help="tokens between window starts (default: window // 2)")
+    ppl.add_argument("--batch-size", type=int, default=4, help="windows a forward (default 4)")
+    ppl.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
+    ppl.add_argument(
+        "--prepend-eod",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the end-of-document token in front so the first token is scored (default: when the"
+        " tokenizer has one)",
+    )
+    ppl.add_argument("--output", metavar="JSON", help="write the results here as JSON")
+    ppl.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
+    ppl.set_defaults(run=run_ppl)
+    cls = tasks.add_parser(
+        "cls",
+        help="accuracy of a classifier from `gptcore finetune cls` on .tsv/.jsonl text + label data",
+        description="Accuracy and mean cross-entropy of a classifier folder (`gptcore finetune cls --save`)"
+        " on a .tsv or .jsonl file of texts and labels (the formats finetune cls reads; labels must be the"
+        " classifier's). Texts are cut to the length the classifier was trained with.",
+    )
+    source.add_model_source(cls, checkpoint_help="the classifier folder", tokenizer=False)
+    cls.add_argument("--data", required=True, metavar="FILE", help=".tsv or .jsonl data")
+    add_classification_keys(cls)
+    cls.add_argument("--batch-size", type=int, default=32, help="texts a forward (default 32)")
+    cls.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    cls.set_defaults(run=run_cls)
+
+
+def run_ppl(args) -> None:
+    if args.text is not None and not Path(args.text).is_file():
+        raise FileNotFoundError(f"{args.text}: no such text file")
+    prefix = evaluate.dataset_prefix(args.data_prefix) if args.data_prefix is not None else None
+    model, tokenizer = source.load(args, need_tokenizer=prefix is None)
+    kwargs = dict(
+        window=args.window,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        prepend_eod=args.prepend_eod,
+        max_tokens=args.max_tokens,
+        progress=args.progress or sys.stderr.isatty(),
+    )
+    if prefix is None:
+        result = evaluate.evaluate_file(model, tokenizer, args.text, **kwargs)
+    else:
+        result = evaluate.evaluate_indexed(model, prefix, tokenizer, **kwargs)
+    param = next(model.parameters())
+    result |= dict(
+        task="ppl",
+        model=str(args.checkpoint),
+        tokenizer=tokenizer.name if tokenizer is not None else None,
+        device=str(param.device),
+        dtype=str(param.dtype).removeprefix("torch."),
+    )
+    print(f"model {args.checkpoint} ({result['dtype']} on {result['device']})")
+    print(evaluate.format_summary(result))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results: {out}")
+
+
+def run_cls(args) -> None:
+    data = classify.load_classification_data(args.data, args.text_key, args.label_key)
+    classifier, tokenizer = classify.load_classifier(args.checkpoint, args.device, args.dtype)
+    if tokenizer is None:
+        raise ValueError(f"{args.checkpoint}: the classifier folder has no tokenizer/")
+    labels = classifier.label_ids(data)
+    result = classify.evaluate_classifier(classifier, data.texts, labels, tokenizer, args.batch_size)
+    result = dict(task="cls", model=str(args.checkpoint), data=str(args.data)) | result
+    if args.json:
+        print(json.dumps(result))
+    else:
+        correct = round(result["accuracy"] * result["n"])
+        print(f"{args.data}: accuracy {result['accuracy']:.4f} ({correct}/{result['n']}), loss {result['loss']:.4f}")

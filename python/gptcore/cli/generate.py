@@ -1,0 +1,96 @@
+"""`gptcore generate`: text from a model, streamed for one prompt, batched for several, or read
+interactively from stdin."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from gptcore.cli import source
+from gptcore.generate import Generator
+
+
+def add_parser(commands) -> None:
+    gen = commands.add_parser(
+        "generate",
+        help="generate text from a checkpoint (KV cache; greedy, temperature, top-k, top-p)",
+        description="Generate text from a model: a training checkpoint or save folder, a gptcore model file, or"
+        " an HF GPT-2 folder. One --prompt streams its continuation as it is produced; several prompts"
+        " (repeated --prompt, or --prompt-file with one prompt a line) are generated as one batch;"
+        " --interactive reads prompts from stdin until an empty line or end of input.",
+    )
+    source.add_model_source(gen, lora=True)
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
+    src.add_argument("--prompt-file", help="a UTF-8 file with one prompt a line (blank lines skipped)")
+    src.add_argument("--interactive", action="store_true", help="read prompts from stdin, one a line")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default 1.0)")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1: off)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    gen.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-document token")
+    gen.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    gen.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
+    gen.add_argument("--json", action="store_true", help="print one JSON object a prompt instead of text")
+    gen.set_defaults(run=run)
+
+
+def run(args) -> int:
+    prompts = _read_prompts(args.prompt_file) if args.prompt_file else args.prompt or []
+    model, tokenizer = source.load(args, need_tokenizer=True)
+    generator = Generator(model, tokenizer, max_batch=args.max_batch)
+    kwargs = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop),
+        seed=args.seed,
+    )
+    if args.ignore_eos:
+        kwargs["stop_ids"] = ()
+    generator.params(**kwargs)  # bad values stop here, before any prompt is read
+    if any(not p for p in prompts):
+        raise ValueError("empty prompt: give some text")
+
+    def stream(prompt: str) -> None:
+        print(prompt, end="", flush=True)
+        reason = None
+        for chunk in generator.stream(prompt, **kwargs):
+            print(chunk.text, end="", flush=True)
+            reason = chunk.finish_reason or reason
+        print(f"\n[{reason}]" if sys.stdout.isatty() else "", flush=True)
+
+    if args.interactive:
+        while True:
+            if sys.stdin.isatty():
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line.strip():
+                return 0
+            try:
+                stream(line.rstrip("\n"))
+            except ValueError as e:  # a prompt too long for the model: say so and take the next one
+                print(f"error: {e}", file=sys.stderr)
+    if len(prompts) == 1 and not args.json:
+        stream(prompts[0])
+        return 0
+    for prompt, result in zip(prompts, generator.generate(prompts, **kwargs)):
+        if args.json:
+            record = dict(prompt=prompt, text=result.text, tokens=result.tokens, finish_reason=result.finish_reason)
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(prompt + result.text)
+            print("-" * 40)
+    return 0
+
+
+def _read_prompts(path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path}: no prompts (the file has no non-blank line)")
+    return prompts

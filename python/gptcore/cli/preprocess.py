@@ -1,0 +1,108 @@
+"""`gptcore preprocess`: text/jsonl tokenized into Megatron .bin/.idx datasets (or SFT data with a loss mask)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gptcore.cli.arguments import UsageError
+from gptcore.data import default_dataset, preprocess, preprocess_sft
+
+
+def add_parser(commands) -> None:
+    pre = commands.add_parser(
+        "preprocess",
+        help="tokenize text/jsonl into Megatron .bin/.idx datasets",
+        description="Tokenize files, directories and globs into PREFIX_<key>_document.bin/.idx, one dataset"
+        " per json key (uint16 tokens below a vocabulary of 65500, else int32). .jsonl/.json files hold one"
+        " JSON object a line; other files are plain text, a document a line or a file (--text-mode)."
+        " Without --input and --tokenizer, tokenizes the built-in default corpus (the Python standard"
+        " library's sources, with a tokenizer trained on them) into the cache and prints where it went.",
+    )
+    pre.add_argument("--input", nargs="+", metavar="PATH", help="files, directories or glob patterns")
+    pre.add_argument("--output-prefix", help="writes PREFIX_<key>_document.bin/.idx")
+    pre.add_argument(
+        "--tokenizer", nargs="+", metavar="PATH", help="a .model, tokenizer.json, a directory, or vocab.json merges.txt"
+    )
+    pre.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="jsonl keys, a dataset each")
+    pre.add_argument(
+        "--text-mode", choices=("line", "file"), default="line", help="plain text: a document per line or per file"
+    )
+    pre.add_argument(
+        "--append-eod",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end every document with the eod token (default: off, on with --sft: the model learns to stop)",
+    )
+    pre.add_argument(
+        "--sft",
+        action="store_true",
+        help="finetuning data: jsonl records with a src and, for input-output training, a tgt; writes"
+        " PREFIX.bin/.idx (one example a document) and PREFIX_loss_mask.bin/.idx (1 on the target tokens:"
+        " the tgt tokens and the eod, or every token of a record without tgt), for `gptcore finetune`",
+    )
+    pre.add_argument("--src-key", default="src", help="--sft: the input field (default src)")
+    pre.add_argument("--tgt-key", default="tgt", help="--sft: the target field (default tgt; optional per record)")
+    pre.add_argument("--workers", type=int, default=1, help="tokenizing processes")
+    pre.add_argument("--partitions", type=int, default=1, help="temporary datasets written in turn, then merged")
+    pre.add_argument(
+        "--errors",
+        choices=("strict", "replace", "skip"),
+        default="strict",
+        help="lines that are not UTF-8 or not a JSON object with the keys: stop (naming file:line),"
+        " replace bad bytes with U+FFFD, or skip them; replace and skip report counts",
+    )
+    pre.add_argument("--vocab-size", type=int, default=8192, help="default corpus only: the tokenizer's vocabulary")
+    pre.set_defaults(run=run)
+
+
+def run(args) -> None:
+    progress = sys.stderr.isatty()
+    if args.input is None and args.tokenizer is None:
+        dataset, model = default_dataset(args.vocab_size, workers=args.workers, progress=progress)
+        print(f"default corpus: {dataset}.bin/.idx (tokenizer {model})")
+        return
+    if args.input is None or args.tokenizer is None or args.output_prefix is None:
+        raise UsageError(
+            "preprocess needs --input, --tokenizer and --output-prefix (or none of them: the default corpus)"
+        )
+    tokenizer = args.tokenizer[0] if len(args.tokenizer) == 1 else args.tokenizer
+    if args.sft:
+        if args.json_keys != ["text"] or args.text_mode != "line":
+            raise UsageError("--sft reads --src-key and --tgt-key from jsonl; --json-keys and --text-mode do not apply")
+        stats = preprocess_sft(
+            args.input,
+            args.output_prefix,
+            tokenizer,
+            src_key=args.src_key,
+            tgt_key=args.tgt_key,
+            append_eod=args.append_eod is not False,
+            workers=args.workers,
+            partitions=args.partitions,
+            errors=args.errors,
+            progress=progress,
+        )
+        print(
+            f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['target_tokens']} targets) in"
+            f" {stats['seconds']:.1f} s; replaced {stats['replaced']}, skipped {stats['skipped']}"
+        )
+    else:
+        stats = preprocess(
+            args.input,
+            args.output_prefix,
+            tokenizer,
+            json_keys=args.json_keys,
+            text_mode=args.text_mode,
+            append_eod=bool(args.append_eod),
+            workers=args.workers,
+            partitions=args.partitions,
+            errors=args.errors,
+            progress=progress,
+        )
+        mb = stats["bytes"] / 1e6
+        print(
+            f"{stats['documents']} documents, {stats['tokens']} tokens from {mb:.1f} MB in {stats['seconds']:.1f} s"
+            f" ({mb / max(stats['seconds'], 1e-9):.1f} MB/s); replaced {stats['replaced']}, skipped {stats['skipped']}"
+        )
+    for prefix in stats["outputs"].values():
+        print(f"  {prefix}.bin/.idx")
