@@ -26,8 +26,8 @@ def hf_gpt2():
     )  # fmt: skip
     hf = transformers.GPT2LMHeadModel(config)
     with torch.no_grad():  # larger than HF's init, biases and LN included, so every term shows
-        for p in hf.parameters():
-            p.copy_(torch.randn_like(p) * 0.1)
+        for name, p in hf.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")))
     return hf
 
 
