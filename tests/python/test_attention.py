@@ -214,8 +214,14 @@ def test_torch_compile_forward_and_backward():
 def test_torch_compile_with_dropout():
     ins = make_qkv(1, 2, 24, 24, 32)
     compiled = torch.compile(lambda q, k, v: attention(q, k, v, dropout_p=0.1), backend="aot_eager", fullgraph=True)
+    torch.manual_seed(3)
     out = compiled(*ins)
-    assert out.shape == ins[0].shape and torch.isfinite(torch.autograd.grad(out.sum(), ins)[0]).all()
+    torch.manual_seed(3)  # the same draw: the same mask as the eager op's
+    want = attention(*ins, dropout_p=0.1)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert not torch.equal(want, attention(*ins))  # the mask dropped something
+    for g, w in zip(torch.autograd.grad(out.square().sum(), ins), torch.autograd.grad(want.square().sum(), ins)):
+        torch.testing.assert_close(g, w)
 
 
 # Bad input: a clear error naming the argument.

@@ -70,9 +70,12 @@ def test_single_collectives_leave_the_one_rank_s_values(single, dtype):
 
 
 def test_single_empty_tensors(single):
-    x = torch.empty(0, 4)
-    single.all_reduce(x)
-    single.all_gather(torch.empty(0, 4), x)
+    """Empty views at the start of filled buffers: the collectives return them and write nothing."""
+    buffer, out_buffer = torch.arange(8.0), torch.full((8,), -1.0)
+    x, out = buffer[:0].view(0, 4), out_buffer[:0].view(0, 4)
+    assert single.all_reduce(x) is x and x.shape == (0, 4)
+    assert single.all_gather(out, x) is out and out.shape == (0, 4)
+    assert torch.equal(buffer, torch.arange(8.0)) and torch.equal(out_buffer, torch.full((8,), -1.0))
 
 
 def test_single_send_recv_to_itself_in_a_group(single):

@@ -184,6 +184,7 @@ def test_bad_input_reaching_the_custom_op():
     assert issubclass(gptcore.Error, RuntimeError)
 
 
+@pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rows,V", [(7, 63), (1025, 768), (3, 50257), (5, 50304)])
@@ -204,6 +205,7 @@ def test_cuda_matches_float64_reference(dtype, rows, V, target_dtype):
     assert (got_grad.double() - want_grad).abs().max().item() <= grad_tol
 
 
+@pytest.mark.cuda
 @cuda
 def test_cuda_out_of_range_target_gives_nan():
     logits, target = make_batch((4,), 16, device="cuda")
@@ -247,6 +249,7 @@ def _float64_cross_entropy(logits, target, dloss):
     return lse, torch.where(live, lse - tl, 0.0), tl, grad
 
 
+@pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["aligned", "logits_off_by_one", "both_off_by_one", "in_place"])
@@ -277,6 +280,7 @@ def test_cuda_c_api_vocab_50257_on_poisoned_outputs(rows, layout, dtype):
     assert err <= GRAD_REL_TOL[dtype], err
 
 
+@pytest.mark.cuda
 @cuda
 def test_cuda_more_than_2_pow_31_logits():
     """42800 x 50257 bf16 logits (2.15e9 elements, past int32 indexing): the rows past element 2^31

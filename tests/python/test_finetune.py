@@ -177,7 +177,7 @@ def _lora_save(rank, world, cfg):
 
 
 def test_lora_tensor_parallel_adapters_join_for_generation(task, tmp_path):
-    from gptcore.finetune.lora import load_adapters
+    from gptcore.finetune.lora import apply_lora, load_adapters, load_lora_state_dict
 
     cfg = _cfg(task, train_steps=1, weight_decay=0.0, **LORA)
     _quiet(cfg | {"save": str(tmp_path / "one")}).train()
@@ -195,7 +195,14 @@ def test_lora_tensor_parallel_adapters_join_for_generation(task, tmp_path):
         close = torch.isclose(joined[name], value, rtol=1e-4, atol=1e-7).float().mean()
         assert close > 0.98, name
     model, _ = convert.load_for_inference(task[2], task[1], device="cpu", lora=str(tmp_path / "tp2"))
-    assert model(torch.tensor([[1, 2, 3]]))[0].isfinite().all()
+    unmerged = convert.load(task[2], dropout=0.0, attn_dropout=0.0)
+    apply_lora(unmerged, config)
+    load_lora_state_dict(unmerged, joined)
+    idx = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = unmerged.eval()(idx)[0]
+        torch.testing.assert_close(model(idx)[0], want, rtol=0, atol=1e-5 * want.abs().max().item())
+        assert not torch.allclose(convert.load(task[2]).eval()(idx)[0], want, rtol=0, atol=1e-3)  # adapters matter
 
 
 def test_merge_lora_into_a_model_file_and_hf(task, tmp_path):

@@ -4,7 +4,6 @@ and the `gptcore generate` command."""
 
 import io
 import json
-import math
 
 import pytest
 import torch
@@ -13,8 +12,6 @@ from gptcore import cli, convert
 from gptcore.data import train_sentencepiece
 from gptcore.generate import Engine, Generator, KVCache, Request, SamplingParams, sample_logits
 from gptcore.model import GPT, GPTConfig
-
-transformers = pytest.importorskip("transformers")
 
 VOCAB = 1000
 
@@ -31,6 +28,7 @@ def _hf_greedy(hf, prompt, max_new_tokens, **kwargs):
 
 
 def _hf_model(seed=0, n_positions=64):
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=n_positions, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
@@ -159,6 +157,7 @@ def test_top_k_sampling_stays_in_top_k_with_renormalized_frequencies():
 
 
 def test_top_p_sampling_keeps_the_smallest_set_reaching_p():
+    transformers = pytest.importorskip("transformers")
     n = 6000
     probs = torch.softmax(LOGITS.double(), -1)  # cumulative 0.405, 0.650, 0.799, 0.889, ...
     for top_p, kept in ((0.6, 2), (0.7, 3), (0.85, 4), (0.3, 1)):
@@ -173,6 +172,7 @@ def test_top_p_sampling_keeps_the_smallest_set_reaching_p():
 
 
 def test_repetition_penalty_matches_transformers():
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     logits = torch.randn(3, 50)
     seen_ids = [[1, 2, 3, 40], [0], [7, 7, 9]]
@@ -387,8 +387,10 @@ def test_sample_helper_keeps_the_training_mode(hf):
 
     model = convert.from_hf(hf).train()
     ids = sample(model, [1, 2, 3], 5, temperature=0)
-    assert model.training and len(ids) == 5
-    assert math.isfinite(float(model(torch.tensor([[1, 2, 3] + ids]))[0].detach().sum()))
+    assert model.training and ids == _hf_greedy(hf, [1, 2, 3], 5)
+    idx = torch.tensor([[1, 2, 3] + ids])
+    with torch.no_grad():  # the weights are untouched: the logits are still transformers'
+        torch.testing.assert_close(model.eval()(idx)[0], hf(idx).logits, rtol=0, atol=1e-4)
 
 
 class ByteTokenizer:

@@ -7,12 +7,11 @@ import torch
 from gptcore import cli, convert
 from gptcore.model import GPT, PRESETS, GPTConfig
 
-transformers = pytest.importorskip("transformers")
-
 VOCAB = 1000  # not a multiple of 128: the embedding is padded to 1024
 
 
 def _hf_model(seed=0):
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
@@ -96,6 +95,7 @@ def test_init():
 
 
 def test_to_hf_round_trip(tmp_path):
+    transformers = pytest.importorskip("transformers")
     hf = _hf_model()
     model = convert.from_hf(hf).eval()
     convert.to_hf(model, tmp_path / "hf")
@@ -108,6 +108,7 @@ def test_to_hf_round_trip(tmp_path):
 
 
 def test_cli_import_export(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
     hf = _hf_model()
     hf.save_pretrained(tmp_path / "hf")
     ckpt = tmp_path / "model.safetensors"

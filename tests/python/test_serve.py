@@ -271,26 +271,34 @@ def test_queue_full_gets_503(model, tokenizer):
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["stream", "non-stream"])
 def test_client_disconnect_frees_the_slot(server, monkeypatch, streaming):
+    """Counted in decode steps, not seconds: the engine's steps wait for the client to close, then
+    for the server to notice, so the request must be gone within a step or two of its 60."""
     step = server.engine.step
+    closed, steps = threading.Event(), []
+    cancelled = server.counts["cancelled"]
 
-    def slow_step():
-        time.sleep(0.05)
+    def gated_step():
+        assert closed.wait(30)
+        wait_for(lambda: server.counts["cancelled"] == cancelled + 1, timeout=30)
+        steps.append(1)
         step()
 
-    monkeypatch.setattr(server.engine, "step", slow_step)
-    cancelled = server.counts["cancelled"]
+    monkeypatch.setattr(server.engine, "step", gated_step)
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
     body = {"prompt": [5, 6, 7], "max_tokens": 60, "temperature": 0, "return_token_ids": True, "stream": streaming}
+    body["ignore_eos"] = True  # an end-of-document token must not finish it first
     conn.request("POST", "/v1/completions", body=json.dumps(body).encode())
     if streaming:
         resp = conn.getresponse()
         assert resp.readline().startswith(b"data: ")  # generating: an event a token
         resp.close()
     wait_for(lambda: server.health()["active"] == 1)
+    (running,) = server.engine.active
     conn.close()
-    t0 = time.monotonic()
+    closed.set()
     wait_for(lambda: server.health()["active"] == 0)
-    assert time.monotonic() - t0 < 2.0  # well before its 60 tokens at 50 ms a step
+    assert running.result.finish_reason == "cancelled"
+    assert len(steps) <= 2 and len(running.tokens) <= 3  # of its 60 tokens
     assert server.counts["cancelled"] == cancelled + 1
     monkeypatch.setattr(server.engine, "step", step)
     assert complete(server, prompt="ok", max_tokens=2)["choices"][0]["finish_reason"] in ("stop", "length")
@@ -337,3 +345,40 @@ def test_cli_serve(tmp_path, model, tokenizer_file, capsys):
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "stopped" in out and "Traceback" not in err
+
+
+def test_top_k_zero_and_minus_one_are_off(server, generator, tokenizer):
+    """top_k 0 and -1 (vLLM's "off") sample as if every token were kept (top_k = vocabulary size)."""
+    sampled = dict(prompt=PROMPTS[1], max_tokens=16, temperature=1.5, seed=5, return_token_ids=True)
+    want = expected(generator, PROMPTS[1], 16, temperature=1.5, seed=5, top_k=tokenizer.vocab_size)
+    for top_k in (0, -1, None):
+        body = sampled if top_k is None else dict(sampled, top_k=top_k)
+        assert complete(server, **body)["choices"][0]["token_ids"] == want.tokens, top_k
+    greedy = expected(generator, PROMPTS[1], 16, temperature=0)
+    assert complete(server, **dict(sampled, top_k=1))["choices"][0]["token_ids"] == greedy.tokens
+    assert want.tokens[: len(greedy.tokens)] != greedy.tokens  # the sampled path is not the greedy one
+    status, _, err = request(server, body=dict(sampled, top_k=-2))
+    assert status == 400 and err["error"]["param"] == "top_k"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("n", 2),
+        ("best_of", 3),
+        ("logprobs", 1),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -0.5),
+        ("logit_bias", {"5": 10}),
+        ("suffix", "end"),
+    ],
+)
+def test_refused_fields_get_400_naming_the_field(server, field, value):
+    status, _, err = request(server, body={"prompt": "hi", "max_tokens": 2, field: value})
+    assert status == 400, err
+    assert err["error"]["param"] == field and field in err["error"]["message"], err
+    assert err["error"]["type"] == "invalid_request_error"
+    # their default values are accepted
+    default = {"n": 1, "best_of": 1, "logprobs": None, "logit_bias": {}, "suffix": ""}.get(field, 0)
+    out = complete(server, prompt="hi", max_tokens=2, ignore_eos=True, **{field: default})
+    assert out["usage"]["completion_tokens"] == 2

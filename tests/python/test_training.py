@@ -18,6 +18,7 @@ import torch
 import gptcore
 from gptcore import cli
 from gptcore.data import preprocess, train_sentencepiece
+from gptcore.data.indexed import IndexedDatasetBuilder
 from gptcore.model import GPT
 from gptcore.training import ConfigError, LossScaler, Trainer, find_checkpoint, load_config, lr_at
 from gptcore.training.config import CONFIG_DIRS
@@ -392,7 +393,10 @@ def test_tensorboard_events(corpus, tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
-def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path, signum):
+    """SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) finish the step, save, exit 0, resume."""
+    name = signal.Signals(signum).name
     prefix, tokenizer = corpus
     save = tmp_path / "run"
     args = [
@@ -429,10 +433,10 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert "SIGTERM: finishing step" in out and "stopped by SIGTERM" in out and "Traceback" not in out
+    assert f"{name}: finishing step" in out and f"stopped by {name}" in out and "Traceback" not in out
     found = find_checkpoint(save)
     step = int(found.name.split("_")[1])
     assert step >= 3 and (found / "COMPLETE").is_file()
@@ -440,6 +444,69 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
     assert steps_logged[-1] == step  # nothing after the saved step
     resumed = quiet(small(corpus, save=str(save), train_steps=step + 1, global_batch_size=2, warmup_steps=1))
     assert resumed.step == step
+    assert [r["step"] for r in resumed.train() if "loss" in r] == [step + 1]
+
+
+def test_warmup_ratio_sets_the_warmup_from_the_decay_steps(corpus):
+    """warmup_ratio 0.5 of 6 steps is 3 warmup steps, whatever warmup_steps says: lr / 3, 2 lr / 3,
+    lr, then constant (decay_style constant)."""
+    cfg = small(corpus, warmup_ratio=0.5, warmup_steps=1, decay_style="constant", lr=0.03)
+    t = quiet(cfg)
+    lrs = [t.train_step()["lr"] for _ in range(4)]
+    assert lrs == pytest.approx([0.01, 0.02, 0.03, 0.03], rel=1e-12)
+    t = quiet(small(corpus, warmup_ratio=0.5, decay_steps=4, decay_style="constant", lr=0.03))
+    assert [t.train_step()["lr"] for _ in range(2)] == pytest.approx([0.015, 0.03], rel=1e-12)
+
+
+def write_dataset(prefix, low, high, documents=40, length=50, seed=0):
+    """An indexed dataset of random tokens in [low, high)."""
+    g = torch.Generator().manual_seed(seed)
+    with IndexedDatasetBuilder(prefix, vocab_size=512) as builder:
+        for _ in range(documents):
+            builder.add_document(torch.randint(low, high, (length,), generator=g).tolist())
+    return str(prefix)
+
+
+@pytest.mark.parametrize("weights", [(1, 3), (0, 1)], ids=["1:3", "0:1"])
+def test_blended_data_path_draws_samples_by_weight(corpus, tmp_path, weights):
+    """data_path "w_a A w_b B": of the run's train samples, the share from each dataset is its
+    weight's (within one sample), told apart by their disjoint token ranges."""
+    a = write_dataset(tmp_path / "a", 10, 200)
+    b = write_dataset(tmp_path / "b", 300, 500, seed=1)
+    cfg = small(corpus, data_path=f"{weights[0]} {a} {weights[1]} {b}", split="100,0,0", train_steps=10)
+    t = quiet(cfg)
+    n = 10 * cfg["global_batch_size"]
+    samples = [t.train_data[i]["tokens"] for i in range(n)]
+    from_a = [bool((s < 200).all()) for s in samples]
+    from_b = [bool((s >= 300).all()) for s in samples]
+    assert all(x != y for x, y in zip(from_a, from_b))  # each sample from exactly one dataset
+    assert abs(sum(from_a) - n * weights[0] / sum(weights)) <= 1
+    assert t.train_step()["loss"] > 0
+
+
+def test_init_from_an_hf_folder_starts_from_its_weights(corpus, tmp_path):
+    """A transformers GPT2LMHeadModel saved with save_pretrained: the trainer's model gives its
+    logits, and the first step's loss is its cross-entropy on the first batch."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=2)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():  # away from HF's init, so a default-initialized model cannot match
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.save_pretrained(tmp_path / "hf")
+    t = quiet(small(corpus, init_from=str(tmp_path / "hf"), dropout=0.0, attn_dropout=0.0, use_gptcore_ops=False))
+    assert t.step == 0
+    idx = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, _ = t.model.eval()(idx)
+        torch.testing.assert_close(got, hf(idx).logits, rtol=0, atol=1e-4)
+        batch = [t.train_data[i] for i in range(4)]  # the first global batch: samples 0..3
+        tokens = torch.stack([s["tokens"] for s in batch])
+        labels = torch.stack([s["labels"] for s in batch])
+        logits = hf(tokens).logits
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), labels.reshape(-1), ignore_index=-100)
+    assert t.train_step()["loss"] == pytest.approx(want.item(), rel=1e-5)
 
 
 # ---- real data -----------------------------------------------------------------------------------
