@@ -160,7 +160,7 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
     """The GPT's weights to export: its state dict, less the factors of LoRA adapters that are merged
     into the weights (gptcore.finetune.lora.merge_lora); ValueError if an adapter is not merged."""
     adapted = [m for m in model.modules() if getattr(m, "lora_A", None) is not None]
-    if any(not m.lora_merged for m in adapted):
+    if any(not m.merged for m in adapted):
         raise ValueError(
             "the model has LoRA adapters not merged into its weights: merge_lora(model) first (or save the"
             " adapters alone with gptcore.finetune.lora.save_adapters)"

@@ -82,20 +82,22 @@ class GenerationResult:
 
 
 class KVCache:
-    """Keys and values of `slots` sequences of up to max_len positions, for every layer, with each
+    """Keys and values of `slots` sequences of up to max_len positions, for every layer (and the
+    heads the model computes on this rank, after gptcore.parallel.parallelize), with each
     slot's valid length. Slot rows are the outermost dimension, so slots [0, n) are one contiguous
     block that decode attention reads directly."""
 
     def __init__(self, model: GPT, slots: int, max_len: int, device, dtype):
         c = model.config
-        shape = (slots, c.n_head, max_len, c.head_dim)
+        heads = model.transformer.h[0].attn.n_head  # all, or a tensor-parallel rank's share: sharded alike
+        shape = (slots, heads, max_len, c.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.n_layer)]
         self.lens = torch.ones(slots, dtype=torch.int32, device=device)  # decode attention's lengths
         # Index tensors a captured decode step reads: they must outlive every CUDA graph of it (a
         # temporary freed after capture would be replayed from reused memory).
         self.rows = torch.arange(slots, device=device)
-        self.heads = torch.arange(c.n_head, device=device)
+        self.heads = torch.arange(heads, device=device)
         self.positions = torch.zeros(slots, 1, dtype=torch.long, device=device)  # decode step's positions
         self.ops = model.ops
 

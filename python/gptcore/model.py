@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gptcore import ops as gptcore_ops
-from gptcore.finetune.lora import lora_delta
 from gptcore.ops import reference
 
 # name: (n_layer, n_head, n_embd); GPT-2 sizes have 1024 positions, GPT-3 sizes 2048.
@@ -60,6 +59,8 @@ def _presets() -> dict[str, dict]:
 PRESETS = _presets()
 
 # Precision names (configs, --dtype) -> parameter dtypes.
+IGNORE_INDEX = -100  # targets the loss skips
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -138,9 +139,9 @@ REFERENCE_OPS = types.SimpleNamespace(
 )
 
 
-def op_set(config: GPTConfig):
-    """gptcore.ops, or their plain PyTorch twins when config.use_gptcore_ops is False."""
-    return gptcore_ops if config.use_gptcore_ops else REFERENCE_OPS
+def op_set(use_gptcore_ops: bool):
+    """gptcore.ops, or their plain PyTorch twins."""
+    return gptcore_ops if use_gptcore_ops else REFERENCE_OPS
 
 
 def tied_logits(ops, x: torch.Tensor, embedding: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -157,56 +158,102 @@ def tied_logits(ops, x: torch.Tensor, embedding: torch.Tensor, vocab_size: int) 
     return ops.linear(x, embedding, mask)
 
 
+class Linear(nn.Linear):
+    """nn.Linear (weight [out, in]) on ops.linear, with an activation and a residual fused into the
+    GEMM's epilogue: forward(x, activation, residual) = activation(x W^T + b) + residual. The
+    blocks call every linear this way, so a module with the same call (gptcore.parallel's
+    column/row-parallel linears, gptcore.finetune.lora.LoRALinear) can take its place."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, use_gptcore_ops: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.use_gptcore_ops = use_gptcore_ops
+
+    @property
+    def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
+        return op_set(self.use_gptcore_ops)
+
+    def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None):
+        return self.project(x, self.weight, self.bias, activation, residual)
+
+    def project(self, x, weight, bias, activation=None, residual=None) -> torch.Tensor:
+        """forward with the given weight and bias (a wrapper that holds them: LoRALinear)."""
+        return self.ops.linear(x, weight, bias, activation=activation, residual=residual)
+
+
+class CausalAttention(nn.Module):
+    """Causal softmax attention of q, k, v [B, H, T, D]; in training, dropout p on its weights
+    (inside the fused kernel)."""
+
+    def __init__(self, p: float, use_gptcore_ops: bool = True):
+        super().__init__()
+        self.p, self.use_gptcore_ops = p, use_gptcore_ops
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ops = op_set(self.use_gptcore_ops)
+        return ops.attention(q, k, v, causal=True, dropout_p=self.p if self.training else 0.0)
+
+
+class SelfAttention(nn.Module):
+    """c_attn (fused q, k, v projection), the attention over the heads it yields, c_proj."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        C, ops = config.n_embd, config.use_gptcore_ops
+        self.head_dim = config.head_dim
+        self.c_attn = Linear(C, 3 * C, config.bias, ops)
+        self.c_proj = Linear(C, C, config.bias, ops)
+        self.core = CausalAttention(config.attn_dropout, ops)
+
+    @property
+    def n_head(self) -> int:
+        """The heads computed here, from c_attn's rows: all of them, or a tensor-parallel rank's share."""
+        return self.c_attn.weight.shape[0] // (3 * self.head_dim)
+
+    def heads(self, h: torch.Tensor, attend=None) -> torch.Tensor:
+        """h [B, T, C] -> attention over the heads, merged [B, T, n_head * head_dim] (before c_proj).
+        attend(q, k, v) -> y replaces causal self-attention when given (generation: it writes k, v
+        into a KV cache and attends over the cache)."""
+        qkv = self.c_attn(h)
+        B, T, D = qkv.shape[0], qkv.shape[1], self.head_dim
+        q, k, v = (t.view(B, T, -1, D).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+        y = self.core(q, k, v) if attend is None else attend(q, k, v)
+        return y.transpose(1, 2).contiguous().view(B, T, -1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        C, ops = config.n_embd, config.use_gptcore_ops
+        self.c_fc = Linear(C, 4 * C, config.bias, ops)
+        self.c_proj = Linear(4 * C, C, config.bias, ops)
+
+
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         C, bias = config.n_embd, config.bias
         self.config = config
         self.ln_1 = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=bias)
-        self.attn = nn.Module()
-        self.attn.c_attn = nn.Linear(C, 3 * C, bias=bias)
-        self.attn.c_proj = nn.Linear(C, C, bias=bias)
+        self.attn = SelfAttention(config)
         self.ln_2 = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=bias)
-        self.mlp = nn.Module()
-        self.mlp.c_fc = nn.Linear(C, 4 * C, bias=bias)
-        self.mlp.c_proj = nn.Linear(4 * C, C, bias=bias)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)  # on each sublayer's output, before the residual add
 
     @property
     def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
-        return op_set(self.config)
+        return op_set(self.config.use_gptcore_ops)
 
-    def _linear(self, x: torch.Tensor, proj: nn.Linear, activation=None, residual=None) -> torch.Tensor:
-        """ops.linear with proj's weights, the activation and residual fused. A LoRA adapter on proj
-        (gptcore.finetune.lora) adds its low-rank term in the GEMM's epilogue, before the activation."""
-        delta = lora_delta(proj, x)
-        if delta is None:
-            return self.ops.linear(x, proj.weight, proj.bias, activation=activation, residual=residual)
-        y = self.ops.linear(x, proj.weight, proj.bias, residual=delta)
-        if activation is not None:  # "gelu", ops.linear's only activation
-            y = F.gelu(y, approximate="tanh")
-        return y if residual is None else y + residual
-
-    def _project_add(self, x: torch.Tensor, proj: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+    def _project_add(self, x: torch.Tensor, proj: nn.Module, residual: torch.Tensor) -> torch.Tensor:
         """residual + dropout(proj(x)); without active dropout the add is fused into the GEMM."""
         if self.training and self.config.dropout > 0:
-            return residual + F.dropout(self._linear(x, proj), self.config.dropout, True)
-        return self._linear(x, proj, residual=residual)
+            return residual + self.dropout(proj(x))
+        return proj(x, residual=residual)
 
     def attention_sublayer(self, x: torch.Tensor, attend=None) -> torch.Tensor:
         """The attention of ln_1(x), heads merged (before c_proj): the part `recompute="selective"`
-        recomputes in the backward. attend(q, k, v) -> y replaces causal self-attention when given
-        (generation: it writes k, v into a KV cache and attends over the cache)."""
-        B, T, C = x.shape
-        H = self.config.n_head
+        recomputes in the backward. attend: see SelfAttention.heads."""
         h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.config.layer_norm_eps)
-        q, k, v = self._linear(h, self.attn.c_attn).split(C, dim=-1)
-        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-        if attend is not None:
-            y = attend(q, k, v)
-        else:
-            dropout_p = self.config.attn_dropout if self.training else 0.0
-            y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
-        return y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.attn.heads(h, attend)
 
     def forward(self, x: torch.Tensor, recompute_attention: bool = False, attend=None) -> torch.Tensor:
         if recompute_attention:
@@ -215,11 +262,38 @@ class Block(nn.Module):
             y = self.attention_sublayer(x, attend)
         x = self._project_add(y, self.attn.c_proj, x)
         h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, self.config.layer_norm_eps)
-        h = self._linear(h, self.mlp.c_fc, activation="gelu")
+        h = self.mlp.c_fc(h, activation="gelu")
         return self._project_add(h, self.mlp.c_proj, x)
 
 
+class Layers(nn.ModuleDict):
+    """The blocks by layer index, named "0", "1", ... (a pipeline stage keeps only its own, under
+    the same names); layers[i] takes the int index too."""
+
+    def __getitem__(self, index: int | str) -> nn.Module:
+        return super().__getitem__(str(index))
+
+
+class TiedHead(nn.Module):
+    """The LM head tied to the token embedding (no parameters of its own): logits over the real
+    vocabulary and the mean cross-entropy over the targets that are not -100."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.vocab_size, self.use_gptcore_ops = config.vocab_size, config.use_gptcore_ops
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, targets: torch.Tensor | None = None):
+        ops = op_set(self.use_gptcore_ops)
+        logits = tied_logits(ops, x, embedding, self.vocab_size)
+        loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+        return logits[..., : self.vocab_size], loss
+
+
 class GPT(nn.Module):
+    """The whole model, or what gptcore.parallel.pipeline_stage leaves of it: a stage without wpe
+    (not the first) takes hidden states instead of token ids, and one without ln_f (not the last)
+    returns its hidden states instead of (logits, loss)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -227,10 +301,12 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.n_positions, config.n_embd),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                drop=nn.Dropout(config.dropout),
+                h=Layers({str(i): Block(config) for i in range(config.n_layer)}),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
+        self.lm_head = TiedHead(config)
         # Activation recompute in training: "none", "full" (each block keeps only its input and
         # reruns its forward in the backward) or "selective" (each block's attention sublayer).
         self.recompute = "none"
@@ -238,7 +314,7 @@ class GPT(nn.Module):
 
     @property
     def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
-        return op_set(self.config)
+        return op_set(self.config.use_gptcore_ops)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -258,18 +334,30 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx [B, T] token ids -> (logits [B, T, vocab_size], mean cross-entropy against targets
         [B, T] or None); targets equal to -100 are ignored. The logits are a view into a row of
         padded_vocab_size columns (see tied_logits); .contiguous() makes a dense copy."""
-        return self._run(idx, self._positions(idx), targets)
+        t = self.transformer
+        x = self.embed(idx, self._positions(idx)) if "wpe" in t else idx
+        x = self.blocks(x)
+        if "ln_f" not in t:
+            return x
+        return self.head(self.final_norm(x), targets)
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """idx [B, T] token ids -> the final hidden states [B, T, n_embd] (after ln_f): what the tied
         LM head reads, and what task heads pool (gptcore.finetune.classify)."""
-        return self._hidden(idx, self._positions(idx))
+        return self.final_norm(self.blocks(self.embed(idx, self._positions(idx))))
+
+    def forward_cached(self, idx: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        """Generation: idx [B, T] at positions (broadcastable to [B, T]) -> logits [B, vocab_size] of
+        each row's last token. attend(layer, q, k, v) -> y does each layer's attention over a KV
+        cache (gptcore.generate.KVCache); no dropout, no recompute."""
+        t = self.transformer
+        x = t.wte(idx) + t.wpe(positions)
+        x = self.blocks(x, attend)[:, -1:].contiguous()  # the next-token logits only
+        return self.head(self.final_norm(x))[0][:, -1]
 
     def _positions(self, idx: torch.Tensor) -> torch.Tensor:
         seq_len = idx.shape[1]
@@ -277,30 +365,28 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: sequence length {seq_len} exceeds n_positions {self.config.n_positions}")
         return torch.arange(seq_len, device=idx.device)
 
-    def forward_cached(self, idx: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
-        """Generation: idx [B, T] at positions (broadcastable to [B, T]) -> logits [B, vocab_size] of
-        each row's last token. attend(layer, q, k, v) -> y does each layer's attention over a KV
-        cache (gptcore.generate.KVCache); no dropout, no recompute."""
-        return self._run(idx, positions, None, attend)[0][:, -1]
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings, with dropout in training."""
+        t = self.transformer
+        return t.drop(t.wte(idx) + t.wpe(positions))
 
-    def _run(self, idx, positions, targets, attend=None):
-        x = self._hidden(idx, positions, attend)
-        logits = tied_logits(self.ops, x, self.transformer.wte.weight, self.config.vocab_size)
-        loss = None if targets is None else self.ops.cross_entropy(logits, targets, ignore_index=-100)
-        return logits[..., : self.config.vocab_size], loss
-
-    def _hidden(self, idx, positions, attend=None):
-        cfg, t = self.config, self.transformer
-        x = F.dropout(t.wte(idx) + t.wpe(positions), cfg.dropout, self.training and attend is None)
+    def blocks(self, x: torch.Tensor, attend=None) -> torch.Tensor:
+        """The blocks in order, recomputed in the backward as self.recompute says (in training)."""
         recompute = self.recompute if self.training and torch.is_grad_enabled() and attend is None else "none"
         if recompute not in ("none", "full", "selective"):
             raise ValueError(f"GPT.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
-        for i, block in enumerate(t.h):
+        for i, block in enumerate(self.transformer.h.values()):
             if recompute == "full":
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 layer_attend = None if attend is None else functools.partial(attend, i)
                 x = block(x, recompute_attention=recompute == "selective", attend=layer_attend)
-        if attend is not None:
-            x = x[:, -1:].contiguous()  # generation needs the next-token logits only
-        return self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
+        return x
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.transformer
+        return self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, self.config.layer_norm_eps)
+
+    def head(self, x: torch.Tensor, targets: torch.Tensor | None = None):
+        """Final hidden states -> (logits, mean loss or None) through the head tied to wte."""
+        return self.lm_head(x, self.transformer.wte.weight, targets)

@@ -1,10 +1,14 @@
 """GPT against transformers' GPT2LMHeadModel with the same weights, gptcore ops against the
 reference ops, HF import/export round trips, presets and config validation."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
 from gptcore import cli, convert
+from gptcore import model as model_module
 from gptcore.model import GPT, PRESETS, GPTConfig
 
 VOCAB = 1000  # not a multiple of 128: the embedding is padded to 1024
@@ -225,3 +229,16 @@ def test_deepcopy_and_pickle():
     torch.save(model, buffer)
     buffer.seek(0)
     torch.testing.assert_close(torch.load(buffer, weights_only=False)(idx)[0], model(idx)[0], atol=0, rtol=0)
+
+
+def test_model_imports_only_ops():
+    """model.py knows no parallelism and no LoRA: of gptcore it imports the ops alone
+    (gptcore.parallel and gptcore.finetune specialise the model from outside)."""
+    tree = ast.parse(Path(model_module.__file__).read_text())
+    ours = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            ours |= {alias.name for alias in node.names if alias.name.startswith("gptcore")}
+        elif isinstance(node, ast.ImportFrom) and node.module.startswith("gptcore"):
+            ours |= {f"{node.module}.{alias.name}" for alias in node.names}
+    assert ours and all(name.startswith("gptcore.ops") for name in ours), ours

@@ -17,10 +17,10 @@ import torch.distributed as dist
 
 from gptcore.model import GPT, GPTConfig
 from gptcore.optim.adamw import param_grad
+from gptcore.parallel import parallelize, pipeline_stage
 from gptcore.parallel.data_parallel import DataParallel
 from gptcore.parallel.layout import ParallelLayout, build_groups
 from gptcore.parallel.pipeline import (
-    PipelineStage,
     all_reduce_tied_embedding_grad,
     broadcast_tied_embedding,
     forward_backward_1f1b,
@@ -28,9 +28,8 @@ from gptcore.parallel.pipeline import (
     neighbour_ranks,
 )
 from gptcore.parallel.reshard import merge
-from gptcore.parallel.tensor_parallel import gather_full_state_dict, tensor_parallel_model
+from gptcore.parallel.tensor_parallel import gather_full_state_dict, reduce_sequence_parallel_grads
 from gptcore.parallel.testing import run_distributed
-from gptcore.parallel.tp_pipeline import TPPipelineStage
 
 CONFIG = GPTConfig(vocab_size=256, n_positions=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
 GLOBAL_B, T, STEPS, DP = 4, 16, 3, 2
@@ -113,7 +112,7 @@ def _sgd_step(optimizer: torch.optim.Optimizer, dp: DataParallel) -> None:
 
 def _train_tp_dp(groups, reference: list[dict], sequence_parallel: bool) -> None:
     what = f"tp2 x dp2 sequence_parallel={sequence_parallel}"
-    model = tensor_parallel_model(_model(), groups.tp, sequence_parallel=sequence_parallel)
+    model = parallelize(_model(), groups.tp, sequence_parallel=sequence_parallel)
     dp = DataParallel(model, groups.dp, average=False)
     optimizer = _optimizer(model.parameters())
     for step in range(STEPS):
@@ -122,7 +121,7 @@ def _train_tp_dp(groups, reference: list[dict], sequence_parallel: bool) -> None
         _, loss = model(local_idx, local_targets)  # the mean over this rank's tokens
         loss = loss * (_num_tokens(local_targets) / _num_tokens(targets))  # its share of the global mean
         loss.backward()  # main_grad: summed over the data-parallel group
-        model.reduce_sequence_parallel_grads()  # summed over the tensor-parallel group (a no-op without sp)
+        reduce_sequence_parallel_grads(model, groups.tp)  # summed over the tensor-parallel group (a no-op without sp)
         assert all(p.grad is None for p in model.parameters())
         total = loss.detach().reshape(1)
         dist.all_reduce(total, group=groups.dp)
@@ -151,11 +150,11 @@ def test_tp2_dp2_matches_single_process():
 def _pp_dp_worker(rank: int, world_size: int, reference: list[dict]) -> None:
     groups = build_groups(ParallelLayout(world_size, pp=2))
     assert groups.layout.dp == DP
-    stage = PipelineStage(_model(), groups.coords.pp, groups.layout.pp)
+    stage = pipeline_stage(_model(), groups.coords.pp, groups.layout.pp)
     broadcast_tied_embedding(stage, groups.embedding, first_stage_rank=groups.pp_ranks[0])
     dp = DataParallel(stage, groups.dp, average=False)
     optimizer = _optimizer(stage.parameters())
-    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.stage)
+    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.pipeline.stage)
     per_micro = GLOBAL_B // DP // MICRO_BATCHES
     for step in range(STEPS):
         idx, targets = _batch(step)
@@ -172,7 +171,7 @@ def _pp_dp_worker(rank: int, world_size: int, reference: list[dict]) -> None:
         )
         all_reduce_tied_embedding_grad(stage, groups.embedding)  # after the data-parallel reduction
         assert all(p.grad is None for p in stage.parameters())
-        if stage.is_last:
+        if stage.pipeline.is_last:
             total = torch.stack(losses).sum().reshape(1)
             dist.all_reduce(total, group=groups.dp)
             _close(total[0], reference[step]["loss"], f"pp2 x dp2: step {step} loss")
@@ -196,7 +195,7 @@ def test_pp2_dp2_matches_single_process():
 
 
 def _gather_tp_pp(groups, tensors: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
-    """The full GPT tensors (grads or weights) from every rank's TPPipelineStage tensors, gathered
+    """The full GPT tensors (grads or weights) from every rank's tensor-parallel stage's tensors, gathered
     over the world: the data-parallel replicas must be equal; reshard.merge raises unless both wte
     copies of each tp shard are equal (tied)."""
     gathered = [None] * groups.layout.world
@@ -213,17 +212,17 @@ def _gather_tp_pp(groups, tensors: dict[str, torch.Tensor], what: str) -> dict[s
 
 
 def _train_tp_pp(groups, reference: list[dict], sequence_parallel: bool) -> None:
-    """TPPipelineStage training against the reference on any tp x pp (x dp) layout: with dp > 1 each
+    """Tensor-parallel pipeline stage training against the reference on any tp x pp (x dp) layout: with dp > 1 each
     data-parallel rank takes its part of every global batch and DataParallel sums the grads once
     per step (no_sync over the micro batches)."""
     layout, coords = groups.layout, groups.coords
     what = f"tp{layout.tp} x pp{layout.pp} x dp{layout.dp} sequence_parallel={sequence_parallel}"
-    stage = TPPipelineStage(_model(), coords.pp, layout.pp, groups.tp, sequence_parallel=sequence_parallel)
+    stage = parallelize(pipeline_stage(_model(), coords.pp, layout.pp), groups.tp, sequence_parallel)
     assert all(hasattr(p, "tensor_parallel") and hasattr(p, "sequence_parallel") for p in stage.parameters())
     broadcast_tied_embedding(stage, groups.embedding, first_stage_rank=groups.pp_ranks[0])
     dp = DataParallel(stage, groups.dp, average=False) if layout.dp > 1 else None
     optimizer = _optimizer(stage.parameters())
-    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.stage)
+    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.pipeline.stage)
     per_micro = GLOBAL_B // layout.dp // MICRO_BATCHES
     for step in range(STEPS):
         idx, targets = _batch(step)
@@ -238,9 +237,9 @@ def _train_tp_pp(groups, reference: list[dict], sequence_parallel: bool) -> None
             num_tokens=_num_tokens(targets),  # every micro batch's token sum / the global batch's tokens
             no_sync=dp.no_sync if dp else None,
         )
-        stage.reduce_sequence_parallel_grads()  # a no-op without sequence parallelism
+        reduce_sequence_parallel_grads(stage, groups.tp)  # a no-op without sequence parallelism
         all_reduce_tied_embedding_grad(stage, groups.embedding)  # after the data-parallel reduction
-        if stage.is_last:  # every tp rank of the last stage holds the whole loss of its data
+        if stage.pipeline.is_last:  # every tp rank of the last stage holds the whole loss of its data
             total = torch.stack(losses).sum().reshape(1)
             dist.all_reduce(total, group=groups.dp)
             _close(total[0], reference[step]["loss"], f"{what}: step {step} loss")
@@ -270,14 +269,14 @@ def test_tp2_pp2_matches_single_process(sequence_parallel):
 
 def _sp_indivisible_worker(rank: int, world_size: int) -> None:
     groups = build_groups(ParallelLayout(world_size, tp=2, pp=2))
-    stage = TPPipelineStage(_model(), groups.coords.pp, groups.layout.pp, groups.tp, sequence_parallel=True)
-    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.stage)
+    stage = parallelize(pipeline_stage(_model(), groups.coords.pp, groups.layout.pp), groups.tp, True)
+    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.pipeline.stage)
     idx, targets = (t[:, : T - 1] for t in _batch(0))  # T - 1 = 15 tokens over 2 tp ranks
     message = r"sequence length \(15\) must be divisible by the tensor-parallel size \(2\)"
     # Every stage raises before any transfer (activation_shape), so no rank waits on another.
     with pytest.raises(ValueError, match=message):
         forward_backward_1f1b(stage, [(idx, targets)], groups.pp, prev_rank, next_rank)
-    if stage.is_first:  # and the stage itself, called directly
+    if stage.pipeline.is_first:  # and the stage itself, called directly
         with pytest.raises(ValueError, match=message):
             stage(idx)
     dist.barrier()  # no rank tears the groups down while another is still setting them up

@@ -1,5 +1,5 @@
-"""World 8 = tp2 x pp2 x dp2 on 8 gloo processes, with sequence parallelism: TPPipelineStage
-stages, 1F1B over two micro batches per data-parallel rank, DataParallel(average=False) reducing
+"""World 8 = tp2 x pp2 x dp2 on 8 gloo processes, with sequence parallelism: tensor-parallel
+pipeline stages, 1F1B over two micro batches per data-parallel rank, DataParallel(average=False) reducing
 once per step (no_sync), the tied embedding grads summed over the embedding group and the
 sequence-parallel grads over the tp group; against the single-process GPT on the whole global
 batch (loss, merged grads, weights after SGD steps). The helpers are test_parallel_composed's.

@@ -1,18 +1,21 @@
 """Pipeline parallelism: layer split, stage state round trip, the 1F1B order, and two gloo processes
 (pp=2) that reproduce the single-process model's losses, grads and SGD updates."""
 
+import copy
+
 import pytest
 import torch
 
 from gptcore.model import GPT, GPTConfig
 from gptcore.parallel.layout import ParallelLayout, build_groups
 from gptcore.parallel.pipeline import (
-    PipelineStage,
     all_reduce_tied_embedding_grad,
     broadcast_tied_embedding,
     forward_backward_1f1b,
     merge_stage_state_dicts,
     neighbour_ranks,
+    owned_parameters,
+    pipeline_stage,
     schedule_1f1b,
     split_layers,
     stage_state_dict,
@@ -75,7 +78,7 @@ def _reference_steps(num_micro_batches: int, steps: int) -> list[dict]:
 # ---- what each rank runs (pp=2) --------------------------------------------------------------
 
 
-def _record_order(stage: PipelineStage, events: list) -> None:
+def _record_order(stage: GPT, events: list) -> None:
     """Log ("F", k) when a micro batch's forward runs on the stage and ("B", k) when its backward
     reaches the stage's output: the order the stage really executes."""
     forward, count = stage.forward, [0]
@@ -85,15 +88,16 @@ def _record_order(stage: PipelineStage, events: list) -> None:
         count[0] += 1
         events.append(("F", k))
         out = forward(*args, **kwargs)
-        if out.requires_grad:
-            out.register_hook(lambda grad: events.append(("B", k)))
+        last = out[1] if isinstance(out, tuple) else out  # the last stage: (logits, loss)
+        if last.requires_grad:
+            last.register_hook(lambda grad: events.append(("B", k)))
         return out
 
     stage.forward = logged
 
 
 def _train_pp(stage, optimizer, groups, num_micro_batches: int, steps: int) -> list[dict]:
-    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.stage)
+    prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage.pipeline.stage)
     out = []
     for step in range(steps):
         events = []
@@ -116,17 +120,17 @@ def _pp2_worker(rank: int, world_size: int) -> dict:
     results = {}
 
     # The last stage's wte copy starts different: broadcast_tied_embedding makes it the first's.
-    stage = PipelineStage(_model(), stage_index, world_size)
-    if stage.is_last:
+    stage = pipeline_stage(_model(), stage_index, world_size)
+    if stage.pipeline.is_last:
         with torch.no_grad():
             stage.transformer.wte.weight.add_(1.0)
     broadcast_tied_embedding(stage, groups.embedding, first_stage_rank=groups.pp_ranks[0])
     results["four"] = _train_pp(stage, _optimizer(stage.parameters()), groups, 4, STEPS)
 
-    stage = PipelineStage(_model(), stage_index, world_size)
+    stage = pipeline_stage(_model(), stage_index, world_size)
     results["one"] = _train_pp(stage, _optimizer(stage.parameters()), groups, 1, 2)
 
-    stage = PipelineStage(_model(), stage_index, world_size).eval()
+    stage = pipeline_stage(_model(), stage_index, world_size).eval()
     prev_rank, next_rank = neighbour_ranks(groups.pp_ranks, stage_index)
     results["forward_only"] = forward_backward_1f1b(
         stage, _micro_batches(0, 3), groups.pp, prev_rank, next_rank, forward_only=True
@@ -211,9 +215,9 @@ def test_split_layers_errors():
     with pytest.raises(ValueError, match="positive integer"):
         split_layers(4, 0)
     with pytest.raises(ValueError, match="3 layers cannot fill 4 stages"):
-        PipelineStage(GPTConfig(vocab_size=256, n_positions=32, n_layer=3, n_head=2, n_embd=64), 0, 4)
+        pipeline_stage(GPT(GPTConfig(vocab_size=256, n_positions=32, n_layer=3, n_head=2, n_embd=64)), 0, 4)
     with pytest.raises(ValueError, match="stage 2 is out of range for 2 stages"):
-        PipelineStage(_model(), 2, 2)
+        pipeline_stage(_model(), 2, 2)
 
 
 @pytest.mark.parametrize("num_stages", [1, 2, 4])
@@ -225,7 +229,7 @@ def test_stage_state_round_trip(num_stages):
     assert list(merged) == list(full)
     assert all(merged[k] is full[k] for k in full)
     for s, state in enumerate(states):
-        stage = PipelineStage(model, s, num_stages)
+        stage = pipeline_stage(copy.deepcopy(model), s, num_stages)
         stage_state = stage.state_dict()
         assert list(stage_state) == list(state)
         assert all(torch.equal(stage_state[k], v) for k, v in state.items())
@@ -237,8 +241,8 @@ def test_stage_state_round_trip(num_stages):
         assert ("transformer.wpe.weight" in state) == (s == 0)
         assert ("transformer.ln_f.weight" in state) == (s == num_stages - 1)
     # owned_parameters: the full model's parameters once over all stages.
-    stages = [PipelineStage(model, s, num_stages) for s in range(num_stages)]
-    assert sum(p.numel() for st in stages for p in st.owned_parameters()) == model.num_parameters()
+    stages = [pipeline_stage(copy.deepcopy(model), s, num_stages) for s in range(num_stages)]
+    assert sum(p.numel() for st in stages for p in owned_parameters(st)) == model.num_parameters()
 
 
 def test_state_dict_errors():
@@ -255,7 +259,7 @@ def test_state_dict_errors():
 
 def test_stage_from_config_matches_model_under_the_same_seed():
     torch.manual_seed(0)
-    stage = PipelineStage(CONFIG, 1, 2)
+    stage = pipeline_stage(GPT(CONFIG), 1, 2)
     expected = stage_state_dict(_model().state_dict(), 1, 2, CONFIG.n_layer)
     assert all(torch.equal(stage.state_dict()[k], v) for k, v in expected.items())
 
@@ -264,17 +268,17 @@ def test_stages_chained_equal_the_model():
     model = _model()
     idx, targets = _micro_batches(0, 1)[0]
     logits, loss = model(idx, targets)
-    stages = [PipelineStage(model, s, 4) for s in range(4)]
+    stages = [pipeline_stage(copy.deepcopy(model), s, 4) for s in range(4)]
     h = stages[2](stages[1](stages[0](idx)))
-    _assert_close(stages[3](h), logits.detach(), "logits")
-    _assert_close(stages[3](h, targets) / (targets != -100).sum(), loss.detach(), "loss")
+    _assert_close(stages[3](h)[0], logits.detach(), "logits")
+    _assert_close(stages[3](h, targets)[1], loss.detach(), "loss")
 
 
 @pytest.mark.parametrize("recompute", ["none", "full"])
 def test_one_stage_matches_the_model(recompute):
     """pp=1: no communication; micro batches accumulate to the whole batch's grads."""
     model = _model()
-    stage = PipelineStage(model, 0, 1)
+    stage = pipeline_stage(copy.deepcopy(model), 0, 1)
     stage.recompute = recompute
     micro_batches = _micro_batches(0, 3)
     losses = forward_backward_1f1b(stage, micro_batches, None, None, None, grad_scale=4.0)
@@ -307,7 +311,7 @@ def test_schedule_1f1b():
 
 
 def test_schedule_errors():
-    stage = PipelineStage(_model(), 0, 2)  # validation happens before any communication
+    stage = pipeline_stage(_model(), 0, 2)  # validation happens before any communication
     mbs = _micro_batches(0, 2)
     with pytest.raises(ValueError, match="no micro batches"):
         forward_backward_1f1b(stage, [], None, None, 1)

@@ -1,22 +1,25 @@
 """Tensor and sequence parallelism on 2 CPU processes (gloo): the mappings and their adjoints,
-vocab-parallel cross-entropy against F.cross_entropy, and tp2 (with and without sequence
+vocab-parallel cross-entropy against F.cross_entropy, tp2 (with and without sequence
 parallelism) against the single-process GPT over several SGD steps: losses, every gradient
-and the weights after the steps. Sharding round trips and config errors run in-process."""
+and the weights after the steps, and tp2 greedy generation with a head-sharded KV cache.
+Sharding round trips and config errors run in-process."""
+
+import copy
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from gptcore.generate import Engine, Generator, KVCache
 from gptcore.model import GPT, GPTConfig
-from gptcore.parallel import mappings
+from gptcore.parallel import mappings, parallelize
 from gptcore.parallel.tensor_parallel import (
-    TPGPT,
     check_tensor_parallel,
     gather_full_state_dict,
     merge_state_dicts,
+    reduce_sequence_parallel_grads,
     shard_state_dict,
-    tensor_parallel_model,
     vocab_parallel_cross_entropy,
 )
 from gptcore.parallel.testing import run_distributed
@@ -171,7 +174,7 @@ def _check_fresh_init(group):
     torch.manual_seed(3)
     expected = shard_state_dict(GPT(config).state_dict(), dist.get_rank(group), TP)
     torch.manual_seed(3)
-    state = TPGPT(config, group).state_dict()
+    state = parallelize(GPT(config), group).state_dict()
     assert all(torch.equal(state[name], expected[name]) for name in expected)
 
 
@@ -190,14 +193,14 @@ def _batches(seq_len, config):
 def _train_and_compare(group, config, sequence_parallel, recompute, seq_len):
     torch.manual_seed(0)
     model = GPT(config).train()
-    tp_model = tensor_parallel_model(model, group, sequence_parallel=sequence_parallel)
+    tp_model = parallelize(copy.deepcopy(model), group, sequence_parallel=sequence_parallel)
     tp_model.recompute = recompute
     what = f"gptcore_ops={config.use_gptcore_ops} bias={config.bias} sequence_parallel={sequence_parallel}"
     what += f" recompute={recompute}"
 
     idx, _ = next(_batches(seq_len, config))
     with torch.no_grad():
-        _close(tp_model.gather_logits(tp_model(idx)[0]), model(idx)[0], f"{what}: logits")
+        _close(tp_model(idx)[0], model(idx)[0], f"{what}: logits")
 
     # SGD, not AdamW: the k part of c_attn's bias has a zero gradient up to rounding (softmax is
     # shift-invariant), and Adam's normalization would turn that rounding into lr-sized steps.
@@ -209,7 +212,7 @@ def _train_and_compare(group, config, sequence_parallel, recompute, seq_len):
         loss.backward()
         tp_loss = tp_model(idx, targets)[1]
         tp_loss.backward()
-        tp_model.reduce_sequence_parallel_grads()
+        reduce_sequence_parallel_grads(tp_model, group)
         _close(tp_loss.detach(), loss.detach(), f"{what}: step {step} loss")
         grads = gather_full_state_dict({n: p.grad for n, p in tp_model.named_parameters()}, group)
         for name, p in model.named_parameters():
@@ -239,9 +242,9 @@ def _check_everything(rank, world_size):
     alone, _ = dist.new_subgroups(group_size=1)  # tp1: every mapping is the identity
     _train_and_compare(alone, _config(use_gptcore_ops=False), True, "none", 15)
     with pytest.raises(ValueError, match=r"sequence length \(15\) must be divisible by the tensor-parallel size"):
-        TPGPT(_config(), group, sequence_parallel=True)(torch.zeros(2, 15, dtype=torch.long))
+        parallelize(GPT(_config()), group, sequence_parallel=True)(torch.zeros(2, 15, dtype=torch.long))
     with pytest.raises(ValueError, match=r"n_head \(3\) must be divisible by the tensor-parallel size \(2\)"):
-        TPGPT(_config(n_head=3, n_embd=96, use_gptcore_ops=False), group)
+        parallelize(GPT(_config(n_head=3, n_embd=96, use_gptcore_ops=False)), group)
 
 
 def test_two_ranks():
@@ -284,12 +287,14 @@ def _check_dropout_streams(rank, world):
     idx = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
     results = []
     for recompute in ("none", "full"):
-        model = TPGPT(config, dist.group.WORLD, sequence_parallel=True, full_state=full).train()
+        model = GPT(config)
+        model.load_state_dict(full)
+        model = parallelize(model, dist.group.WORLD, sequence_parallel=True).train()
         model.recompute = recompute
         torch.manual_seed(3)
         _, loss = model(idx, idx)
         loss.backward()
-        model.reduce_sequence_parallel_grads()
+        reduce_sequence_parallel_grads(model, dist.group.WORLD)
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
     (loss_none, grads_none), (loss_full, grads_full) = results
     assert torch.equal(loss_none, loss_full)
@@ -300,3 +305,41 @@ def _check_dropout_streams(rank, world):
 
 def test_dropout_streams_per_rank():
     assert run_distributed(_check_dropout_streams, TP) == [True, True]
+
+
+# ---- generation: tp2 decode with a head-sharded KV cache ------------------------------------
+
+
+def _decode_tp2(rank, world):
+    """Greedy tokens and cache layout of a tp2 model against the same GPT in one process."""
+    group = dist.group.WORLD
+    results = []
+    for use_gptcore_ops in (True, False):
+        torch.manual_seed(0)
+        model = GPT(_config(use_gptcore_ops=use_gptcore_ops)).eval()
+        tp_model = parallelize(copy.deepcopy(model), group).eval()
+        prompts = [[5, 17, 199, 3], [42], [7, 7, 7, 7, 7, 7, 7]]  # lengths 4, 1, 7: prefills apart, decodes together
+        expected = Generator(model, max_batch=4).generate(prompts, max_new_tokens=12, temperature=0)
+        engine = Engine(tp_model, slots=4, cuda_graph=False)
+        assert engine.cache.k[0].shape[1] == tp_model.config.n_head // TP  # this rank's heads only
+        got = Generator(tp_model, max_batch=4).generate(prompts, max_new_tokens=12, temperature=0)
+        assert [r.tokens for r in got] == [r.tokens for r in expected]
+        assert all(len(r.tokens) == 12 for r in got)
+
+        idx = torch.tensor([prompts[0]])
+        caches = [KVCache(m, 1, 16, "cpu", torch.float32) for m in (model, tp_model)]
+        logits = [
+            m.forward_cached(idx, torch.arange(4), c.prefill_attend([0])) for m, c in zip((model, tp_model), caches)
+        ]
+        _close(logits[1], logits[0], f"gptcore_ops={use_gptcore_ops}: prefill logits")
+        heads = slice(rank * 2, rank * 2 + 2)  # rank r caches heads [2r, 2r + 2) of 4
+        _close(caches[1].k[1][:, :, :4], caches[0].k[1][:, heads, :4], f"gptcore_ops={use_gptcore_ops}: cached keys")
+        results.append([r.tokens for r in got])
+    return results
+
+
+def test_tp2_greedy_decode_matches_single_process():
+    """A parallelized model generates through generate.Engine with its KV cache sharded by heads:
+    the same greedy tokens as one process, on both ranks."""
+    per_rank = run_distributed(_decode_tp2, TP)
+    assert per_rank[0] == per_rank[1]

@@ -1,13 +1,11 @@
 """Finetuning a pretrained GPT: LoRA adapters (lora) and a sequence-classification head
 (classify, imported as `from gptcore.finetune import classify`). Supervised finetuning itself is the
-trainer on SFT data (gptcore.data.SFTDataset).
-
-gptcore.model imports gptcore.finetune.lora, so this package must not import gptcore.model (nor
-anything that does) when it is imported.
+trainer on SFT data (gptcore.data.SFTDataset). Both depend on the model, never the reverse.
 """
 
 from gptcore.finetune.lora import (
     LoRAConfig,
+    LoRALinear,
     apply_adapters,
     apply_lora,
     load_adapters,
@@ -21,6 +19,7 @@ from gptcore.finetune.lora import (
 
 __all__ = [
     "LoRAConfig",
+    "LoRALinear",
     "apply_adapters",
     "apply_lora",
     "load_adapters",

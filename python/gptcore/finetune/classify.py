@@ -430,13 +430,13 @@ def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Pat
     into tokenizer/. LoRA adapters are merged into the GPT's weights first (in place), so the model
     file is a plain GPT. Returns the folder."""
     from gptcore import convert
-    from gptcore.finetune.lora import merge_lora
+    from gptcore.finetune.lora import LoRALinear, merge_lora
     from gptcore.training.checkpoint import copy_tokenizer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     gpt = classifier.gpt
-    if any(getattr(m, "lora_A", None) is not None for m in gpt.modules()):
+    if any(isinstance(m, LoRALinear) for m in gpt.modules()):
         merge_lora(gpt)
     convert.save(gpt, directory / MODEL_FILE)
     save_file({"score.weight": classifier.score.weight.detach().cpu().contiguous()}, directory / HEAD_FILE)

@@ -8,10 +8,10 @@ without forming W + BA: two thin GEMMs through the rank r. Targets: qkv (attn.c_
 (attn.c_proj), mlp_in (mlp.c_fc), mlp_out (mlp.c_proj). A starts as Hugging Face peft's (Kaiming
 uniform, a = sqrt(5)) and B at zero, so a fresh adapter leaves the model's outputs unchanged.
 
-The adapter lives on the linear module itself: parameters lora_A and lora_B (so named
-transformer.h.0.attn.c_attn.lora_A, ...) and plain attributes lora_scale, lora_dropout and
-lora_merged. model.Block and the tensor-parallel linears add `lora_delta`'s term; a linear without
-an adapter, or with its adapter merged into W, keeps its fused bias / GELU / residual epilogue.
+apply_lora wraps each target linear in a LoRALinear (LoRA depends on the model, never the
+reverse: litgpt's direction). It holds the base's weight and bias under their names beside lora_A
+and lora_B (transformer.h.0.attn.c_attn.lora_A, ...); merged into W, the adapter leaves the base's
+fused bias / GELU / residual epilogue.
 
 Tensor parallelism (Megatron's layout, tensor_parallel's module docstring). A column-parallel
 target (qkv, mlp_in: W's rows split) keeps A whole and takes B's rows as W's (c_attn's q, k and v
@@ -37,20 +37,22 @@ import dataclasses
 import json
 import math
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from gptcore.model import Linear
+from gptcore.parallel.reshard import local_state
+from gptcore.parallel.tensor_parallel import ParallelLinear, merge_state_dicts
+
 # Target name -> the linear's path inside a block.
 TARGETS = {"qkv": "attn.c_attn", "attn_out": "attn.c_proj", "mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj"}
-_ROW_PARALLEL = ("attn_out", "mlp_out")  # tensor parallel: W's input columns split; the others split its rows
 _FACTORS = (".lora_A", ".lora_B")
 CONFIG_KEY = "gptcore_lora"  # adapter file metadata: the LoRAConfig as JSON
 BASE_KEY = "gptcore_lora_base"  # adapter file metadata: the base model's path
@@ -104,18 +106,46 @@ class LoRAConfig:
         return cls(**fields)
 
 
-def lora_delta(linear: nn.Module, x: torch.Tensor, enter: Callable | None = None) -> torch.Tensor | None:
-    """scale * B A dropout(x) of the adapter on `linear`, or None when it has none or has it merged.
-    enter(h) maps the rank-r activation h = A dropout(x) before B: a tensor-parallel collective."""
-    A = getattr(linear, "lora_A", None)
-    if A is None or linear.lora_merged:
-        return None
-    if linear.lora_dropout and linear.training:
-        x = F.dropout(x, linear.lora_dropout, True)
-    h = F.linear(x, A) * linear.lora_scale  # scaled here: [.., r] is the smallest tensor on the way
-    if enter is not None:
-        h = enter(h)
-    return F.linear(h, linear.lora_B)
+class LoRALinear(nn.Module):
+    """A linear of the model (model.Linear, or a column/row-parallel one from gptcore.parallel) with
+    a low-rank adapter: forward(x, activation, residual) = activation(base(x) + scale B A
+    dropout(x)) + residual. It holds the base's weight and bias under their names (so a model's
+    state dict keeps them, with lora_A and lora_B beside) and computes through the base's own
+    GEMM and collectives (base.project). merged: B A is folded into the weight, and the forward is
+    the base's, fused epilogue included."""
+
+    def __init__(self, base: Linear | ParallelLinear, A: torch.Tensor, scale: float, dropout: float = 0.0):
+        super().__init__()
+        # Not a submodule: its parameters are this module's, under the same names in the model.
+        self.__dict__["base"] = base
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)
+        self.lora_A = nn.Parameter(A.to(device=base.weight.device, dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(base.weight.new_zeros(base.weight.shape[0], A.shape[0]))
+        self.scale, self.dropout, self.merged = scale, dropout, False
+
+    def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None):
+        if self.merged:
+            return self.base.project(x, self.weight, self.bias, activation, residual)
+        y = self.base.project(x, self.weight, self.bias, residual=self.delta(x))  # the term in the GEMM's epilogue
+        if activation is not None:  # "gelu", ops.linear's only activation
+            y = F.gelu(y, approximate="tanh")
+        return y if residual is None else y + residual
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """scale * B A dropout(x), in the base's output layout: on a parallel base the rank-r
+        activation passes its region (column parallel: enters as x does; row parallel: the partial
+        A x is summed over the group, as the output is)."""
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, True)
+        h = F.linear(x, self.lora_A) * self.scale  # scaled here: [.., r] is the smallest tensor on the way
+        if isinstance(self.base, ParallelLinear):
+            h = self.base.adapter_region(h)
+        return F.linear(h, self.lora_B)
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale * B A in float32: what merging adds to the weight."""
+        return self.scale * (self.lora_B.float() @ self.lora_A.float())
 
 
 def _targets(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, str, nn.Module]]:
@@ -125,13 +155,13 @@ def _targets(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, str,
     found = []
     for name, module in model.named_modules():
         target = next((t for path, t in paths.items() if name.endswith(path)), None)
-        if target is not None:
+        if target is not None and isinstance(module, Linear | ParallelLinear | LoRALinear):
             found.append((name, target, module))
     return found
 
 
-def _adapted(model: nn.Module, caller: str) -> list[nn.Module]:
-    linears = [m for m in model.modules() if getattr(m, "lora_A", None) is not None]
+def _adapted(model: nn.Module, caller: str) -> list[LoRALinear]:
+    linears = [m for m in model.modules() if isinstance(m, LoRALinear)]
     if not linears:
         raise ValueError(f"{caller}: {type(model).__name__} has no LoRA adapters (apply_lora adds them)")
     return linears
@@ -146,13 +176,13 @@ def _init_A(rank: int, in_features: int, seed: int, name: str) -> torch.Tensor:
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> list[nn.Parameter]:
-    """Add adapters to the target linears of a GPT, TPGPT, PipelineStage or TPPipelineStage and
-    freeze every other parameter (requires_grad False). Returns the adapter parameters, the ones
-    to train. seed (with each parameter's name) draws lora_A, so one seed gives the same adapters
-    whatever the layout: a tensor-parallel rank draws the whole A and keeps its shard."""
+    """Wrap the target linears of a GPT (whole, a pipeline stage, tensor-parallel or both) in
+    LoRALinear and freeze every other parameter (requires_grad False). Returns the adapter
+    parameters, the ones to train. seed (with each parameter's name) draws lora_A, so one seed gives
+    the same adapters whatever the layout: a tensor-parallel rank draws the whole A and keeps its shard."""
     if not isinstance(config, LoRAConfig):
         raise TypeError(f"apply_lora: config must be a LoRAConfig, got {type(config).__name__}")
-    if any(getattr(m, "lora_A", None) is not None for m in model.modules()):
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError(f"apply_lora: {type(model).__name__} already has LoRA adapters")
     targets = _targets(model, config.targets)
     if not targets:
@@ -163,28 +193,20 @@ def apply_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> list[nn.P
     for p in model.parameters():
         p.requires_grad_(False)
     params = []
-    for name, target, linear in targets:
-        weight = linear.weight
-        group = getattr(linear, "group", None)  # Column/RowParallelLinear: a shard over a tp group
-        row_split = group is not None and target in _ROW_PARALLEL
-        tp = dist.get_world_size(group) if row_split else 1
-        A = _init_A(config.rank, weight.shape[1] * tp, seed, f"{name}.lora_A")
-        if row_split:
-            A = A.chunk(tp, dim=1)[dist.get_rank(group)].contiguous()
-        linear.lora_A = nn.Parameter(A.to(device=weight.device, dtype=weight.dtype))
-        linear.lora_B = nn.Parameter(weight.new_zeros(weight.shape[0], config.rank))
-        linear.lora_scale, linear.lora_dropout, linear.lora_merged = config.scale, config.dropout, False
-        if group is not None:
-            sequence_parallel = linear.sequence_parallel
-            linear.lora_A.tensor_parallel, linear.lora_B.tensor_parallel = row_split, not row_split
-            linear.lora_A.sequence_parallel = sequence_parallel and not row_split
-            linear.lora_B.sequence_parallel = sequence_parallel and row_split
-        params += [linear.lora_A, linear.lora_B]
+    for name, _, base in targets:
+        A = _init_A(config.rank, base.in_features, seed, f"{name}.lora_A")
+        parallel = isinstance(base, ParallelLinear)
+        adapted = LoRALinear(base, base.shard_input(A) if parallel else A, config.scale, config.dropout)
+        adapted.train(base.training)
+        if parallel:  # A is split as W's input columns, B as W's output rows; the other is replicated
+            row = base.splits_input
+            adapted.lora_A.tensor_parallel, adapted.lora_B.tensor_parallel = row, not row
+            adapted.lora_A.sequence_parallel = base.sequence_parallel and not row
+            adapted.lora_B.sequence_parallel = base.sequence_parallel and row
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, adapted)
+        params += [adapted.lora_A, adapted.lora_B]
     return params
-
-
-def _delta_weight(linear: nn.Module) -> torch.Tensor:
-    return linear.lora_scale * (linear.lora_B.float() @ linear.lora_A.float())
 
 
 @torch.no_grad()
@@ -192,18 +214,18 @@ def merge_lora(model: nn.Module) -> None:
     """W += scale * B A (in float32, then cast to W's dtype) for every adapter not yet merged; the
     adapters' term is then off, and the forward is the plain model's (fused epilogues)."""
     for linear in _adapted(model, "merge_lora"):
-        if not linear.lora_merged:
-            linear.weight.copy_(linear.weight.float() + _delta_weight(linear))
-            linear.lora_merged = True
+        if not linear.merged:
+            linear.weight.copy_(linear.weight.float() + linear.delta_weight())
+            linear.merged = True
 
 
 @torch.no_grad()
 def unmerge_lora(model: nn.Module) -> None:
     """The inverse of merge_lora (up to rounding in W's dtype): W -= scale * B A, the term back on."""
     for linear in _adapted(model, "unmerge_lora"):
-        if linear.lora_merged:
-            linear.weight.copy_(linear.weight.float() - _delta_weight(linear))
-            linear.lora_merged = False
+        if linear.merged:
+            linear.weight.copy_(linear.weight.float() - linear.delta_weight())
+            linear.merged = False
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -233,7 +255,7 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
                 f"load_lora_state_dict: {name} has shape {list(state[name].shape)}; the model's is {list(p.shape)}"
                 " (another rank, another model size, or a tensor-parallel shard?)"
             )
-    if any(linear.lora_merged for linear in linears):
+    if any(linear.merged for linear in linears):
         raise ValueError("load_lora_state_dict: the adapters are merged into the weights; unmerge_lora first")
     for name, p in params.items():
         p.copy_(state[name])
@@ -280,9 +302,8 @@ def load_adapters(path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, 
 
 
 def _load_adapter_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, str]]:
-    # Imported here: gptcore.parallel and gptcore.training import gptcore.model, which imports this module.
+    # Imported here: gptcore.training imports this module.
     from gptcore.parallel.checkpoint import read_layout
-    from gptcore.parallel.tensor_parallel import merge_state_dicts
     from gptcore.training.checkpoint import find_checkpoint
     from gptcore.training.trainer import adapter_file_name
 
@@ -305,21 +326,11 @@ def _load_adapter_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], LoR
 
 def apply_adapters(model: nn.Module, path, merge: bool = False) -> LoRAConfig:
     """apply_lora with the file's config, its adapters loaded (a pipeline stage takes its layers',
-    a tensor-parallel model its shards) and, with merge, merged into the weights (inference).
-    Returns the config."""
+    a tensor-parallel model its shards: local_state) and, with merge, merged into the weights
+    (inference). Returns the config."""
     state, config, _ = load_adapters(path)
     apply_lora(model, config)
-    if hasattr(model, "num_stages"):
-        # Imported here: gptcore.parallel imports gptcore.model, which imports this module.
-        from gptcore.parallel.pipeline import stage_state_dict
-
-        state = stage_state_dict(state, model.stage, model.num_stages, model.config.n_layer)
-    group = next((m.group for m in _adapted(model, "apply_adapters") if hasattr(m, "group")), None)
-    if group is not None:
-        from gptcore.parallel.tensor_parallel import shard_state_dict
-
-        state = shard_state_dict(state, dist.get_rank(group), dist.get_world_size(group))
-    load_lora_state_dict(model, state)
+    load_lora_state_dict(model, local_state(model, state))
     if merge:
         merge_lora(model)
     return config

@@ -1,7 +1,8 @@
 """Pipeline parallelism: GPT layers split into stages, run by a 1F1B schedule over micro batches.
 
-Stage s of S holds the layers `split_layers(n_layer, S)[s]`; the first stage also holds the
-embeddings (wte, wpe), the last the final layer norm and the head. The head is tied to wte, so the
+`pipeline_stage(model, s, S)` cuts stage s of S from a GPT in place: it holds the layers
+`split_layers(n_layer, S)[s]`; the first stage also holds the embeddings (wte, wpe), the last
+the final layer norm and the head. The head is tied to wte, so the
 first and the last stage each keep a copy of wte: broadcast from the first stage at init, their
 grads summed over the embedding group (the first and last stage's ranks) after each backward, so
 both copies take the same update (Megatron's scheme).
@@ -11,9 +12,13 @@ whichever stage runs layer 5), so a stage's state dict is a slice of the full GP
 
 Communication is explicit: the schedule takes the pipeline's process group and the global ranks of
 the neighbouring stages. Activations and their grads go point to point with one fixed shape,
-`stage.activation_shape(micro_B, T)` ([micro_B, T, C]; a tensor-parallel stage with sequence
+`activation_shape(stage, micro_B, T)` ([micro_B, T, C]; a tensor-parallel stage with sequence
 parallelism sends its [micro_B, T/tp, C] chunk), and the parameters' dtype; every stage knows them
 from its micro batches and the config, so no shape is exchanged.
+
+One loss convention: the model's mean over a micro batch's target tokens; the schedule weights
+each micro batch's mean by its share of the batch's target tokens (stage_loss), so the micro
+batches add up to the batch's mean loss.
 """
 
 from __future__ import annotations
@@ -21,17 +26,15 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from gptcore.model import GPT, Block, GPTConfig, op_set, tied_logits
+from gptcore.model import GPT, IGNORE_INDEX, Layers
 from gptcore.optim.adamw import param_grad
 
-IGNORE_INDEX = -100
 _LAYER_KEY = re.compile(r"transformer\.h\.(\d+)\.")
 
 
@@ -116,38 +119,12 @@ def merge_stage_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[s
     return merged
 
 
-class PipelineStage(nn.Module):
-    """One stage of a GPT split into `num_stages`: built from a GPT's weights, or from a config
-    (a GPT(config) is built under the current RNG state and sliced, so a seed gives the same
-    weights whatever the pipeline size; that holds the full model in memory once).
+@dataclass(frozen=True)
+class PipelinePosition:
+    """Where pipeline_stage put a model: stage `stage` of `num_stages`."""
 
-    forward(inputs, targets=None): the first stage takes token ids [B, T], the others the previous
-    stage's hidden states [B, T, C]. The last stage returns the cross-entropy summed over the
-    target tokens (float32; targets equal to -100 are ignored) or, without targets, the logits
-    [B, T, vocab_size]; the other stages return hidden states [B, T, C].
-    """
-
-    def __init__(self, source: GPT | GPTConfig, stage: int, num_stages: int):
-        super().__init__()
-        full = source if isinstance(source, GPT) else GPT(source)
-        config = full.config
-        _check_stage(stage, num_stages)
-        self.config, self.stage, self.num_stages = config, stage, num_stages
-        self.layers = split_layers(config.n_layer, num_stages)[stage]
-        self.recompute = full.recompute  # "none", "full" or "selective", as GPT.recompute
-        C = config.n_embd
-        modules: dict[str, nn.Module] = {}
-        with torch.device("meta"):  # storage comes from the full model's state below
-            if self.is_first or self.is_last:
-                modules["wte"] = nn.Embedding(config.padded_vocab_size, C)
-            if self.is_first:
-                modules["wpe"] = nn.Embedding(config.n_positions, C)
-            modules["h"] = nn.ModuleDict({str(i): Block(config) for i in self.layers})
-            if self.is_last:
-                modules["ln_f"] = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)
-        self.transformer = nn.ModuleDict(modules)
-        state = stage_state_dict(full.state_dict(), stage, num_stages, config.n_layer)
-        self.load_state_dict({k: v.detach().clone() for k, v in state.items()}, assign=True)
+    stage: int
+    num_stages: int
 
     @property
     def is_first(self) -> bool:
@@ -162,75 +139,83 @@ class PipelineStage(nn.Module):
         """True on the first and last stage of a pipeline of two or more: its wte is one of two copies."""
         return self.num_stages > 1 and (self.is_first or self.is_last)
 
-    @property
-    def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
-        return op_set(self.config)
 
-    def owned_parameters(self) -> list[nn.Parameter]:
-        """The parameters less the last stage's wte copy: over all stages, every parameter of the
-        full model exactly once (grad norms, parameter counts)."""
-        copy = self.transformer.wte.weight if self.holds_tied_copy and not self.is_first else None
-        return [p for p in self.parameters() if p is not copy]
-
-    def activation_shape(self, batch: int, seq_len: int) -> tuple[int, ...]:
-        """The shape of the hidden states this stage passes on (and the next stage takes) for
-        micro batches of [batch, seq_len] ids: [batch, seq_len, C]. forward_backward_1f1b sends and
-        receives activations and their grads in this shape."""
-        return (batch, seq_len, self.config.n_embd)
-
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.trunk(inputs)
-        return self.head(x, targets) if self.is_last else x
-
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """First stage: token + position embeddings of ids [B, T], with dropout: [B, T, C]."""
-        cfg, t = self.config, self.transformer
-        seq_len = idx.shape[1]
-        if seq_len > cfg.n_positions:
-            raise ValueError(f"{type(self).__name__}: sequence length {seq_len} exceeds n_positions {cfg.n_positions}")
-        positions = torch.arange(seq_len, device=idx.device)
-        return F.dropout(t.wte(idx) + t.wpe(positions), cfg.dropout, self.training)
-
-    def trunk(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The embeddings (first stage, self.embed; inputs are token ids) and this stage's blocks."""
-        x = self.embed(inputs) if self.is_first else inputs
-        recompute = self.recompute if self.training and torch.is_grad_enabled() else "none"
-        if recompute not in ("none", "full", "selective"):
-            kind = type(self).__name__
-            raise ValueError(f"{kind}.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
-        for block in self.transformer.h.values():
-            if recompute == "full":
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, recompute_attention=recompute == "selective")
-        return x
-
-    def head(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        """Last stage: the logits, or with targets the cross-entropy summed over the target tokens."""
-        cfg, t = self.config, self.transformer
-        x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
-        logits = tied_logits(self.ops, x, t.wte.weight, cfg.vocab_size)
-        if targets is None:
-            return logits[..., : cfg.vocab_size]
-        # Per-token losses summed in float32: a token sum can overflow float16.
-        return self.ops.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none").float().sum()
+def pipeline_stage(model: GPT, stage: int, num_stages: int) -> GPT:
+    """Stage `stage` of `num_stages` cut from a GPT in place (torchtitan's pattern): it keeps the
+    layers split_layers gives it, under their names (transformer.h.<layer>), the embeddings (wte,
+    wpe) on the first stage, ln_f and the head on the last, which holds wte too (the head is tied
+    to it). A stage's state dict is stage_state_dict of the full model's. GPT.forward then takes
+    token ids on the first stage and hidden states [B, T, C] on the others, and returns hidden
+    states except on the last, which returns (logits, mean loss). Returns the model;
+    model.pipeline records the position. A tensor-parallel stage: parallelize(pipeline_stage(...))."""
+    config = model.config
+    _check_stage(stage, num_stages)
+    layers = split_layers(config.n_layer, num_stages)[stage]
+    t = model.transformer
+    if "pipeline" in vars(model) or len(t.h) != config.n_layer:
+        raise ValueError("pipeline_stage: the model is already a pipeline stage; cut stages from the whole GPT")
+    t.h = Layers({str(i): t.h[i] for i in layers})
+    position = PipelinePosition(stage, num_stages)
+    if not position.is_first:
+        del t["wpe"], t["drop"]
+    if not (position.is_first or position.is_last):
+        del t["wte"]
+    if not position.is_last:
+        del t["ln_f"]
+    model.pipeline = position
+    return model
 
 
-def broadcast_tied_embedding(
-    stage: PipelineStage, embedding_group: dist.ProcessGroup | None, first_stage_rank: int
-) -> None:
+def owned_parameters(stage: GPT) -> list[nn.Parameter]:
+    """The parameters less the last stage's wte copy: over all stages, every parameter of the
+    full model exactly once (grad norms, parameter counts)."""
+    position = stage.pipeline
+    copy = stage.transformer.wte.weight if position.holds_tied_copy and not position.is_first else None
+    return [p for p in stage.parameters() if p is not copy]
+
+
+def activation_shape(stage: GPT, batch: int, seq_len: int) -> tuple[int, ...]:
+    """The shape of the hidden states a stage passes on (and the next stage takes) for micro
+    batches of [batch, seq_len] ids: [batch, seq_len, C], or with sequence parallelism
+    (gptcore.parallel.parallelize) this tensor-parallel rank's chunk [batch, seq_len / tp, C];
+    a ValueError when seq_len does not split over the tp group."""
+    tp = getattr(stage, "tensor_parallel", None)
+    if tp is None or not tp.sequence_parallel:
+        return (batch, seq_len, stage.config.n_embd)
+    if seq_len % tp.size:
+        raise ValueError(
+            f"pipeline: with sequence parallelism the sequence length ({seq_len}) must be divisible by"
+            f" the tensor-parallel size ({tp.size}): each tp rank holds and passes on a [B, T/tp, C]"
+            " chunk of the residual stream"
+        )
+    return (batch, seq_len // tp.size, stage.config.n_embd)
+
+
+def stage_loss(stage: GPT, x: torch.Tensor, targets: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The last stage's share of a batch's mean loss: the model's mean over this micro batch's
+    target tokens times their count, over the batch's num_tokens (float32). A micro batch without
+    target tokens adds zero (its mean is undefined) and zero grads."""
+    count = int((targets != IGNORE_INDEX).sum())
+    if count == 0:
+        logits, _ = stage(x)
+        return logits.float().sum() * 0.0
+    _, mean = stage(x, targets)
+    return mean.float() * (count / num_tokens)
+
+
+def broadcast_tied_embedding(stage: GPT, embedding_group: dist.ProcessGroup | None, first_stage_rank: int) -> None:
     """At init: the last stage's wte copy takes the first stage's values. embedding_group: the first
     and last stage (ParallelGroups.embedding); first_stage_rank: a global rank. A no-op on middle
     stages and when the pipeline has one stage."""
-    if stage.holds_tied_copy:
+    if stage.pipeline.holds_tied_copy:
         dist.broadcast(stage.transformer.wte.weight.detach(), src=first_stage_rank, group=embedding_group)
 
 
-def all_reduce_tied_embedding_grad(stage: PipelineStage, embedding_group: dist.ProcessGroup | None) -> None:
+def all_reduce_tied_embedding_grad(stage: GPT, embedding_group: dist.ProcessGroup | None) -> None:
     """After the backward: both wte copies get the sum of the embedding's and the head's grads, the
     grad of the one tied weight. Reads `main_grad` where the param has one (as the optimizer does).
     A no-op on middle stages and when the pipeline has one stage."""
-    if not stage.holds_tied_copy:
+    if not stage.pipeline.holds_tied_copy:
         return
     weight = stage.transformer.wte.weight
     grad = param_grad(weight)
@@ -287,14 +272,14 @@ class _Neighbours:
         if x.shape != self.shape or x.dtype != self.dtype:
             raise RuntimeError(
                 f"pipeline: the {what} to send is {x.dtype} {list(x.shape)}; the receiving stage expects"
-                f" {self.dtype} {list(self.shape)} (the parameters' dtype, stage.activation_shape(micro_B, T))"
+                f" {self.dtype} {list(self.shape)} (the parameters' dtype, activation_shape(stage, micro_B, T))"
             )
         self.sends = [(work, t) for work, t in self.sends if not work.is_completed()]
         x = x.detach().contiguous()
         self.sends.append((dist.isend(x, dst=dst, group=self.group), x))
 
 
-def _check_micro_batches(stage: PipelineStage, micro_batches) -> torch.Size:
+def _check_micro_batches(stage: GPT, micro_batches) -> torch.Size:
     """The one [micro_B, T] shape of every micro batch's ids and targets."""
     if len(micro_batches) == 0:
         raise ValueError("forward_backward_1f1b: no micro batches")
@@ -325,7 +310,7 @@ def _check_micro_batches(stage: PipelineStage, micro_batches) -> torch.Size:
 
 
 def forward_backward_1f1b(
-    stage: PipelineStage,
+    stage: GPT,
     micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     group: dist.ProcessGroup | None,
     prev_rank: int | None,
@@ -343,9 +328,9 @@ def forward_backward_1f1b(
     first stage reads the ids, the last the targets, all of them the shape). group: the pipeline's
     process group; prev_rank / next_rank: the global ranks of the neighbouring stages, None on the
     first / last stage. The loss is the mean over the batch's target tokens: each micro batch's
-    token sum divided by num_tokens (default: the targets != -100 over all micro batches; pass the
-    count over more ranks when the batch spans them). grad_scale multiplies the loss the backward
-    starts from (loss scaling). forward_only: forwards without grad, for evaluation. no_sync: a
+    mean times its token count, over num_tokens (stage_loss; default: the targets != -100 over all
+    micro batches; pass the count over more ranks when the batch spans them). grad_scale multiplies
+    the loss the backward starts from (loss scaling). forward_only: forwards without grad, for evaluation. no_sync: a
     context manager factory (DataParallel.no_sync when the stage is data parallel) entered around
     every backward but the batch's last, so the data-parallel grad reduction runs once, on the
     grads of all the micro batches (Megatron's no_sync_func).
@@ -355,34 +340,35 @@ def forward_backward_1f1b(
     all_reduce_tied_embedding_grad afterwards (after any data parallel grad reduction too).
     """
     B, T = _check_micro_batches(stage, micro_batches)
-    if (prev_rank is None) != stage.is_first or (next_rank is None) != stage.is_last:
+    position = stage.pipeline
+    if (prev_rank is None) != position.is_first or (next_rank is None) != position.is_last:
         raise ValueError(
-            f"forward_backward_1f1b: stage {stage.stage} of {stage.num_stages} got prev_rank={prev_rank},"
+            f"forward_backward_1f1b: stage {position.stage} of {position.num_stages} got prev_rank={prev_rank},"
             f" next_rank={next_rank}; prev_rank is None exactly on the first stage, next_rank on the last"
         )
     if num_tokens is None:
         num_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro_batches)
     num_tokens = max(num_tokens, 1)
     param = next(stage.parameters())
-    shape = stage.activation_shape(B, T)  # checked on every stage before any transfer
+    shape = activation_shape(stage, B, T)  # checked on every stage before any transfer
     neighbours = _Neighbours(group, prev_rank, next_rank, shape, param.dtype, param.device)
     num_micro_batches = len(micro_batches)
     if forward_only:
         order = [("F", k) for k in range(num_micro_batches)]
     else:
-        order = schedule_1f1b(num_micro_batches, stage.stage, stage.num_stages)
+        order = schedule_1f1b(num_micro_batches, position.stage, position.num_stages)
     in_flight: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # k -> (stage input, stage output)
     losses = []
     with torch.no_grad() if forward_only else contextlib.nullcontext():
         for action, k in order:
             if action == "F":
                 idx, targets = micro_batches[k]
-                x = idx if stage.is_first else neighbours.recv_activation().requires_grad_(not forward_only)
-                out = stage(x, targets if stage.is_last else None)
-                if stage.is_last:
-                    out = out / num_tokens
+                x = idx if position.is_first else neighbours.recv_activation().requires_grad_(not forward_only)
+                if position.is_last:
+                    out = stage_loss(stage, x, targets, num_tokens)
                     losses.append(out.detach())
                 else:
+                    out = stage(x)
                     neighbours.send_activation(out)
                 if not forward_only:
                     in_flight[k] = (x, out)
@@ -391,11 +377,11 @@ def forward_backward_1f1b(
                 # Backwards run in micro batch order, so k == num_micro_batches - 1 is the last.
                 deferred = no_sync is not None and k < num_micro_batches - 1
                 with no_sync() if deferred else contextlib.nullcontext():
-                    if stage.is_last:
+                    if position.is_last:
                         torch.autograd.backward(out * grad_scale if grad_scale != 1.0 else out)
                     else:
                         torch.autograd.backward(out, neighbours.recv_grad())
-                if not stage.is_first:
+                if not position.is_first:
                     neighbours.send_grad(x.grad)
         neighbours.finish()
     return losses

@@ -4,7 +4,8 @@ A layout's state is a dict keyed by (tp_rank, pp_rank): pipeline stage pp_rank's
 (pipeline.stage_state_dict, GPT's parameter names) cut into tensor-parallel shard tp_rank
 (tensor_parallel.shard_state_dict). `split` makes one from a full GPT state dict, `merge` is its
 exact inverse, and `reshard` = split(merge(...)) goes from any layout to any other the config
-allows (not only to multiples or divisors of the old sizes).
+allows (not only to multiples or divisors of the old sizes). `local_state` cuts a full state to
+what one pipeline_stage / parallelize'd model holds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn as nn
 
 from gptcore.model import GPT, GPTConfig
 from gptcore.parallel.pipeline import merge_stage_state_dicts, split_layers, stage_state_dict
@@ -115,3 +117,16 @@ def reshard(
     """Shards of any layout -> the same weights in a tp x pp layout (split(merge(shards)))."""
     check_layout(config, tp, pp)  # fail before merging
     return split(merge(shards, config), config, tp, pp)
+
+
+def local_state(model: nn.Module, full_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The part of full_state (tensors keyed by GPT names: weights, adapters) that `model` holds:
+    its pipeline stage's entries (pipeline_stage), this rank's tensor-parallel shards (parallelize)."""
+    state = dict(full_state)
+    position = getattr(model, "pipeline", None)
+    if position is not None:
+        state = stage_state_dict(state, position.stage, position.num_stages, model.config.n_layer)
+    tp = getattr(model, "tensor_parallel", None)
+    if tp is not None:
+        state = shard_state_dict(state, tp.rank, tp.size)
+    return state

@@ -1,9 +1,11 @@
-"""Tensor parallelism for gptcore's GPT (Megatron's layout), with optional sequence parallelism.
+"""Tensor parallelism for gptcore's GPT (Megatron's layout), with optional sequence parallelism,
+applied from outside: `parallelize(model, group, sequence_parallel)` swaps a GPT's (or a pipeline
+stage's) modules for parallel ones in place, keeping every parameter name.
 
 Rank r of a tensor-parallel group of size tp holds (Vp: the padded vocab, H: heads):
 - wte: rows [r Vp/tp, (r+1) Vp/tp) (VocabParallelEmbedding). The tied head multiplies by those
   of its rows that are real tokens, so each rank gets a vocab shard of the logits, and
-  vocab_parallel_cross_entropy takes the loss without gathering them.
+  vocab_parallel_cross_entropy takes the loss without gathering them (VocabParallelHead).
 - attn.c_attn: the q, k and v rows of heads [r H/tp, (r+1) H/tp) (column parallel); attention
   runs on the local heads; attn.c_proj: the matching input columns (row parallel).
 - mlp.c_fc: a chunk of rows, GELU fused (column parallel); mlp.c_proj: the matching columns.
@@ -18,32 +20,29 @@ residual stream, layer norms and dropout work on [B, T/tp, C] sequence chunks: a
 the sequence before a column-parallel linear, reduce-scatter after a row-parallel one. The
 replicated parameters then see only their rank's tokens, so their gradients must be summed over
 the group once per step, after the backward(s) and before clipping and the optimizer step:
-`reduce_sequence_parallel_grads(model, group)`, or the method of that name of TPGPT and
-tp_pipeline.TPPipelineStage. Every parameter carries two flags: `tensor_parallel` (split over
-the ranks; a global grad norm counts the others, replicated, once) and `sequence_parallel` (its
-gradient is summed by reduce_sequence_parallel_grads).
+`reduce_sequence_parallel_grads(model, group)`. Every parameter carries two flags:
+`tensor_parallel` (split over the ranks; a global grad norm counts the others, replicated, once)
+and `sequence_parallel` (its gradient is summed by reduce_sequence_parallel_grads).
 
 Dropout: the tp ranks are seeded alike, so dropout on replicated activations (the hidden dropout
 without sequence parallelism) draws the same mask on every rank, as it must. Where the ranks hold
 different data, the local heads' attention dropout and, with sequence parallelism, the hidden and
-embedding dropout of their sequence chunks, dropout runs under `mappings.rank_dropout_rng`: a
-stream per rank, seeded from the shared default stream, so the masks are independent across ranks
-and an activation recompute draws them again.
+embedding dropout of their sequence chunks, dropout runs under `mappings.rank_dropout_rng`
+(OwnRandomStream): a stream per rank, seeded from the shared default stream, so the masks are
+independent across ranks and an activation recompute draws them again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from gptcore import ops as gptcore_ops
-from gptcore.finetune.lora import lora_delta
-from gptcore.model import GPT, REFERENCE_OPS, GPTConfig
+from gptcore.model import GPT, GPTConfig, Linear, op_set
 from gptcore.ops.cross_entropy import reduce_token_losses
 from gptcore.optim.adamw import param_grad
 from gptcore.parallel.mappings import (
@@ -73,10 +72,6 @@ _SPLITS = {
     "attn.c_proj.lora_A": (1, 1),
     "mlp.c_proj.lora_A": (1, 1),
 }
-
-
-def _ops(use_gptcore_ops: bool):
-    return gptcore_ops if use_gptcore_ops else REFERENCE_OPS
 
 
 def _split_of(name: str) -> tuple[int, int] | None:
@@ -159,108 +154,6 @@ def gather_full_state_dict(shard_state: Mapping[str, torch.Tensor], group) -> di
     return merge_state_dicts([{name: stack[rank] for name, stack in gathered.items()} for rank in range(size)])
 
 
-def enter_column_parallel(x: torch.Tensor, group, sequence_parallel: bool) -> torch.Tensor:
-    """The input of a column-parallel linear: x copied into the region, or with sequence parallelism
-    this rank's sequence chunk all-gathered along the sequence."""
-    return gather_from_sequence(x, group) if sequence_parallel else copy_to_region(x, group)
-
-
-def column_parallel_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    group,
-    sequence_parallel: bool,
-    ops,
-    activation: str | None = None,
-) -> torch.Tensor:
-    """act(x W_r^T + b_r) for this rank's rows W_r of W: x replicated [B, T, in] (or this rank's
-    sequence chunk [B, T/tp, in] with sequence parallelism) -> [B, T, out_r]."""
-    return ops.linear(enter_column_parallel(x, group, sequence_parallel), weight, bias, activation=activation)
-
-
-class ColumnParallelLinear(nn.Module):
-    """F.linear(x, W, b) with W's rows (outputs) split over the group: weight [out/tp, in].
-    The parameters are allocated, not initialized: TPGPT loads them from a shard."""
-
-    def __init__(self, in_features, out_features, group, *, bias=True, sequence_parallel=False, use_gptcore_ops=True):
-        super().__init__()
-        tp = dist.get_world_size(group)
-        if out_features % tp:
-            raise ValueError(f"ColumnParallelLinear: out_features ({out_features}) is not divisible by {tp} ranks")
-        self.group, self.sequence_parallel, self.use_gptcore_ops = group, sequence_parallel, use_gptcore_ops
-        self.weight = nn.Parameter(torch.empty(out_features // tp, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features // tp)) if bias else None
-
-    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        ops, sp = _ops(self.use_gptcore_ops), self.sequence_parallel
-        delta = lora_delta(self, x, self._enter_region)  # a LoRA adapter's rank-r activation enters as x does
-        if delta is None:
-            return column_parallel_linear(x, self.weight, self.bias, self.group, sp, ops, activation)
-        y = ops.linear(self._enter_region(x), self.weight, self.bias, residual=delta)
-        return y if activation is None else F.gelu(y, approximate="tanh")  # "gelu", ops.linear's only one
-
-    def _enter_region(self, t: torch.Tensor) -> torch.Tensor:
-        return enter_column_parallel(t, self.group, self.sequence_parallel)
-
-
-class RowParallelLinear(nn.Module):
-    """F.linear(x, W, b) with W's columns (inputs) split over the group: weight [out, in/tp], x the
-    matching chunk of the last dim; the partial products are summed over the group (reduce-
-    scattered along the sequence with sequence parallelism), then the replicated bias is added.
-    The parameters are allocated, not initialized: TPGPT loads them from a shard."""
-
-    def __init__(self, in_features, out_features, group, *, bias=True, sequence_parallel=False, use_gptcore_ops=True):
-        super().__init__()
-        tp = dist.get_world_size(group)
-        if in_features % tp:
-            raise ValueError(f"RowParallelLinear: in_features ({in_features}) is not divisible by {tp} ranks")
-        self.group, self.sequence_parallel, self.use_gptcore_ops = group, sequence_parallel, use_gptcore_ops
-        self.weight = nn.Parameter(torch.empty(out_features, in_features // tp))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        if bias:
-            self.bias.sequence_parallel = sequence_parallel
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, in/tp] -> [B, T, out] (or [B, T/tp, out] with sequence parallelism) + residual."""
-        y = self._leave_region(_ops(self.use_gptcore_ops).linear(x, self.weight))
-        delta = lora_delta(self, x, self._leave_region)  # a LoRA adapter's partial A x is summed as y is
-        if delta is not None:
-            y = y + delta
-        if self.bias is not None:
-            y = y + self.bias
-        return y if residual is None else y + residual
-
-    def _leave_region(self, t: torch.Tensor) -> torch.Tensor:
-        if self.sequence_parallel:
-            return reduce_scatter_to_sequence(t, self.group)
-        return reduce_from_region(t, self.group)
-
-
-class VocabParallelEmbedding(nn.Module):
-    """nn.Embedding with its rows split over the group: rank r holds ids [vocab_start, vocab_end).
-    Each rank looks up the ids it owns (zeros elsewhere) and the group sums the lookups: all-reduced
-    [B, T, C], or reduce-scattered to [B, T/tp, C] with sequence parallelism."""
-
-    def __init__(self, num_embeddings, embedding_dim, group, *, sequence_parallel=False):
-        super().__init__()
-        tp, rank = dist.get_world_size(group), dist.get_rank(group)
-        if num_embeddings % tp:
-            raise ValueError(f"VocabParallelEmbedding: {num_embeddings} rows are not divisible by {tp} ranks")
-        rows = num_embeddings // tp
-        self.group, self.sequence_parallel = group, sequence_parallel
-        self.vocab_start, self.vocab_end = rank * rows, (rank + 1) * rows
-        self.weight = nn.Parameter(torch.empty(rows, embedding_dim))
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        foreign = (idx < self.vocab_start) | (idx >= self.vocab_end)
-        local = F.embedding((idx - self.vocab_start).masked_fill(foreign, 0), self.weight)
-        local = local.masked_fill(foreign.unsqueeze(-1), 0.0)
-        if self.sequence_parallel:
-            return reduce_scatter_to_sequence(local, self.group)
-        return reduce_from_region(local, self.group)
-
-
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Per-row loss of logits [N, V_r] holding vocab columns [vocab_start, vocab_start + V_r);
     float32 math, two all-reduces (row max; sum of exponentials with the target logit)."""
@@ -323,162 +216,246 @@ def vocab_parallel_cross_entropy(
     return reduce_token_losses(loss, target, ignore_index, reduction, logits.dtype)
 
 
-class TPBlock(nn.Module):
-    """model.Block over this rank's heads and MLP columns."""
+@dataclass(frozen=True)
+class TensorParallel:
+    """How parallelize split a model: over `group`, with or without sequence parallelism."""
 
-    def __init__(self, config: GPTConfig, group, sequence_parallel: bool):
-        super().__init__()
-        C, bias = config.n_embd, config.bias
-        self.config, self.group, self.sequence_parallel = config, group, sequence_parallel
-        self.n_local_head = config.n_head // dist.get_world_size(group)
-        parallel = dict(bias=bias, sequence_parallel=sequence_parallel, use_gptcore_ops=config.use_gptcore_ops)
-        self.ln_1 = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=bias)
-        self.attn = nn.Module()
-        self.attn.c_attn = ColumnParallelLinear(C, 3 * C, group, **parallel)
-        self.attn.c_proj = RowParallelLinear(C, C, group, **parallel)
-        self.ln_2 = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=bias)
-        self.mlp = nn.Module()
-        self.mlp.c_fc = ColumnParallelLinear(C, 4 * C, group, **parallel)
-        self.mlp.c_proj = RowParallelLinear(4 * C, C, group, **parallel)
-        for ln in (self.ln_1, self.ln_2):
-            for p in ln.parameters():
-                p.sequence_parallel = sequence_parallel
+    group: object
+    sequence_parallel: bool
 
     @property
-    def ops(self):
-        return _ops(self.config.use_gptcore_ops)
+    def size(self) -> int:
+        return dist.get_world_size(self.group)
 
-    def _project_add(self, x: torch.Tensor, proj: RowParallelLinear, residual: torch.Tensor) -> torch.Tensor:
-        if self.training and self.config.dropout > 0:
-            y = proj(x)
-            with rank_dropout_rng(self.group, self.sequence_parallel):  # a sequence chunk: this rank's own mask
-                return residual + F.dropout(y, self.config.dropout, True)
-        return proj(x, residual=residual)
-
-    def attention_sublayer(self, x: torch.Tensor) -> torch.Tensor:
-        """Causal attention of ln_1(x) over the local heads, merged: [B, T, C/tp] (the whole sequence)."""
-        H, D = self.n_local_head, self.config.head_dim
-        h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.config.layer_norm_eps)
-        qkv = self.attn.c_attn(h)
-        B, T = qkv.shape[:2]
-        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=-1))
-        dropout_p = self.config.attn_dropout if self.training else 0.0
-        with rank_dropout_rng(self.group, dropout_p > 0):  # the local heads: this rank's own masks
-            y = self.ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
-        return y.transpose(1, 2).contiguous().view(B, T, H * D)
-
-    def forward(self, x: torch.Tensor, recompute_attention: bool = False) -> torch.Tensor:
-        if recompute_attention:
-            y = checkpoint(self.attention_sublayer, x, use_reentrant=False)
-        else:
-            y = self.attention_sublayer(x)
-        x = self._project_add(y, self.attn.c_proj, x)
-        h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, self.config.layer_norm_eps)
-        return self._project_add(self.mlp.c_fc(h, activation="gelu"), self.mlp.c_proj, x)
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
 
 
-class TPGPT(nn.Module):
-    """This rank's part of a GPT split over a tensor-parallel group (see the module docstring).
-
-    Weights: the shard of full_state (a GPT state dict), or of a fresh GPT(config), so one seed
-    gives the same model whatever the tensor-parallel size. forward(idx, targets) returns this
-    rank's vocab shard of the logits (gather_logits assembles them) and the loss, the same on
-    every rank. `recompute` works as GPT's.
-    """
-
-    def __init__(
-        self,
-        config: GPTConfig,
-        group,
-        *,
-        sequence_parallel: bool = False,
-        full_state: Mapping[str, torch.Tensor] | None = None,
-    ):
-        super().__init__()
-        tp_size, tp_rank = dist.get_world_size(group), dist.get_rank(group)
-        check_tensor_parallel(config, tp_size)
-        if full_state is None:  # drawn first: building the modules below consumes random numbers
-            full_state = GPT(config).state_dict()
-        self.config, self.group, self.sequence_parallel = config, group, sequence_parallel
-        self.tp_size, self.tp_rank = tp_size, tp_rank
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=VocabParallelEmbedding(
-                    config.padded_vocab_size, config.n_embd, group, sequence_parallel=sequence_parallel
-                ),
-                wpe=nn.Embedding(config.n_positions, config.n_embd),
-                h=nn.ModuleList(TPBlock(config, group, sequence_parallel) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
-            )
+def _check_sequence(seq_len: int, group) -> None:
+    tp = dist.get_world_size(group)
+    if seq_len % tp:
+        raise ValueError(
+            f"tensor parallel: with sequence parallelism the sequence length ({seq_len}) must be divisible by the"
+            f" tensor-parallel size ({tp}): each rank holds a [B, T/tp, C] chunk of the residual stream"
         )
-        for p in (self.transformer.wpe.weight, *self.transformer.ln_f.parameters()):
-            p.sequence_parallel = sequence_parallel
-        for name, p in self.named_parameters():
-            p.tensor_parallel = _split_of(name) is not None
-        wte = self.transformer.wte
-        self.vocab_rows = min(config.vocab_size, wte.vocab_end) - wte.vocab_start  # real (unpadded) rows held
-        self.recompute = "none"
-        self.load_state_dict(shard_state_dict(full_state, tp_rank, tp_size))
+
+
+class ParallelLinear(nn.Module):
+    """A model.Linear split over a tensor-parallel group, with the collectives of its region; the
+    same call, forward(x, activation=None, residual=None). in_features / out_features are the whole
+    layer's. The parameters are allocated, not initialized: parallelize loads them from a shard."""
+
+    splits_input = False  # True: W's input columns split (row parallel); False: its output rows
+
+    def __init__(self, linear: Linear, group, sequence_parallel: bool, shape: tuple[int, int], bias_rows: int):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group, self.sequence_parallel, self.use_gptcore_ops = group, sequence_parallel, linear.use_gptcore_ops
+        like = dict(device=linear.weight.device, dtype=linear.weight.dtype)
+        self.weight = nn.Parameter(torch.empty(shape, **like))
+        self.bias = None if linear.bias is None else nn.Parameter(torch.empty(bias_rows, **like))
 
     @property
     def ops(self):
-        return _ops(self.config.use_gptcore_ops)
+        return op_set(self.use_gptcore_ops)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx [B, T] -> (logits [B, T, vocab_rows]: the columns [wte.vocab_start, + vocab_rows) of
-        GPT's logits, mean cross-entropy against targets [B, T] or None; -100 is ignored)."""
-        x = self.embed(idx)
-        recompute = self.recompute if self.training and torch.is_grad_enabled() else "none"
-        if recompute not in ("none", "full", "selective"):
-            raise ValueError(f"TPGPT.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
-        for block in self.transformer.h:
-            if recompute == "full":
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, recompute_attention=recompute == "selective")
-        return self.head(x, targets)
+    def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None):
+        return self.project(x, self.weight, self.bias, activation, residual)
 
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token + position embeddings with dropout: [B, T, C], or this rank's [B, T/tp, C] sequence
-        chunk with sequence parallelism."""
-        seq_len = idx.shape[1]
-        if seq_len > self.config.n_positions:
-            raise ValueError(f"TPGPT: sequence length {seq_len} exceeds n_positions {self.config.n_positions}")
-        if self.sequence_parallel and seq_len % self.tp_size:
+    def adapter_region(self, h: torch.Tensor) -> torch.Tensor:
+        """A low-rank adapter's rank-r activation (finetune.lora) passed through this layer's region."""
+        raise NotImplementedError
+
+    def shard_input(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a tensor over the whole layer's input features (last dim)."""
+        return t
+
+
+class ColumnParallelLinear(ParallelLinear):
+    """act(x W_r^T + b_r) for this rank's rows W_r of W (weight [out/tp, in]): x replicated
+    [B, T, in] (or this rank's sequence chunk [B, T/tp, in] with sequence parallelism) -> [B, T, out/tp]."""
+
+    def __init__(self, linear: Linear, group, sequence_parallel: bool = False):
+        tp = dist.get_world_size(group)
+        if linear.out_features % tp:
             raise ValueError(
-                f"TPGPT: with sequence parallelism the sequence length ({seq_len}) must be divisible by the"
-                f" tensor-parallel size ({self.tp_size})"
+                f"ColumnParallelLinear: out_features ({linear.out_features}) is not divisible by {tp} ranks"
             )
-        t = self.transformer
-        positions = torch.arange(seq_len, device=idx.device)
+        rows = linear.out_features // tp
+        super().__init__(linear, group, sequence_parallel, (rows, linear.in_features), rows)
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """x copied into the region, or this rank's sequence chunk all-gathered along the sequence."""
+        return gather_from_sequence(x, self.group) if self.sequence_parallel else copy_to_region(x, self.group)
+
+    def project(self, x, weight, bias, activation=None, residual=None) -> torch.Tensor:
+        return self.ops.linear(self.enter(x), weight, bias, activation=activation, residual=residual)
+
+    def adapter_region(self, h: torch.Tensor) -> torch.Tensor:
+        return self.enter(h)  # A x enters the region as x does
+
+
+class RowParallelLinear(ParallelLinear):
+    """x W^T + b with W's columns (inputs) split (weight [out, in/tp]), x the matching chunk of the
+    last dim; the partial products are summed over the group (reduce-scattered along the sequence
+    with sequence parallelism), then the replicated bias and the residual are added."""
+
+    splits_input = True
+
+    def __init__(self, linear: Linear, group, sequence_parallel: bool = False):
+        tp = dist.get_world_size(group)
+        if linear.in_features % tp:
+            raise ValueError(f"RowParallelLinear: in_features ({linear.in_features}) is not divisible by {tp} ranks")
+        shape = (linear.out_features, linear.in_features // tp)
+        super().__init__(linear, group, sequence_parallel, shape, linear.out_features)
+
+    def leave(self, y: torch.Tensor) -> torch.Tensor:
         if self.sequence_parallel:
-            positions = positions.chunk(self.tp_size)[self.tp_rank]
-        x = t.wte(idx) + t.wpe(positions)
-        with rank_dropout_rng(self.group, self.sequence_parallel and self.training and self.config.dropout > 0):
-            return F.dropout(x, self.config.dropout, self.training)
+            return reduce_scatter_to_sequence(y, self.group)
+        return reduce_from_region(y, self.group)
 
-    def head(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Final layer norm, tied vocab-parallel head over the real rows, vocab-parallel loss."""
-        t, cfg = self.transformer, self.config
-        x = self.ops.layer_norm(x, t.ln_f.weight, t.ln_f.bias, cfg.layer_norm_eps)
-        weight = t.wte.weight[: self.vocab_rows]
-        logits = column_parallel_linear(x, weight, None, self.group, self.sequence_parallel, self.ops)
+    def project(self, x, weight, bias, activation=None, residual=None) -> torch.Tensor:
+        if activation is not None:
+            raise ValueError("RowParallelLinear: no fused activation (its output is a sum over the ranks)")
+        y = self.leave(self.ops.linear(x, weight))
+        if bias is not None:
+            y = y + bias
+        return y if residual is None else y + residual
+
+    def adapter_region(self, h: torch.Tensor) -> torch.Tensor:
+        return self.leave(h)  # the partial A x summed over the group, as the output is
+
+    def shard_input(self, t: torch.Tensor) -> torch.Tensor:
+        return t.chunk(dist.get_world_size(self.group), dim=-1)[dist.get_rank(self.group)].contiguous()
+
+
+class VocabParallelEmbedding(nn.Module):
+    """nn.Embedding with its rows split over the group: rank r holds ids [vocab_start, vocab_end).
+    Each rank looks up the ids it owns (zeros elsewhere) and the group sums the lookups: all-reduced
+    [B, T, C], or reduce-scattered to [B, T/tp, C] with sequence parallelism."""
+
+    def __init__(self, embedding: nn.Embedding, group, sequence_parallel: bool = False):
+        super().__init__()
+        tp, rank = dist.get_world_size(group), dist.get_rank(group)
+        num_embeddings, dim = embedding.weight.shape
+        if num_embeddings % tp:
+            raise ValueError(f"VocabParallelEmbedding: {num_embeddings} rows are not divisible by {tp} ranks")
+        rows = num_embeddings // tp
+        self.group, self.sequence_parallel = group, sequence_parallel
+        self.vocab_start, self.vocab_end = rank * rows, (rank + 1) * rows
+        w = embedding.weight
+        self.weight = nn.Parameter(torch.empty(rows, dim, device=w.device, dtype=w.dtype))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.sequence_parallel:
+            _check_sequence(idx.shape[1], self.group)
+        foreign = (idx < self.vocab_start) | (idx >= self.vocab_end)
+        local = F.embedding((idx - self.vocab_start).masked_fill(foreign, 0), self.weight)
+        local = local.masked_fill(foreign.unsqueeze(-1), 0.0)
+        if self.sequence_parallel:
+            return reduce_scatter_to_sequence(local, self.group)
+        return reduce_from_region(local, self.group)
+
+
+class SequenceChunkEmbedding(nn.Embedding):
+    """The position embedding under sequence parallelism: positions [T] of the whole sequence ->
+    the embeddings of this rank's chunk of them [T/tp, C]."""
+
+    def __init__(self, embedding: nn.Embedding, group):
+        super().__init__(*embedding.weight.shape, _weight=embedding.weight.detach())
+        self.group = group
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        _check_sequence(positions.shape[-1], self.group)
+        tp, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        return super().forward(positions.chunk(tp, dim=-1)[rank])
+
+
+class OwnRandomStream(nn.Module):
+    """Runs `module` (a dropout, the attention kernel with its dropout) on this rank's own random
+    stream (mappings.rank_dropout_rng) when it draws: in training, with dropout p > 0."""
+
+    def __init__(self, module: nn.Module, group):
+        super().__init__()
+        self.module, self.group = module, group
+
+    @property
+    def p(self) -> float:
+        return self.module.p
+
+    def forward(self, *args):
+        with rank_dropout_rng(self.group, self.training and self.module.p > 0):
+            return self.module(*args)
+
+
+class VocabParallelHead(nn.Module):
+    """The tied LM head over a VocabParallelEmbedding's real rows: each rank's vocab shard of the
+    logits, and the vocab-parallel cross-entropy (mean over the targets that are not -100, the same
+    on every rank). forward(x, embedding, targets) -> (logits, loss): without targets the whole
+    logits [..., vocab_size] (gathered: generation, scoring), with targets this rank's shard
+    [..., vocab_rows] of the columns [vocab_start, vocab_start + vocab_rows) (the loss needs no gather)."""
+
+    def __init__(self, config: GPTConfig, embedding: VocabParallelEmbedding, group, sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sequence_parallel, self.use_gptcore_ops = group, sequence_parallel, config.use_gptcore_ops
+        self.vocab_size, self.padded_vocab_size = config.vocab_size, config.padded_vocab_size
+        self.vocab_start = embedding.vocab_start
+        self.vocab_rows = min(config.vocab_size, embedding.vocab_end) - embedding.vocab_start  # real rows held
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, targets: torch.Tensor | None = None):
+        x = gather_from_sequence(x, self.group) if self.sequence_parallel else copy_to_region(x, self.group)
+        logits = op_set(self.use_gptcore_ops).linear(x, embedding[: self.vocab_rows])
         if targets is None:
-            return logits, None
-        return logits, vocab_parallel_cross_entropy(logits, targets, self.group, vocab_start=t.wte.vocab_start)
+            return self.gather(logits), None
+        return logits, vocab_parallel_cross_entropy(logits, targets, self.group, vocab_start=self.vocab_start)
 
-    def gather_logits(self, logits: torch.Tensor) -> torch.Tensor:
+    def gather(self, logits: torch.Tensor) -> torch.Tensor:
         """Every rank's vocab shard of the logits -> GPT's logits [..., vocab_size] (differentiable)."""
-        width = self.config.padded_vocab_size // self.tp_size
+        width = self.padded_vocab_size // dist.get_world_size(self.group)
         padded = F.pad(logits, (0, width - logits.shape[-1]))
-        return gather_from_region(padded, self.group)[..., : self.config.vocab_size]
+        return gather_from_region(padded, self.group)[..., : self.vocab_size]
 
-    def reduce_sequence_parallel_grads(self) -> None:
-        """reduce_sequence_parallel_grads(self, self.group): call after the backward(s), before
-        clipping. Nothing to do without sequence parallelism."""
-        reduce_sequence_parallel_grads(self, self.group)
+
+def parallelize(model: GPT, tp_group, sequence_parallel: bool = False) -> GPT:
+    """Tensor parallelism applied to a GPT (or a pipeline stage of one) in place: its block linears
+    become column/row-parallel, wte vocab-parallel, the head vocab-parallel with the vocab-parallel
+    cross-entropy, each holding this rank's shard of the existing weights under the same names.
+    Returns the model; model.tensor_parallel records the group. Apply LoRA afterwards."""
+    tp, rank = dist.get_world_size(tp_group), dist.get_rank(tp_group)
+    check_tensor_parallel(model.config, tp)
+    sp = bool(sequence_parallel)
+    full_state = model.state_dict()
+    t = model.transformer
+    for block in t.h.values():
+        for parent, name, kind in (
+            (block.attn, "c_attn", ColumnParallelLinear),
+            (block.attn, "c_proj", RowParallelLinear),
+            (block.mlp, "c_fc", ColumnParallelLinear),
+            (block.mlp, "c_proj", RowParallelLinear),
+        ):
+            linear = getattr(parent, name)
+            if type(linear) is not Linear:
+                raise TypeError(
+                    f"parallelize: {name} is a {type(linear).__name__}; parallelize a plain GPT, then adapt it"
+                )
+            setattr(parent, name, kind(linear, tp_group, sp))
+        block.attn.core = OwnRandomStream(block.attn.core, tp_group)  # the local heads: this rank's own masks
+        if sp:
+            block.dropout = OwnRandomStream(block.dropout, tp_group)  # a sequence chunk: this rank's own mask
+    if "wte" in t:
+        t.wte = VocabParallelEmbedding(t.wte, tp_group, sp)
+    if sp and "wpe" in t:
+        t.wpe = SequenceChunkEmbedding(t.wpe, tp_group)
+        t.drop = OwnRandomStream(t.drop, tp_group)
+    if "ln_f" in t:
+        model.lm_head = VocabParallelHead(model.config, t.wte, tp_group, sp)
+    model.load_state_dict(shard_state_dict(full_state, rank, tp))
+    for name, p in model.named_parameters():
+        p.tensor_parallel = _split_of(name) is not None
+        p.sequence_parallel = sp and not p.tensor_parallel  # replicated, and seeing this rank's tokens only
+    model.tensor_parallel = TensorParallel(tp_group, sp)
+    return model
 
 
 def reduce_sequence_parallel_grads(module: nn.Module, group) -> None:
@@ -489,10 +466,3 @@ def reduce_sequence_parallel_grads(module: nn.Module, group) -> None:
     is flagged (no sequence parallelism) or none has a grad."""
     params = [p for p in module.parameters() if getattr(p, "sequence_parallel", False)]
     all_reduce_coalesced([g for g in map(param_grad, params) if g is not None], group)
-
-
-def tensor_parallel_model(model: GPT, group, sequence_parallel: bool = False) -> TPGPT:
-    """This rank's TPGPT holding its shard of model's weights (same config, same train/eval mode)."""
-    tp_model = TPGPT(model.config, group, sequence_parallel=sequence_parallel, full_state=model.state_dict())
-    tp_model.recompute = model.recompute
-    return tp_model.train(model.training)

@@ -3,9 +3,9 @@
 Launched by torchrun (or `gptcore train --nproc-per-node N`, which runs torchrun): every process
 builds a ParallelTrainer from the same config. The layout is world = dp x tp x pp
 (gptcore.parallel.layout, Megatron's rank order); each process holds one (tp, pp) shard of the model
-(a GPT, a TPGPT, a PipelineStage or a TPPipelineStage) wrapped in DataParallel over its dp group,
-whose float32 main_grad buckets are all-reduced (ZeRO 0, 1) or reduce-scattered (ZeRO 2) while the
-backward of the step's last micro batch runs.
+(a GPT cut by parallel.pipeline_stage and split by parallel.parallelize as the layout asks)
+wrapped in DataParallel over its dp group, whose float32 main_grad buckets are all-reduced
+(ZeRO 0, 1) or reduce-scattered (ZeRO 2) while the backward of the step's last micro batch runs.
 
 The step is the one-device trainer's, split up:
 - micro batch k of data-parallel rank d is global samples [k dp mb + d mb, + mb) of the step's batch,
@@ -43,14 +43,14 @@ from gptcore.parallel.data_parallel import DataParallel, ZeroAdamW
 from gptcore.parallel.layout import ParallelGroups, ParallelLayout, build_groups, check_layout
 from gptcore.parallel.mappings import all_reduce_coalesced
 from gptcore.parallel.pipeline import (
-    PipelineStage,
     all_reduce_tied_embedding_grad,
     broadcast_tied_embedding,
     forward_backward_1f1b,
     neighbour_ranks,
+    owned_parameters,
+    pipeline_stage,
 )
-from gptcore.parallel.tensor_parallel import tensor_parallel_model
-from gptcore.parallel.tp_pipeline import TPPipelineStage
+from gptcore.parallel.tensor_parallel import parallelize
 from gptcore.training import checkpoint as ckpt
 from gptcore.training.config import ConfigError, TrainConfig, launch_error
 from gptcore.training.trainer import Trainer, adapter_file_name, decay_groups, rank_file_name
@@ -123,14 +123,9 @@ class ParallelTrainer(Trainer):
             self.accum_steps = check_layout(layout, model.config, cfg.global_batch_size, cfg.micro_batch_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if layout.pp > 1 and layout.tp > 1:
-            part = TPPipelineStage(model, coords.pp, layout.pp, g.tp, sequence_parallel=cfg.sequence_parallel)
-        elif layout.pp > 1:
-            part = PipelineStage(model, coords.pp, layout.pp)
-        elif layout.tp > 1:
-            part = tensor_parallel_model(model, g.tp, cfg.sequence_parallel)
-        else:
-            part = model
+        part = pipeline_stage(model, coords.pp, layout.pp) if layout.pp > 1 else model
+        if layout.tp > 1:
+            part = parallelize(part, g.tp, cfg.sequence_parallel)
         # This shard's weights (or a LoRA run's adapters), before DataParallel and ZeRO's masters copy them.
         if self._resume is not None and not cfg.lora_rank:
             state, saved = load_shard_for(self._resume, layout.tp, layout.pp, coords.tp, coords.pp)
@@ -143,7 +138,7 @@ class ParallelTrainer(Trainer):
         part.to(device=self.device, dtype=self.dtype)
         if layout.pp > 1:
             broadcast_tied_embedding(part, g.embedding, g.pp_ranks[0])
-        self.tied = part.transformer.wte.weight if layout.pp > 1 and part.holds_tied_copy else None
+        self.tied = part.transformer.wte.weight if layout.pp > 1 and part.pipeline.holds_tied_copy else None
         # Dropout: the tp ranks of a stage draw alike (replicated activations; where their data differ,
         # mappings.rank_dropout_rng forks a stream per rank), the other ranks differ.
         torch.manual_seed(cfg.seed + 100_003 * coords.dp + 1_009 * coords.pp)
@@ -157,7 +152,7 @@ class ParallelTrainer(Trainer):
             average=False,
             own_bucket=() if self.tied is None else [self.tied],
         )
-        owned = part.owned_parameters() if layout.pp > 1 else list(part.parameters())
+        owned = owned_parameters(part) if layout.pp > 1 else list(part.parameters())
         self._counted = {id(p) for p in owned if getattr(p, "tensor_parallel", False) or coords.tp == 0}
         self._prev, self._next = neighbour_ranks(g.pp_ranks, coords.pp)
         return part
