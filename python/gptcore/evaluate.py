@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptcore.data import IndexedDataset
+
 __all__ = [
     "dataset_prefix",
     "evaluate_file",
@@ -294,8 +296,6 @@ def evaluate_indexed(
     Bytes and words count the text the tokens decode to, split at eod tokens, which add no bytes; this
     needs the tokenizer, and without one bits_per_byte, word_perplexity, bytes and words are None.
     """
-    from gptcore.data import IndexedDataset
-
     window, stride = resolve_window(model.config, window, stride)
     _check_max_tokens(max_tokens)
     prefix = dataset_prefix(prefix)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gptcore import cli, convert
+from gptcore.checkpoint import load_for_inference, save_model
 from gptcore.data import load_tokenizer, train_sentencepiece
 from gptcore.finetune import LoRAConfig
 from gptcore.finetune.classify import (
@@ -247,7 +248,7 @@ def words(tmp_path_factory):
     (d / "corpus.txt").write_text("\n".join(text for text, _ in train) + "\n")
     tok = load_tokenizer(train_sentencepiece([d / "corpus.txt"], d / "spm", 400, num_threads=1))
     (d / "model" / "tokenizer").mkdir(parents=True)
-    convert.save(tiny(vocab_size=tok.vocab_size, n_positions=32), d / "model" / "model.safetensors")
+    save_model(tiny(vocab_size=tok.vocab_size, n_positions=32), d / "model" / "model.safetensors")
     shutil.copy(tok.name.removeprefix("sentencepiece:"), d / "model" / "tokenizer" / "spm.model")
     (d / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in train))
     (d / "valid.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in valid))
@@ -283,7 +284,7 @@ def test_cli_finetune_then_eval(words, tmp_path, capsys):
     assert cli.main(["eval", "cls", "--checkpoint", str(out), "--data", str(d / "test.jsonl")]) == 0
     assert f"accuracy {want['accuracy']:.4f} (" in capsys.readouterr().out
     # The model file is a plain gptcore model that finds the copied tokenizer beside it.
-    _, base_tok = convert.load_for_inference(out / "model.safetensors", device="cpu")
+    _, base_tok = load_for_inference(out / "model.safetensors", device="cpu")
     assert base_tok.vocab_size == tok.vocab_size
 
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import gptcore
-from gptcore import cli, convert
+from gptcore import cli
+from gptcore.checkpoint import save_model
 from gptcore.data import load_tokenizer, train_sentencepiece
 from gptcore.generate import Generator
 from gptcore.model import GPT, GPTConfig
@@ -102,7 +103,7 @@ def test_generator_explicit_stop_id_replaces_the_default(tokenizer):
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, eod_model, tokenizer_file):
     root = tmp_path_factory.mktemp("eod_model")
-    convert.save(eod_model, root / "model.safetensors")
+    save_model(eod_model, root / "model.safetensors")
     (root / "tokenizer").mkdir()
     (root / "tokenizer" / "spm.model").write_bytes(Path(tokenizer_file).read_bytes())
     return root / "model.safetensors"

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcore import cli, convert
+from gptcore import cli
+from gptcore.checkpoint import load_for_inference, save_model
 from gptcore.data import IndexedDataset, IndexedDatasetBuilder, load_tokenizer, preprocess, train_sentencepiece
 from gptcore.evaluate import evaluate_file, evaluate_indexed, evaluate_text, perplexity, resolve_window
 from gptcore.model import GPT, GPTConfig
@@ -207,7 +208,7 @@ def checkpoint(spm, tmp_path_factory):
     """A saved tiny model with its tokenizer folder beside it, and a text file."""
     d = tmp_path_factory.mktemp("ckpt")
     (d / "model").mkdir()
-    convert.save(tiny(vocab_size=spm.vocab_size), d / "model" / "model.safetensors")
+    save_model(tiny(vocab_size=spm.vocab_size), d / "model" / "model.safetensors")
     (d / "model" / "tokenizer").mkdir()
     shutil.copy(spm.name.removeprefix("sentencepiece:"), d / "model" / "tokenizer" / "spm.model")
     (d / "text.txt").write_text(TEXT)
@@ -222,7 +223,7 @@ def test_cli_text_and_dataset(checkpoint, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "token perplexity" in printed and "bits per byte" in printed and f"results: {out}" in printed
     got = json.loads(out.read_text())
-    model, tok = convert.load_for_inference(d / "model", device="cpu")
+    model, tok = load_for_inference(d / "model", device="cpu")
     want = evaluate_file(model, tok, d / "text.txt", window=32, stride=16)
     for key in ("tokens", "scored_tokens", "bytes", "words", "window", "stride", "windows", "source"):
         assert got[key] == want[key], key

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from test_training import corpus  # noqa: F401 (a fixture)
 
-from gptcore import cli, convert
+from gptcore import cli
+from gptcore.checkpoint import load_for_inference, load_model, save_model
 from gptcore.data import preprocess_sft
 from gptcore.model import GPT, GPTConfig
 from gptcore.parallel.testing import run_distributed
@@ -46,7 +47,7 @@ def task(corpus, tmp_path_factory):  # noqa: F811
     preprocess_sft([root / "pairs.jsonl"], root / "pairs", tokenizer, progress=False)
     torch.manual_seed(0)
     base = GPT(GPTConfig(vocab_size=512, n_positions=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0))
-    convert.save(base, root / "base.safetensors")
+    save_model(base, root / "base.safetensors")
     return str(root / "pairs"), tokenizer, str(root / "base.safetensors")
 
 
@@ -81,7 +82,7 @@ def test_loss_counts_only_target_tokens(task):
     """The trainer's first-step loss equals a float64 cross-entropy over the target tokens alone."""
     trainer = _quiet(_cfg(task, sft_packing=True))
     items = [trainer.train_data[i] for i in range(8)]
-    model = convert.load(task[2], use_gptcore_ops=False).double().requires_grad_(False)
+    model = load_model(task[2], use_gptcore_ops=False).double().requires_grad_(False)
     losses = []
     for item in items:
         logits = model(item["tokens"][None])[0][0]
@@ -194,15 +195,15 @@ def test_lora_tensor_parallel_adapters_join_for_generation(task, tmp_path):
         # one Adam step moves each element by about lr; rounding may flip a near-zero grad's sign
         close = torch.isclose(joined[name], value, rtol=1e-4, atol=1e-7).float().mean()
         assert close > 0.98, name
-    model, _ = convert.load_for_inference(task[2], task[1], device="cpu", lora=str(tmp_path / "tp2"))
-    unmerged = convert.load(task[2], dropout=0.0, attn_dropout=0.0)
+    model, _ = load_for_inference(task[2], task[1], device="cpu", lora=str(tmp_path / "tp2"))
+    unmerged = load_model(task[2], dropout=0.0, attn_dropout=0.0)
     apply_lora(unmerged, config)
     load_lora_state_dict(unmerged, joined)
     idx = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = unmerged.eval()(idx)[0]
         torch.testing.assert_close(model(idx)[0], want, rtol=0, atol=1e-5 * want.abs().max().item())
-        assert not torch.allclose(convert.load(task[2]).eval()(idx)[0], want, rtol=0, atol=1e-3)  # adapters matter
+        assert not torch.allclose(load_model(task[2]).eval()(idx)[0], want, rtol=0, atol=1e-3)  # adapters matter
 
 
 def test_merge_lora_into_a_model_file_and_hf(task, tmp_path):
@@ -214,16 +215,16 @@ def test_merge_lora_into_a_model_file_and_hf(task, tmp_path):
 
     _quiet(_cfg(task, train_steps=3, save=str(tmp_path / "run"), **LORA)).train()
     base = task[2]
-    adapted = convert.load(base, use_gptcore_ops=False)
+    adapted = load_model(base, use_gptcore_ops=False)
     apply_adapters(adapted, tmp_path / "run")
     idx = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = adapted.eval()(idx)[0]
     with pytest.raises(ValueError, match="not merged"):
-        convert.save(adapted, tmp_path / "bad.safetensors")
+        save_model(adapted, tmp_path / "bad.safetensors")
     args = ["--checkpoint", base, "--lora", str(tmp_path / "run")]
     assert cli.main(["convert", "merge-lora", *args, "--out", str(tmp_path / "merged.safetensors")]) == 0
-    merged = convert.load(tmp_path / "merged.safetensors", use_gptcore_ops=False).eval()
+    merged = load_model(tmp_path / "merged.safetensors", use_gptcore_ops=False).eval()
     assert cli.main(["convert", "hf-export", *args, "--out", str(tmp_path / "hf")]) == 0
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptcore import cli, convert
+from gptcore.checkpoint import load_for_inference, load_model, save_model
 from gptcore.data import train_sentencepiece
 from gptcore.generate import Engine, Generator, KVCache, Request, SamplingParams, sample_logits
 from gptcore.model import GPT, GPTConfig
@@ -308,7 +309,7 @@ def checkpoint(tmp_path_factory):
     model = GPT(GPTConfig(vocab_size=512, n_positions=64, n_layer=2, n_head=2, n_embd=64))
     (root / "tokenizer").mkdir()
     (root / "tokenizer" / "spm.model").write_bytes(spm.read_bytes())
-    convert.save(model, root / "model.safetensors")
+    save_model(model, root / "model.safetensors")
     convert.to_hf(model, root / "hf")
     (root / "hf" / "spm.model").write_bytes(spm.read_bytes())
     return root
@@ -326,7 +327,7 @@ def test_cli_generates_from_model_file_and_hf_folder_alike(checkpoint, capsys):
     assert code == 0 and out.startswith("To be or")
     code, out_hf, _ = _run(capsys, "--checkpoint", str(checkpoint / "hf"), *args)
     assert code == 0 and out_hf == out
-    model, tokenizer = convert.load_for_inference(checkpoint / "model.safetensors")
+    model, tokenizer = load_for_inference(checkpoint / "model.safetensors")
     expected = Generator(model, tokenizer).generate("To be or", max_new_tokens=12, temperature=0, stop_ids=())[0]
     assert out.rstrip("\n") == "To be or" + expected.text
 
@@ -342,7 +343,7 @@ def test_cli_prompt_file_batch_as_json(checkpoint, capsys, tmp_path):
     assert code == 0
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["prompt"] for r in records] == ["The quick", "All that", "A stitch"]
-    model, tokenizer = convert.load_for_inference(checkpoint / "model.safetensors")
+    model, tokenizer = load_for_inference(checkpoint / "model.safetensors")
     gen = Generator(model, tokenizer)
     for r in records:
         alone = gen.generate(r["prompt"], max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3)[0]
@@ -377,7 +378,7 @@ def test_cli_bad_arguments_exit_2_with_a_message(checkpoint, capsys, argv, messa
 def test_cli_missing_checkpoint_and_tokenizer(checkpoint, capsys, tmp_path):
     code, _, err = _run(capsys, "--checkpoint", str(tmp_path / "nothing"), "--prompt", "x")
     assert code == 2 and "no such model file or folder" in err
-    convert.to_hf(convert.load(checkpoint / "model.safetensors"), tmp_path / "bare")
+    convert.to_hf(load_model(checkpoint / "model.safetensors"), tmp_path / "bare")
     code, _, err = _run(capsys, "--checkpoint", str(tmp_path / "bare"), "--prompt", "x")
     assert code == 2 and "no tokenizer found" in err
 

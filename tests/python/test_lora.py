@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from gptcore import cli, convert
+from gptcore import cli
+from gptcore.checkpoint import load_for_inference, load_model, save_model
 from gptcore.data import train_sentencepiece
 from gptcore.finetune.lora import (
     TARGETS,
@@ -330,7 +331,7 @@ def test_errors(tmp_path):
         save_adapters(model, tmp_path / "a.safetensors", LoRAConfig(8))
     with pytest.raises(ValueError, match="are not adapter tensors"):
         save_adapter_state({"transformer.wpe.weight": torch.zeros(2)}, tmp_path / "a.safetensors", LoRAConfig(4))
-    convert.save(_base(), tmp_path / "model.safetensors")
+    save_model(_base(), tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="not a gptcore LoRA adapter file"):
         load_adapters(tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="not a LoRA adapter file"):
@@ -444,7 +445,7 @@ def test_generate_cli_with_lora_equals_the_merged_model(tmp_path, capsys):
     (tmp_path / "tokenizer" / "spm.model").write_bytes(spm.read_bytes())
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=512, n_positions=64, n_layer=2, n_head=2, n_embd=64))
-    convert.save(model, tmp_path / "model.safetensors")
+    save_model(model, tmp_path / "model.safetensors")
     lora = LoRAConfig(4, alpha=8)
     apply_lora(model, lora)
     _randomize_B(model, std=0.5)
@@ -457,9 +458,9 @@ def test_generate_cli_with_lora_equals_the_merged_model(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert capsys.readouterr().out != out  # the adapters change the text
 
-    merged = convert.load(tmp_path / "model.safetensors")
+    merged = load_model(tmp_path / "model.safetensors")
     apply_adapters(merged, tmp_path / "adapter.safetensors", merge=True)
-    tokenizer = convert.load_for_inference(tmp_path / "model.safetensors")[1]
+    tokenizer = load_for_inference(tmp_path / "model.safetensors")[1]
     expected = Generator(merged.eval(), tokenizer).generate("To be or", max_new_tokens=12, temperature=0, stop_ids=())
     assert out.rstrip("\n") == "To be or" + expected[0].text
 

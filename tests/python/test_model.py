@@ -9,6 +9,7 @@ import torch
 
 from gptcore import cli, convert
 from gptcore import model as model_module
+from gptcore.checkpoint import load_model
 from gptcore.model import GPT, PRESETS, GPTConfig
 
 VOCAB = 1000  # not a multiple of 128: the embedding is padded to 1024
@@ -119,7 +120,7 @@ def test_cli_import_export(tmp_path, capsys):
     assert cli.main(["convert", "hf-import", "--hf-dir", str(tmp_path / "hf"), "--out", str(ckpt)]) == 0
     assert cli.main(["convert", "hf-export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "back")]) == 0
     assert "2 layers, 2 heads, 64 wide, vocab 1000" in capsys.readouterr().out
-    model = convert.load(ckpt).eval()
+    model = load_model(ckpt).eval()
     assert model.config.use_gptcore_ops
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
     idx, _ = _batch()
@@ -132,7 +133,7 @@ def test_load_rejects_foreign_file(tmp_path):
 
     save_file({"x": torch.zeros(1)}, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not a gptcore model file"):
-        convert.load(tmp_path / "x.safetensors")
+        load_model(tmp_path / "x.safetensors")
 
 
 def test_from_hf_rejects_other_activation():

@@ -96,7 +96,7 @@ def _weights_after_load(rank, world, cfg):
 
 
 def test_checkpoint_loads_under_other_layouts(corpus, tmp_path):  # noqa: F811
-    from gptcore.parallel.checkpoint import load_full_state
+    from gptcore.checkpoint import load_full_state
 
     save = str(tmp_path / "tp2")
     run_distributed(_save_run, 2, _cfg(corpus, train_steps=2, tensor_parallel=2, save=save), 2)

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import gptcore
-from gptcore import cli, convert
+from gptcore import cli
+from gptcore.checkpoint import save_model
 from gptcore.data import load_tokenizer, train_sentencepiece
 from gptcore.generate import Generator
 from gptcore.model import GPT, GPTConfig
@@ -325,7 +326,7 @@ def test_cli_serve(tmp_path, model, tokenizer_file, capsys):
     assert cli.main(["serve", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "gptcore serve: error:" in capsys.readouterr().err
 
-    convert.save(model, tmp_path / "model.safetensors")
+    save_model(model, tmp_path / "model.safetensors")
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "spm.model").write_bytes(Path(tokenizer_file).read_bytes())
     args = [sys.executable, "-m", "gptcore", "serve", "--checkpoint", str(tmp_path / "model.safetensors")]

@@ -1,4 +1,4 @@
-"""Sharded training checkpoints (gptcore.parallel.checkpoint): writing and reading the per-rank model
+"""Sharded training checkpoints (gptcore.checkpoint.sharded): writing and reading the per-rank model
 files, loading under another layout, `gptcore convert reshard`, and every model loader (load_any,
 load_for_inference, hf-export) reading a sharded checkpoint as the full model. Single process."""
 
@@ -7,21 +7,27 @@ import json
 import pytest
 import torch
 
-from gptcore import cli, convert
-from gptcore.model import GPT, GPTConfig
-from gptcore.parallel.checkpoint import (
+from gptcore import cli
+from gptcore.checkpoint import (
+    COMPLETE,
+    LATEST,
     LAYOUT_FILE,
+    load_any,
+    load_for_inference,
     load_full_state,
     load_model_shards,
     load_shard_for,
     model_file_name,
     read_layout,
+    read_model_metadata,
     reshard_checkpoint,
+    resolve,
     save_model_shard,
+    save_model_state,
     write_layout,
 )
+from gptcore.model import GPT, GPTConfig
 from gptcore.parallel.reshard import split
-from gptcore.training.checkpoint import COMPLETE, LATEST
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,7 +124,7 @@ def test_file_names_and_layout(tmp_path):
 
 
 def test_shard_files_carry_config_and_ranks(sharded):
-    metadata = convert.read_metadata(sharded / "model_tp01_pp00.safetensors")
+    metadata = read_model_metadata(sharded / "model_tp01_pp00.safetensors")
     assert json.loads(metadata["gptcore_config"]) == {
         k: v for k, v in CONFIG.to_dict().items() if k != "use_gptcore_ops"
     }
@@ -156,7 +162,7 @@ def test_load_full_state(sharded, full, tmp_path):
     assert config == CONFIG
     _assert_equal_states(state, full)
     # an unsharded folder (no layout.json, model.safetensors) reads alike
-    convert.save_state(full, CONFIG, tmp_path / "model.safetensors")
+    save_model_state(full, CONFIG, tmp_path / "model.safetensors")
     state, _ = load_full_state(tmp_path)
     _assert_equal_states(state, full)
 
@@ -179,16 +185,16 @@ def test_load_shard_for_impossible_layout(sharded):
 
 # ---- every loader reads a sharded checkpoint as the full model ---------------------------------------
 def test_load_any_sharded_folder_and_save_folder(sharded, model):
-    assert convert.resolve(sharded) == ("sharded", sharded)
-    assert convert.resolve(sharded.parent) == ("sharded", sharded)  # the save folder: its latest checkpoint
+    assert resolve(sharded) == ("sharded", sharded)
+    assert resolve(sharded.parent) == ("sharded", sharded)  # the save folder: its latest checkpoint
     for source in (sharded, sharded.parent):
-        loaded = convert.load_any(source, **TORCH_OPS)
+        loaded = load_any(source, **TORCH_OPS)
         assert torch.equal(_logits(loaded), _logits(model))
 
 
 def test_load_for_inference_finds_the_tokenizer(sharded, model):
     # bf16 on CPU runs on PyTorch ops, which any head dim suits
-    loaded, tokenizer = convert.load_for_inference(sharded.parent, device="cpu", dtype="bf16")
+    loaded, tokenizer = load_for_inference(sharded.parent, device="cpu", dtype="bf16")
     assert tokenizer is not None and tokenizer.encode("hello world") == [2, 3]
     assert not loaded.training and next(loaded.parameters()).dtype == torch.bfloat16
     _assert_equal_states(loaded.state_dict(), {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
@@ -200,7 +206,7 @@ def test_unsharded_checkpoint_with_layout_is_a_model_file(tmp_path, full):
     save_model_shard(full, CONFIG, folder, 0, 0, 1, 1)
     write_layout(folder, 1, 1, dp=4, zero_stage=0)
     (folder / COMPLETE).write_text("7\n")
-    assert convert.resolve(tmp_path) == ("gptcore", folder / "model.safetensors")
+    assert resolve(tmp_path) == ("gptcore", folder / "model.safetensors")
 
 
 # ---- gptcore convert ---------------------------------------------------------------------------------
@@ -235,9 +241,9 @@ def test_cli_reshard_chain_keeps_logits(sharded, model, tmp_path, capsys):
         assert trainer_state == {"step": 7, "updates": 7, "consumed_samples": 56, "config": {}}
         assert (folder / "config.yaml").read_text() == "lr: 0.001\n"
         assert (folder / "tokenizer" / "tokenizer.json").is_file()
-        assert torch.equal(_logits(convert.load_any(out, **TORCH_OPS)), _logits(model))
+        assert torch.equal(_logits(load_any(out, **TORCH_OPS)), _logits(model))
         source = folder  # chain: the next reshard reads this one (a step folder this time)
-    assert convert.resolve(tmp_path / "out0") == ("gptcore", tmp_path / "out0" / STEP / "model.safetensors")
+    assert resolve(tmp_path / "out0") == ("gptcore", tmp_path / "out0" / STEP / "model.safetensors")
 
 
 def test_reshard_checkpoint_without_trainer_state(tmp_path, full, model):
@@ -245,7 +251,7 @@ def test_reshard_checkpoint_without_trainer_state(tmp_path, full, model):
     folder = reshard_checkpoint(source, tmp_path / "dst", 2, 1)
     assert folder == tmp_path / "dst" / STEP
     assert not (folder / "trainer.pt").exists() and not (folder / "tokenizer").exists()
-    assert torch.equal(_logits(convert.load_any(folder, **TORCH_OPS)), _logits(model))
+    assert torch.equal(_logits(load_any(folder, **TORCH_OPS)), _logits(model))
 
 
 def test_cli_hf_export_of_sharded_checkpoint(sharded, model, tmp_path, capsys):
@@ -266,7 +272,7 @@ def test_missing_shard_file(tmp_path, full, capsys):
                        r" says a tp=2 x pp=2 checkpoint"):  # fmt: skip
         load_model_shards(folder)
     with pytest.raises(FileNotFoundError, match="model_tp01_pp01"):
-        convert.load_any(tmp_path / "save", **TORCH_OPS)
+        load_any(tmp_path / "save", **TORCH_OPS)
     code, _, err = _convert(capsys, "hf-export", "--checkpoint", str(folder), "--out", str(tmp_path / "hf"))
     assert code == 2 and err.startswith("gptcore convert: error: ") and "model_tp01_pp01.safetensors" in err
     code, _, err = _convert(capsys, "reshard", "--checkpoint", str(folder), "--out", str(tmp_path / "out"))
@@ -299,7 +305,7 @@ def test_bad_layout_file(tmp_path, full, capsys, text, match):
     with pytest.raises(ValueError, match=match):
         read_layout(folder)
     with pytest.raises(ValueError, match=match):
-        convert.load_any(folder, **TORCH_OPS)
+        load_any(folder, **TORCH_OPS)
     code, _, err = _convert(capsys, "reshard", "--checkpoint", str(folder), "--out", str(tmp_path / "out"))
     assert code == 2 and err.startswith(f"gptcore convert: error: {folder / LAYOUT_FILE}: ")
 

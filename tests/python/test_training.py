@@ -17,10 +17,11 @@ import torch
 
 import gptcore
 from gptcore import cli
+from gptcore.checkpoint import find_checkpoint, load_model
 from gptcore.data import preprocess, train_sentencepiece
 from gptcore.data.indexed import IndexedDatasetBuilder
 from gptcore.model import GPT
-from gptcore.training import ConfigError, LossScaler, Trainer, find_checkpoint, load_config, lr_at
+from gptcore.training import ConfigError, LossScaler, Trainer, load_config, lr_at
 from gptcore.training.config import CONFIG_DIRS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -343,10 +344,9 @@ def test_checkpoint_layout_keep_last_and_latest(corpus, tmp_path):
     final = save / "step_00000006"
     expected = {"model.safetensors", "trainer.pt", "config.yaml", "tokenizer", "COMPLETE"}
     assert {p.name for p in final.iterdir()} == expected
-    from gptcore import convert
     from gptcore.data import load_tokenizer
 
-    model = convert.load(final / "model.safetensors")
+    model = load_model(final / "model.safetensors")
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), t.model.parameters()))
     assert load_tokenizer(final / "tokenizer").vocab_size == 512
     assert not list(save.glob(".*tmp*"))

@@ -4,8 +4,8 @@ LoRA adapters merged in, training checkpoints resharded."""
 from __future__ import annotations
 
 from gptcore import convert
+from gptcore.checkpoint import load_any, read_layout, reshard_checkpoint, save_model
 from gptcore.finetune.lora import apply_adapters
-from gptcore.parallel.checkpoint import read_layout, reshard_checkpoint
 
 
 def add_parser(commands) -> None:
@@ -16,7 +16,7 @@ def add_parser(commands) -> None:
         "hf-import",
         help="a HF GPT-2 directory (config.json + model.safetensors) -> a gptcore model file",
         description="Read a Hugging Face GPT-2 directory and write a gptcore model file: one safetensors file"
-        " with the GPTConfig as JSON in its metadata (gptcore.convert.load reads it).",
+        " with the GPTConfig as JSON in its metadata (gptcore.checkpoint.load_model reads it).",
     )
     imp.add_argument("--hf-dir", required=True, help="directory with config.json and model.safetensors")
     imp.add_argument("--out", required=True, help="the gptcore model file to write")
@@ -58,7 +58,7 @@ def add_parser(commands) -> None:
 
 def run_hf_import(args) -> None:
     model = convert.from_hf(args.hf_dir, use_gptcore_ops=False)
-    convert.save(model, args.out)
+    save_model(model, args.out)
     _written(args.out, model)
 
 
@@ -70,7 +70,7 @@ def run_hf_export(args) -> None:
 
 def run_merge_lora(args) -> None:
     model = _merged_model(args)
-    convert.save(model, args.out)
+    save_model(model, args.out)
     _written(args.out, model)
 
 
@@ -87,7 +87,7 @@ def run_reshard(args) -> None:
 
 def _merged_model(args):
     """The full-precision model --checkpoint names, with --lora's adapters merged in when given."""
-    model = convert.load_any(args.checkpoint, use_gptcore_ops=False)
+    model = load_any(args.checkpoint, use_gptcore_ops=False)
     if args.lora:
         apply_adapters(model, args.lora, merge=True)
     return model

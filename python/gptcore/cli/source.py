@@ -3,8 +3,8 @@ the one function that loads it, where loading over several processes will go."""
 
 from __future__ import annotations
 
+from gptcore.checkpoint import load_for_inference
 from gptcore.cli.arguments import add_device
-from gptcore.convert import load_for_inference
 
 CHECKPOINT_HELP = "save folder, step_N/ folder, model file or HF folder"
 

@@ -16,7 +16,7 @@ own encoding adds no eod, so this only concerns texts whose characters spell the
 
 A saved classifier is a folder: model.safetensors (the base GPT as a gptcore model file),
 head.safetensors (score.weight), classifier.json (num_labels, pad_id, label names, max_len) and
-tokenizer/ (a copy of the tokenizer). `convert.load_for_inference(folder / "model.safetensors")`
+tokenizer/ (a copy of the tokenizer). `gptcore.checkpoint.load_for_inference(folder / "model.safetensors")`
 loads the base model with its tokenizer for other uses.
 """
 
@@ -33,13 +33,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from gptcore.checkpoint import MODEL_FILE, TOKENIZER_DIR, copy_tokenizer, load_for_inference, save_model
+from gptcore.finetune.lora import LoRALinear, apply_lora, merge_lora
 from gptcore.model import GPT
+from gptcore.optim import AdamW
+from gptcore.training.schedule import lr_at
+from gptcore.training.trainer import decay_groups
 
 TEXT_KEYS = ("text", "sentence")  # the text column, when none is named: the first of these present
 CLASSIFIER_FILE = "classifier.json"
 HEAD_FILE = "head.safetensors"
-MODEL_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -321,10 +324,6 @@ def finetune_classifier(
     the frozen GPT instead of the whole GPT. log(str) hears a line an epoch.
 
     The GPT trains where it is (device, dtype) and is changed in place."""
-    from gptcore.optim import AdamW
-    from gptcore.training.schedule import lr_at
-    from gptcore.training.trainer import decay_groups
-
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"finetune_classifier: epochs ({epochs}) and batch_size ({batch_size}) must be at least 1")
     if keep not in ("best", "last"):
@@ -361,8 +360,6 @@ def finetune_classifier(
     if dropout is not None:  # the blocks read the GPT's one config object as they run
         gpt.config.dropout = gpt.config.attn_dropout = dropout
     if lora is not None:
-        from gptcore.finetune.lora import apply_lora
-
         apply_lora(gpt, lora, seed=seed)  # freezes the GPT, not the head
 
     params = [p for p in classifier.parameters() if p.requires_grad]
@@ -429,16 +426,12 @@ def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Pat
     """Write the classifier folder (module docstring); tokenizer (a Tokenizer or a path) is copied
     into tokenizer/. LoRA adapters are merged into the GPT's weights first (in place), so the model
     file is a plain GPT. Returns the folder."""
-    from gptcore import convert
-    from gptcore.finetune.lora import LoRALinear, merge_lora
-    from gptcore.training.checkpoint import copy_tokenizer
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     gpt = classifier.gpt
     if any(isinstance(m, LoRALinear) for m in gpt.modules()):
         merge_lora(gpt)
-    convert.save(gpt, directory / MODEL_FILE)
+    save_model(gpt, directory / MODEL_FILE)
     save_file({"score.weight": classifier.score.weight.detach().cpu().contiguous()}, directory / HEAD_FILE)
     meta = {
         "num_labels": classifier.num_labels,
@@ -455,15 +448,14 @@ def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Pat
 
 def load_classifier(directory, device: str = "auto", dtype: str = "auto"):
     """(classifier in eval mode, tokenizer or None) from a folder save_classifier wrote; device and
-    dtype as in convert.load_for_inference."""
-    from gptcore import convert
+    dtype as in gptcore.checkpoint.load_for_inference."""
 
     directory = Path(directory)
     if not (directory / CLASSIFIER_FILE).is_file():
         what = "no such folder" if not directory.exists() else f"not a classifier folder (no {CLASSIFIER_FILE})"
         raise FileNotFoundError(f"{directory}: {what}")
     meta = json.loads((directory / CLASSIFIER_FILE).read_text())
-    gpt, tokenizer = convert.load_for_inference(directory / MODEL_FILE, device=device, dtype=dtype)
+    gpt, tokenizer = load_for_inference(directory / MODEL_FILE, device=device, dtype=dtype)
     classifier = GPTClassifier(gpt, meta["num_labels"], meta["pad_id"], meta["label_names"], meta["max_len"])
     head = load_file(directory / HEAD_FILE)
     with torch.no_grad():

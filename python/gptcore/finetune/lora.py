@@ -26,9 +26,9 @@ reduce_sequence_parallel_grads sums its gradient; the split factor is flagged `t
 The tensor_parallel._SPLITS entries of lora_A / lora_B let shard_state_dict and merge_state_dicts
 move adapters between layouts.
 
-Adapter file (`save_adapters` / `load_adapters`): safetensors holding lora_state_dict (full GPT
-names, whole tensors), the LoRAConfig as JSON under the metadata key "gptcore_lora" and the base
-model's path under "gptcore_lora_base".
+Adapter file (`save_adapters` / `load_adapters`; the format is gptcore.checkpoint.adapters'):
+safetensors holding lora_state_dict (full GPT names, whole tensors), the LoRAConfig as JSON under the
+metadata key "gptcore_lora" and the base model's path under "gptcore_lora_base".
 """
 
 from __future__ import annotations
@@ -44,18 +44,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
+from gptcore.checkpoint.adapters import read_adapters, save_adapter_file
+from gptcore.checkpoint.names import ADAPTER_CONFIG_KEY
 from gptcore.model import Linear
 from gptcore.parallel.reshard import local_state
-from gptcore.parallel.tensor_parallel import ParallelLinear, merge_state_dicts
+from gptcore.parallel.tensor_parallel import ParallelLinear
 
 # Target name -> the linear's path inside a block.
 TARGETS = {"qkv": "attn.c_attn", "attn_out": "attn.c_proj", "mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj"}
 _FACTORS = (".lora_A", ".lora_B")
-CONFIG_KEY = "gptcore_lora"  # adapter file metadata: the LoRAConfig as JSON
-BASE_KEY = "gptcore_lora_base"  # adapter file metadata: the base model's path
 
 
 @dataclass(frozen=True)
@@ -262,20 +260,15 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
 
 
 def save_adapter_state(state: Mapping[str, torch.Tensor], path, config: LoRAConfig, base=None) -> Path:
-    """Write an adapter file: `state` (adapter tensors by full GPT names: lora_state_dict), `config`
-    and the base model's path in the metadata. Returns the path."""
+    """Write an adapter file (gptcore.checkpoint.adapters): `state` (adapter tensors by full GPT
+    names: lora_state_dict), `config` and the base model's path in the metadata. Returns the path."""
     bad = [name for name in state if not name.endswith(_FACTORS)]
     if bad:
         raise ValueError(f"save_adapters: {bad[:4]} are not adapter tensors (names ending in .lora_A / .lora_B)")
     ranks = {t.shape[0] if name.endswith(".lora_A") else t.shape[1] for name, t in state.items()}
     if ranks - {config.rank}:
         raise ValueError(f"save_adapters: the adapters have rank {sorted(ranks)}; the config says {config.rank}")
-    metadata = {CONFIG_KEY: config.to_json(), "format": "pt"}
-    if base is not None:
-        metadata[BASE_KEY] = str(base)
-    path = Path(path)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, path, metadata=metadata)
-    return path
+    return save_adapter_file(state, path, config.to_json(), base)
 
 
 def save_adapters(model: nn.Module, path, config: LoRAConfig, base=None) -> Path:
@@ -289,39 +282,8 @@ def load_adapters(path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, 
     """(adapter tensors, LoRAConfig, the file's metadata) of a file written by save_adapters, or of a
     LoRA run's checkpoint (a step_N folder or its save folder; the per-(tp, pp) files of a
     model-parallel run are joined into whole tensors)."""
-    if Path(path).is_dir():
-        return _load_adapter_checkpoint(Path(path))
-    try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for missing, truncated or foreign files
-        raise ValueError(f"{path}: not a LoRA adapter file ({e})") from None
-    if CONFIG_KEY not in metadata:
-        raise ValueError(f"{path}: not a gptcore LoRA adapter file (no {CONFIG_KEY!r} metadata)")
-    return load_file(path), LoRAConfig.from_json(metadata[CONFIG_KEY]), metadata
-
-
-def _load_adapter_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, str]]:
-    # Imported here: gptcore.training imports this module.
-    from gptcore.parallel.checkpoint import read_layout
-    from gptcore.training.checkpoint import find_checkpoint
-    from gptcore.training.trainer import adapter_file_name
-
-    step = find_checkpoint(folder)
-    if step is None:
-        raise ValueError(f"{folder}: no checkpoint here (expected a LoRA run's step_N folder or save folder)")
-    layout = read_layout(step)
-    tp, pp = layout["tensor_parallel"], layout["pipeline_parallel"]
-    names = [[adapter_file_name(t, p, tp, pp) for t in range(tp)] for p in range(pp)]
-    missing = [name for stage in names for name in stage if not (step / name).is_file()]
-    if missing:
-        raise ValueError(f"{step}: no LoRA adapters ({', '.join(missing[:4])} missing); is it a LoRA run's checkpoint?")
-    state: dict[str, torch.Tensor] = {}
-    for stage in names:
-        shards = [load_adapters(step / name) for name in stage]
-        state.update(merge_state_dicts([shard for shard, _, _ in shards]))
-    _, config, metadata = shards[0]
-    return state, config, metadata
+    state, metadata = read_adapters(path)
+    return state, LoRAConfig.from_json(metadata[ADAPTER_CONFIG_KEY]), metadata
 
 
 def apply_adapters(model: nn.Module, path, merge: bool = False) -> LoRAConfig:

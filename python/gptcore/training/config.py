@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from gptcore.finetune.lora import LoRAConfig
 from gptcore.model import PRESETS, GPTConfig
 
 # Model fields a config may set on top of the preset named by `model`.
@@ -119,10 +120,8 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError(str(e).replace("GPTConfig.", "")) from None
 
-    def lora_config(self):
+    def lora_config(self) -> LoRAConfig:
         """The LoRAConfig of lora_rank, lora_alpha, lora_dropout and lora_targets (lora_rank > 0)."""
-        from gptcore.finetune.lora import LoRAConfig
-
         targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
         return LoRAConfig(self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=targets)
 

@@ -18,7 +18,7 @@ The step is the one-device trainer's, split up:
   shards on every tp rank, replicated ones on tp rank 0, the tied copy once, ZeRO shards once) for
   clipping, and the update (AdamW, or ZeroAdamW on this rank's shard).
 
-Checkpoints (training.checkpoint, parallel.checkpoint): the model as one file per (tp, pp) shard,
+Checkpoints (gptcore.checkpoint): the model as one file per (tp, pp) shard,
 written by dp rank 0; layout.json; trainer.pt (step, schedule, loss scaler, config) from rank 0;
 rank_NNNNN.pt per process (its RNG states, and its optimizer state: every rank's ZeRO shard, or
 without ZeRO the dp rank 0 copy). A checkpoint loads under any other layout: the weights are resharded
@@ -35,9 +35,18 @@ import torch
 import torch.distributed as dist
 
 from gptcore import _C
+from gptcore.checkpoint import (
+    adapter_file_name,
+    load_shard_for,
+    rank_file_name,
+    read_layout,
+    save_model_shard,
+    write_checkpoint,
+    write_layout,
+)
+from gptcore.finetune.lora import save_adapters
 from gptcore.model import GPT
 from gptcore.optim import AdamW
-from gptcore.parallel.checkpoint import load_shard_for, read_layout, save_model_shard, write_layout
 from gptcore.parallel.comm import CommCollectives
 from gptcore.parallel.data_parallel import DataParallel, ZeroAdamW
 from gptcore.parallel.layout import ParallelGroups, ParallelLayout, build_groups, check_layout
@@ -51,9 +60,8 @@ from gptcore.parallel.pipeline import (
     pipeline_stage,
 )
 from gptcore.parallel.tensor_parallel import parallelize
-from gptcore.training import checkpoint as ckpt
 from gptcore.training.config import ConfigError, TrainConfig, launch_error
-from gptcore.training.trainer import Trainer, adapter_file_name, decay_groups, rank_file_name
+from gptcore.training.trainer import Trainer, decay_groups
 
 
 def launched_world_size() -> int:
@@ -282,8 +290,6 @@ class ParallelTrainer(Trainer):
 
         def write(folder: Path) -> None:
             if coords.dp == 0 and cfg.lora_rank:
-                from gptcore.finetune.lora import save_adapters
-
                 name = adapter_file_name(coords.tp, coords.pp, layout.tp, layout.pp)
                 save_adapters(self.model, folder / name, cfg.lora_config(), base=cfg.init_from)
             elif coords.dp == 0:
@@ -297,7 +303,7 @@ class ParallelTrainer(Trainer):
                 write_layout(folder, layout.tp, layout.pp, layout.dp, cfg.zero_stage)
                 self._write_shared(folder, {})
 
-        return ckpt.write_checkpoint(cfg.save, self.step, write, cfg.keep_last, rank=g.rank, barrier=dist.barrier)
+        return write_checkpoint(cfg.save, self.step, write, cfg.keep_last, rank=g.rank, barrier=dist.barrier)
 
     def load_checkpoint(self, folder: Path) -> None:
         """Restore from a checkpoint; the weights were loaded when the model was placed."""

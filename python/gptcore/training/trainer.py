@@ -23,7 +23,21 @@ import numpy as np
 import torch
 
 import gptcore
-from gptcore import convert
+from gptcore.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    TRAINER_STATE_FILE,
+    adapter_file_name,
+    copy_tokenizer,
+    find_checkpoint,
+    load_any,
+    load_full_state,
+    rank_file_name,
+    read_layout,
+    save_model,
+    write_checkpoint,
+)
 from gptcore.data import (
     BlendedDataset,
     GPTDataset,
@@ -38,10 +52,10 @@ from gptcore.data import (
     parse_split,
 )
 from gptcore.data.stdlib_corpus import cache_root
+from gptcore.finetune.lora import apply_lora, load_adapters, load_lora_state_dict, save_adapters
 from gptcore.model import DTYPES, GPT
 from gptcore.optim import AdamW
 from gptcore.optim.adamw import param_grad
-from gptcore.training import checkpoint as ckpt
 from gptcore.training.config import ConfigError, TrainConfig, launch_error
 from gptcore.training.schedule import LossScaler, lr_at
 
@@ -80,16 +94,6 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
     scores and weighted sum, 12 * n_layer * n_embd * seq_len (PaLM's count, causal mask ignored)."""
     c = model.config
     return 6.0 * model.num_parameters() + 12.0 * c.n_layer * c.n_embd * seq_len
-
-
-def rank_file_name(rank: int) -> str:
-    """A distributed checkpoint's file of one process's own state (optimizer shard, RNG states)."""
-    return f"rank_{rank:05d}.pt"
-
-
-def adapter_file_name(tp_rank: int, pp_rank: int, tp: int, pp: int) -> str:
-    """A LoRA run's checkpoint file of one (tp, pp) shard's adapters."""
-    return "adapters.safetensors" if tp == pp == 1 else f"adapters_tp{tp_rank:02d}_pp{pp_rank:02d}.safetensors"
 
 
 def decay_groups(params, weight_decay: float) -> list[dict]:
@@ -164,7 +168,7 @@ class Trainer:
             raise ConfigError(f"tokenizer: {e}") from None
 
         source = cfg.load or cfg.save
-        self._resume = ckpt.find_checkpoint(source) if source is not None else None
+        self._resume = find_checkpoint(source) if source is not None else None
         if self._resume is None and cfg.load is not None:
             raise ConfigError(f"load: no complete checkpoint in {cfg.load}")
 
@@ -228,14 +232,10 @@ class Trainer:
     def _adapt(self, model: torch.nn.Module) -> None:
         """lora_rank > 0: low-rank adapters on the target linears; every other parameter frozen."""
         if self.cfg.lora_rank:
-            from gptcore.finetune.lora import apply_lora
-
             apply_lora(model, self.cfg.lora_config(), seed=self.cfg.seed)
 
     def _load_adapters(self, model: torch.nn.Module, folder: Path, name: str) -> None:
         """A LoRA run resumes its adapters (the frozen base comes from init_from)."""
-        from gptcore.finetune.lora import load_adapters, load_lora_state_dict
-
         path = folder / name
         if not path.is_file():
             raise ConfigError(
@@ -266,7 +266,7 @@ class Trainer:
             if getattr(cfg, name) is not None:
                 overrides[name] = getattr(cfg, name)
         try:
-            return convert.load_any(source, **overrides)
+            return load_any(source, **overrides)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"init_from: {e}") from None
 
@@ -446,14 +446,12 @@ class Trainer:
 
         def write(folder: Path) -> None:
             if cfg.lora_rank:  # the adapters only: the frozen base is init_from
-                from gptcore.finetune.lora import save_adapters
-
                 save_adapters(self.model, folder / adapter_file_name(0, 0, 1, 1), cfg.lora_config(), base=cfg.init_from)
             else:
-                convert.save(self.model, folder / "model.safetensors")
+                save_model(self.model, folder / MODEL_FILE)
             self._write_shared(folder, {"optimizer": self.optimizer.state_dict(), "rng": self._rng_state()})
 
-        return ckpt.write_checkpoint(cfg.save, self.step, write, cfg.keep_last)
+        return write_checkpoint(cfg.save, self.step, write, cfg.keep_last)
 
     def _write_shared(self, folder: Path, extra: dict) -> None:
         """trainer.pt (step counters, loss scaler, config and `extra`), config.yaml and the tokenizer."""
@@ -468,17 +466,15 @@ class Trainer:
             "config": cfg.to_dict(),
             **extra,
         }
-        torch.save(trainer_state, folder / "trainer.pt")
-        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        ckpt.copy_tokenizer(self.tokenizer_path, folder / "tokenizer")
+        torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+        (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        copy_tokenizer(self.tokenizer_path, folder / TOKENIZER_DIR)
 
     def load_checkpoint(self, folder: Path) -> None:
         """Restore model, optimizer, scaler, RNGs and data position from a checkpoint folder. A
         checkpoint of a distributed run is merged into the one model; its optimizer state comes
         back when it was not split by the layout (no tensor or pipeline parallelism, no ZeRO),
         otherwise training goes on from the weights with fresh AdamW moments (said in the log)."""
-        from gptcore.parallel.checkpoint import load_full_state
-
         if self.cfg.lora_rank:
             self._load_adapters(self.model, folder, adapter_file_name(0, 0, 1, 1))
         else:
@@ -499,8 +495,6 @@ class Trainer:
     def _saved_state(self, folder: Path, trainer_state: dict) -> tuple[dict | None, dict | None]:
         """(optimizer state, RNG states) of this process in a checkpoint, each None when the checkpoint
         has none that fits (saved under another layout, or weights only)."""
-        from gptcore.parallel.checkpoint import read_layout
-
         if "optimizer" in trainer_state:  # a one-process checkpoint
             return trainer_state["optimizer"], trainer_state["rng"]
         layout = read_layout(folder)
@@ -513,7 +507,7 @@ class Trainer:
 
     def _load_training_state(self, folder: Path) -> None:
         """Everything but the weights: optimizer, loss scaler, step counters, RNG states."""
-        state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
+        state = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
         optimizer_state, rng = self._saved_state(folder, state)
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)

@@ -1,15 +1,12 @@
-"""Sharded training checkpoints: the model of a tensor / pipeline parallel run as one file per rank.
+"""The model of a tensor / pipeline parallel run as one file per (tp, pp) rank.
 
-    step_N/layout.json        {"format": 1, "tensor_parallel": tp, "pipeline_parallel": pp,
-                               "data_parallel": dp or null, "zero_stage": z or null}
-                              (absent: a single-process checkpoint, tp = pp = dp = 1, zero stage 0)
-    step_N/model.safetensors  when tp == pp == 1: the plain gptcore model file (convert.save)
+    step_N/model.safetensors  when tp == pp == 1: the plain gptcore model file (model_file)
     step_N/model_tp{t:02d}_pp{p:02d}.safetensors
-                              otherwise: shard (t, p) as reshard.split cuts it (GPT's parameter names),
-                              with the FULL model's GPTConfig in metadata "gptcore_config" and
-                              "tp_rank", "pp_rank", "tensor_parallel", "pipeline_parallel"
-    step_N/trainer.pt, rank_{r:05d}.pt, config.yaml, tokenizer/, COMPLETE
-                              as gptcore.training writes them
+                              otherwise: shard (t, p) as parallel.reshard.split cuts it (GPT's
+                              parameter names), with the FULL model's GPTConfig in metadata
+                              "gptcore_config" and "tp_rank", "pp_rank", "tensor_parallel",
+                              "pipeline_parallel"
+    step_N/layout.json        the layout (checkpoint.layout)
 
 `load_full_state` merges any checkpoint's model back into a full GPT state dict; `load_shard_for`
 gives one rank of another layout its shard (a checkpoint loaded under a different tp x pp);
@@ -18,9 +15,7 @@ gives one rank of another layout its shard (a checkpoint loaded under a differen
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -28,100 +23,25 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from gptcore import convert
+from gptcore.checkpoint.folders import find_checkpoint, write_checkpoint
+from gptcore.checkpoint.layout import describe, read_layout, write_layout
+from gptcore.checkpoint.model_file import read_model_metadata, save_model_state, saved_config
+from gptcore.checkpoint.names import (
+    CONFIG_FILE,
+    LAYOUT_FILE,
+    MODEL_FILE,
+    SHARD_FILE,
+    SHARD_KEYS,
+    TOKENIZER_DIR,
+    TRAINER_STATE_FILE,
+    check_parallel_sizes,
+    model_file_name,
+    step_of,
+)
 from gptcore.model import GPTConfig
 from gptcore.parallel.pipeline import stage_state_dict
 from gptcore.parallel.reshard import Shards, _expected_state, check_layout, check_state, merge, split
 from gptcore.parallel.tensor_parallel import shard_state_dict
-
-LAYOUT_FILE = "layout.json"
-LAYOUT_FORMAT = 1
-_SHARD_FILE = re.compile(r"^model_tp(\d+)_pp(\d+)\.safetensors$")
-_STEP_FOLDER = re.compile(r"^step_(\d+)$")
-_SHARD_KEYS = ("tp_rank", "pp_rank", "tensor_parallel", "pipeline_parallel")
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _non_negative_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _check_sizes(tp, pp) -> None:
-    for name, value in (("tensor-parallel", tp), ("pipeline-parallel", pp)):
-        if not _positive_int(value):
-            raise ValueError(f"checkpoint layout: the {name} size must be a positive integer, got {value!r}")
-
-
-def model_file_name(tp_rank: int, pp_rank: int, tp: int, pp: int) -> str:
-    """The model file of rank (tp_rank, pp_rank) in a tp x pp layout: model.safetensors for 1 x 1,
-    else model_tp{tp_rank:02d}_pp{pp_rank:02d}.safetensors."""
-    _check_sizes(tp, pp)
-    if not (_non_negative_int(tp_rank) and tp_rank < tp and _non_negative_int(pp_rank) and pp_rank < pp):
-        raise ValueError(f"checkpoint layout: rank ({tp_rank}, {pp_rank}) is outside a tp={tp} x pp={pp} layout")
-    if (tp, pp) == (1, 1):
-        return "model.safetensors"
-    return f"model_tp{tp_rank:02d}_pp{pp_rank:02d}.safetensors"
-
-
-def write_layout(folder, tp: int, pp: int, dp: int | None = None, zero_stage: int | None = None) -> Path:
-    """Write folder/layout.json; dp and zero_stage are None for a checkpoint holding weights only
-    (no per-rank optimizer state). Returns the file."""
-    _check_sizes(tp, pp)
-    if dp is not None and not _positive_int(dp):
-        raise ValueError(f"checkpoint layout: the data-parallel size must be a positive integer or None, got {dp!r}")
-    if zero_stage is not None and not _non_negative_int(zero_stage):
-        raise ValueError(f"checkpoint layout: zero_stage must be a non-negative integer or None, got {zero_stage!r}")
-    layout = {
-        "format": LAYOUT_FORMAT,
-        "tensor_parallel": tp,
-        "pipeline_parallel": pp,
-        "data_parallel": dp,
-        "zero_stage": zero_stage,
-    }
-    path = Path(folder) / LAYOUT_FILE
-    path.write_text(json.dumps(layout, indent=2) + "\n")
-    return path
-
-
-def read_layout(folder) -> dict:
-    """{"tensor_parallel", "pipeline_parallel", "data_parallel", "zero_stage"} of a checkpoint
-    folder; a folder without layout.json is a single-process checkpoint (1, 1, 1, 0). ValueError
-    for a malformed file."""
-    path = Path(folder) / LAYOUT_FILE
-    if not path.is_file():
-        return {"tensor_parallel": 1, "pipeline_parallel": 1, "data_parallel": 1, "zero_stage": 0}
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    expected = (
-        '{"format": 1, "tensor_parallel": TP, "pipeline_parallel": PP, "data_parallel": DP|null, "zero_stage": Z|null}'
-    )
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object {expected}, got {type(raw).__name__}")
-    if raw.get("format") != LAYOUT_FORMAT:
-        raise ValueError(
-            f"{path}: format {raw.get('format')!r}; this gptcore reads format {LAYOUT_FORMAT} (expected {expected})"
-        )
-    layout = {}
-    for key in ("tensor_parallel", "pipeline_parallel"):
-        if not _positive_int(raw.get(key)):
-            raise ValueError(f"{path}: {key!r} must be a positive integer, got {raw.get(key)!r} (expected {expected})")
-        layout[key] = raw[key]
-    dp, zero = raw.get("data_parallel"), raw.get("zero_stage")
-    if dp is not None and not _positive_int(dp):
-        raise ValueError(f"{path}: 'data_parallel' must be a positive integer or null, got {dp!r}")
-    if zero is not None and not _non_negative_int(zero):
-        raise ValueError(f"{path}: 'zero_stage' must be a non-negative integer or null, got {zero!r}")
-    layout["data_parallel"], layout["zero_stage"] = dp, zero
-    return layout
-
-
-def _describe(layout: dict) -> str:
-    return f"tp={layout['tensor_parallel']} x pp={layout['pipeline_parallel']}"
 
 
 def _expected_shard(config: GPTConfig, tp_rank: int, pp_rank: int, tp: int, pp: int) -> dict[str, torch.Tensor]:
@@ -142,26 +62,26 @@ def save_model_shard(
     check_state(state, expected, f"save_model_shard: the state of shard ({tp_rank}, {pp_rank}) of tp={tp} x pp={pp}")
     extra = None
     if (tp, pp) != (1, 1):
-        extra = dict(zip(_SHARD_KEYS, map(str, (tp_rank, pp_rank, tp, pp))))
+        extra = dict(zip(SHARD_KEYS, map(str, (tp_rank, pp_rank, tp, pp))))
     ordered = {key: state[key] for key in expected}
-    return convert.save_state(ordered, config, Path(folder) / name, extra_metadata=extra)
+    return save_model_state(ordered, config, Path(folder) / name, extra_metadata=extra)
 
 
 def _read_shard_metadata(path: Path, tp_rank: int, pp_rank: int, layout: dict) -> dict[str, str]:
-    metadata = convert.read_metadata(path)
+    metadata = read_model_metadata(path)
     tp, pp = layout["tensor_parallel"], layout["pipeline_parallel"]
     if (tp, pp) != (1, 1):
-        want = dict(zip(_SHARD_KEYS, map(str, (tp_rank, pp_rank, tp, pp))))
-        got = {k: metadata.get(k) for k in _SHARD_KEYS}
+        want = dict(zip(SHARD_KEYS, map(str, (tp_rank, pp_rank, tp, pp))))
+        got = {k: metadata.get(k) for k in SHARD_KEYS}
         if got != want:
             raise ValueError(
-                f"{path}: its metadata says {got}, but layout.json ({_describe(layout)}) and the file name say {want}"
+                f"{path}: its metadata says {got}, but layout.json ({describe(layout)}) and the file name say {want}"
             )
     return metadata
 
 
 def _shard_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("model_tp*_pp*.safetensors") if _SHARD_FILE.match(p.name))
+    return sorted(p.name for p in folder.glob("model_tp*_pp*.safetensors") if SHARD_FILE.match(p.name))
 
 
 def _check_files(folder: Path, layout: dict) -> dict[tuple[int, int], Path]:
@@ -170,10 +90,10 @@ def _check_files(folder: Path, layout: dict) -> dict[tuple[int, int], Path]:
     missing = [path.name for path in files.values() if not path.is_file()]
     if missing:
         how = "layout.json says" if (folder / LAYOUT_FILE).is_file() else "without layout.json, it is"
-        present = [name for name in ["model.safetensors", *_shard_files(folder)] if (folder / name).is_file()]
+        present = [name for name in [MODEL_FILE, *_shard_files(folder)] if (folder / name).is_file()]
         raise FileNotFoundError(
             f"{folder}: missing model file(s) {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
-            f" ({how} a {_describe(layout)} checkpoint; model files present: {', '.join(present) or 'none'})"
+            f" ({how} a {describe(layout)} checkpoint; model files present: {', '.join(present) or 'none'})"
         )
     return files
 
@@ -203,8 +123,7 @@ def load_model_shards(folder, **overrides) -> tuple[Shards, GPTConfig, dict]:
     shards: Shards = {}
     saved = None
     for (t, p), path in files.items():
-        metadata = _read_shard_metadata(path, t, p, layout)
-        this = json.loads(metadata[convert.CONFIG_KEY])
+        this = saved_config(_read_shard_metadata(path, t, p, layout))
         if saved is None:
             saved, first = this, path
         elif this != saved:
@@ -226,7 +145,7 @@ def load_full_state(folder, **overrides) -> tuple[dict[str, torch.Tensor], GPTCo
     try:
         return merge(shards, config), config
     except ValueError as e:
-        raise ValueError(f"{folder} ({_describe(layout)}): {e}") from None
+        raise ValueError(f"{folder} ({describe(layout)}): {e}") from None
 
 
 def load_shard_for(
@@ -241,8 +160,7 @@ def load_shard_for(
     layout = read_layout(folder)
     if (layout["tensor_parallel"], layout["pipeline_parallel"]) == (tp, pp):
         path = _check_files(folder, layout)[(tp_rank, pp_rank)]
-        metadata = _read_shard_metadata(path, tp_rank, pp_rank, layout)
-        config = _config(json.loads(metadata[convert.CONFIG_KEY]), overrides)
+        config = _config(saved_config(_read_shard_metadata(path, tp_rank, pp_rank, layout)), overrides)
         return _in_order(load_file(path), _expected_state(config)), config
     full, config = load_full_state(folder, **overrides)
     try:
@@ -255,7 +173,7 @@ def load_shard_for(
 def _model_config(folder: Path, layout: dict) -> GPTConfig:
     """The config a checkpoint's first model file holds."""
     path = _check_files(folder, layout)[(0, 0)]
-    return _config(json.loads(convert.read_metadata(path)[convert.CONFIG_KEY]), {})
+    return _config(saved_config(read_model_metadata(path)), {})
 
 
 def reshard_checkpoint(source, out, tp: int, pp: int) -> Path:
@@ -264,16 +182,13 @@ def reshard_checkpoint(source, out, tp: int, pp: int) -> Path:
     as training does), with layout.json (data_parallel and zero_stage null: weights only),
     trainer.pt holding the source's global state without "optimizer" and "rng", and config.yaml and
     tokenizer/ copied when present. Per-rank optimizer state is not carried over. Returns out/step_N."""
-    from gptcore.training.checkpoint import find_checkpoint, write_checkpoint
-
-    _check_sizes(tp, pp)
+    check_parallel_sizes(tp, pp)
     found = find_checkpoint(source)
     if found is None:
         raise ValueError(f"{source}: no complete checkpoint here (expected a step_N folder or a save folder)")
-    step_match = _STEP_FOLDER.match(found.name)
-    if step_match is None:
+    step = step_of(found)
+    if step is None:
         raise ValueError(f"{found}: not a step_N checkpoint folder")
-    step = int(step_match.group(1))
     layout = read_layout(found)
     config = _model_config(found, layout)
     try:
@@ -287,10 +202,10 @@ def reshard_checkpoint(source, out, tp: int, pp: int) -> Path:
     shards = split(full, config, tp, pp)
     del full
     trainer_state = None
-    if (found / "trainer.pt").is_file():
-        trainer_state = torch.load(found / "trainer.pt", map_location="cpu", weights_only=False)
+    if (found / TRAINER_STATE_FILE).is_file():
+        trainer_state = torch.load(found / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
         if not isinstance(trainer_state, dict):
-            raise ValueError(f"{found / 'trainer.pt'}: not a trainer state (a dict)")
+            raise ValueError(f"{found / TRAINER_STATE_FILE}: not a trainer state (a dict)")
         trainer_state = {k: v for k, v in trainer_state.items() if k not in ("optimizer", "rng")}
 
     def write(folder: Path) -> None:
@@ -298,11 +213,11 @@ def reshard_checkpoint(source, out, tp: int, pp: int) -> Path:
             save_model_shard(state, config, folder, t, p, tp, pp)
         write_layout(folder, tp, pp)
         if trainer_state is not None:
-            torch.save(trainer_state, folder / "trainer.pt")
-        if (found / "config.yaml").is_file():
-            shutil.copy2(found / "config.yaml", folder / "config.yaml")
-        if (found / "tokenizer").is_dir():
-            shutil.copytree(found / "tokenizer", folder / "tokenizer")
+            torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+        if (found / CONFIG_FILE).is_file():
+            shutil.copy2(found / CONFIG_FILE, folder / CONFIG_FILE)
+        if (found / TOKENIZER_DIR).is_dir():
+            shutil.copytree(found / TOKENIZER_DIR, folder / TOKENIZER_DIR)
 
     # keep_last: every checkpoint already in `out` stays.
     return write_checkpoint(os.fspath(out), step, write, keep_last=sys.maxsize)

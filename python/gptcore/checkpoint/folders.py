@@ -1,33 +1,14 @@
-"""Checkpoints: one folder per step, written under a temporary name, completed by a marker file and
+"""Checkpoint folders: one per step, written under a temporary name, completed by a marker file and
 renamed into place; `latest` names the newest complete one and is replaced atomically, so a crash at
-any moment leaves the previous checkpoint usable.
-
-    <save>/step_00000100/model.safetensors   the model (gptcore model file: weights + config)
-                         trainer.pt          optimizer, loss scaler, RNG states, step, data position
-                         config.yaml         the training config
-                         tokenizer/          a copy of the tokenizer
-                         COMPLETE            written last
-    <save>/latest                            "step_00000100"
-
-A distributed run (training.parallel_trainer) writes, instead of model.safetensors and the
-optimizer/RNG part of trainer.pt: layout.json, one model file per (tp, pp) shard
-(parallel.checkpoint) and rank_NNNNN.pt per process (its optimizer shard and RNG states).
-"""
+any moment leaves the previous checkpoint usable. (What goes inside: gptcore.checkpoint.names.)"""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
-COMPLETE = "COMPLETE"
-LATEST = "latest"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
+from gptcore.checkpoint.names import COMPLETE, LATEST, STEP_DIR, step_dir_name
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,9 +75,7 @@ def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / COMPLETE).is_file()
-    ]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / COMPLETE).is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -105,7 +84,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
     `latest` names, else its newest complete one; None if it holds none. An incomplete checkpoint
     named explicitly is an error, not a silent fallback."""
     path = Path(path)
-    if _STEP_DIR.match(path.name) and path.is_dir():
+    if STEP_DIR.match(path.name) and path.is_dir():
         if not (path / COMPLETE).is_file():
             raise ValueError(
                 f"{path}: checkpoint is incomplete (no {COMPLETE} marker; the run stopped while saving it);"
@@ -119,21 +98,3 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
             return named
     found = complete_checkpoints(path)
     return found[-1] if found else None
-
-
-def copy_tokenizer(source: str | os.PathLike, folder: Path) -> None:
-    """Copy a tokenizer (a .model, a tokenizer.json, vocab.json + merges.txt, or a folder of them)
-    into folder, which load_tokenizer then reads."""
-    source = Path(source)
-    folder.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        for name in ("tokenizer.json", "vocab.json", "merges.txt", *(p.name for p in source.glob("*.model"))):
-            if (source / name).is_file():
-                shutil.copy2(source / name, folder / name)
-    elif source.name in ("vocab.json", "merges.txt"):
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copy2(source.with_name(name), folder / name)
-    elif source.suffix == ".model":
-        shutil.copy2(source, folder / source.name)
-    else:
-        shutil.copy2(source, folder / "tokenizer.json")

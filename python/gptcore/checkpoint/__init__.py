@@ -1,0 +1,67 @@
+"""gptcore's on-disk format: every file name and the step folders (names), writing and finding
+checkpoints (folders), the model file (model_file), the tokenizer copy (tokenizer), the tensor /
+pipeline layout (layout) and the per-rank model files (sharded), LoRA adapter files (adapters),
+and any model source to a GPT (resolve). It may use gptcore.convert (HF GPT-2 folders), never the
+reverse; training, finetuning, evaluation, serving and the CLI read and write checkpoints here."""
+
+from gptcore.checkpoint.adapters import merge_adapters, read_adapters, save_adapter_file
+from gptcore.checkpoint.folders import complete_checkpoints, find_checkpoint, write_checkpoint
+from gptcore.checkpoint.layout import read_layout, write_layout
+from gptcore.checkpoint.model_file import load_model, read_model_metadata, save_model, save_model_state
+from gptcore.checkpoint.names import (
+    COMPLETE,
+    CONFIG_FILE,
+    LATEST,
+    LAYOUT_FILE,
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    TRAINER_STATE_FILE,
+    adapter_file_name,
+    model_file_name,
+    rank_file_name,
+    step_dir_name,
+)
+from gptcore.checkpoint.resolve import load_any, load_for_inference, resolve
+from gptcore.checkpoint.sharded import (
+    load_full_state,
+    load_model_shards,
+    load_shard_for,
+    reshard_checkpoint,
+    save_model_shard,
+)
+from gptcore.checkpoint.tokenizer import copy_tokenizer
+
+__all__ = [
+    "COMPLETE",
+    "CONFIG_FILE",
+    "LATEST",
+    "LAYOUT_FILE",
+    "MODEL_FILE",
+    "TOKENIZER_DIR",
+    "TRAINER_STATE_FILE",
+    "adapter_file_name",
+    "complete_checkpoints",
+    "copy_tokenizer",
+    "find_checkpoint",
+    "load_any",
+    "load_for_inference",
+    "load_full_state",
+    "load_model",
+    "load_model_shards",
+    "load_shard_for",
+    "merge_adapters",
+    "model_file_name",
+    "rank_file_name",
+    "read_adapters",
+    "read_layout",
+    "read_model_metadata",
+    "reshard_checkpoint",
+    "resolve",
+    "save_adapter_file",
+    "save_model",
+    "save_model_shard",
+    "save_model_state",
+    "step_dir_name",
+    "write_checkpoint",
+    "write_layout",
+]
