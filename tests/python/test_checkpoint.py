@@ -1,11 +1,12 @@
-"""gptcore.checkpoint's names and its merge of an adapter file into a plain GPT (the sharded files,
-folders and loaders: test_sharded_checkpoint, test_training)."""
+"""gptcore.checkpoint's names, and a model source loaded with --lora adapters merged (the sharded
+files, folders and loaders: test_sharded_checkpoint, test_training)."""
 
 import pytest
 import torch
 
-from gptcore.checkpoint import adapter_file_name, merge_adapters, rank_file_name, step_dir_name
+from gptcore.checkpoint import adapter_file_name, rank_file_name, save_model, step_dir_name
 from gptcore.checkpoint.names import step_of
+from gptcore.cli.source import load_model as load_model_source
 from gptcore.finetune.lora import LoRAConfig, apply_adapters, apply_lora, save_adapters
 from gptcore.model import GPT, GPTConfig
 
@@ -33,24 +34,26 @@ def _adapter_file(tmp_path, lora: LoRAConfig):
 
 
 @pytest.mark.parametrize("lora", [LoRAConfig(4, alpha=12), LoRAConfig(2, targets=("qkv", "mlp_out"))])
-def test_merge_adapters_equals_lora_merge(tmp_path, lora):
+def test_lora_source_merges_before_the_cast(tmp_path, lora):
+    """--lora through the CLI's model source: the adapters merged into the float32 weights
+    (apply_adapters(merge=True) run by load_for_inference's prepare), then cast: the same weights
+    as merging a float32 copy by hand, and a clear error for another model's adapters."""
     path = _adapter_file(tmp_path, lora)
     torch.manual_seed(1)
     base = GPT(GPTConfig(**CONFIG))
+    save_model(base, tmp_path / "base.safetensors")
     expected = GPT(GPTConfig(**CONFIG))
     expected.load_state_dict(base.state_dict())
     apply_adapters(expected, path, merge=True)
-    before = base.transformer.h[0].attn.c_attn.weight.detach().clone()
-    merge_adapters(base, path)
-    merged = dict(expected.named_parameters())
-    for name, p in base.named_parameters():
-        assert torch.equal(p, merged[name]), name
-    assert not torch.equal(base.transformer.h[0].attn.c_attn.weight, before)  # qkv is a target of both
-
-
-def test_merge_adapters_refuses_another_model(tmp_path):
-    path = _adapter_file(tmp_path, LoRAConfig(4))
-    with pytest.raises(ValueError, match="do not fit its weight"):
-        merge_adapters(GPT(GPTConfig(**(CONFIG | {"n_embd": 32}))), path)
-    with pytest.raises(ValueError, match="no such linear"):
-        merge_adapters(GPT(GPTConfig(**(CONFIG | {"n_layer": 1}))), path)
+    model, _ = load_model_source(tmp_path / "base.safetensors", device="cpu", dtype="bf16", lora=path)
+    want = {k: v.to(torch.bfloat16) for k, v in expected.state_dict().items()}
+    got = model.state_dict()
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert torch.equal(got[name], value), name
+    assert not torch.equal(
+        got["transformer.h.0.attn.c_attn.weight"], base.state_dict()["transformer.h.0.attn.c_attn.weight"].bfloat16()
+    )
+    save_model(GPT(GPTConfig(**(CONFIG | {"n_layer": 1}))), tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="another model"):
+        load_model_source(tmp_path / "other.safetensors", device="cpu", lora=path)

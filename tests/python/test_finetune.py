@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from test_training import corpus  # noqa: F401 (a fixture)
 
 from gptcore import cli
-from gptcore.checkpoint import load_for_inference, load_model, save_model
+from gptcore.checkpoint import load_model, save_model
+from gptcore.cli.source import load_model as load_model_source
 from gptcore.data import preprocess_sft
 from gptcore.model import GPT, GPTConfig
 from gptcore.parallel.testing import run_distributed
@@ -195,7 +196,7 @@ def test_lora_tensor_parallel_adapters_join_for_generation(task, tmp_path):
         # one Adam step moves each element by about lr; rounding may flip a near-zero grad's sign
         close = torch.isclose(joined[name], value, rtol=1e-4, atol=1e-7).float().mean()
         assert close > 0.98, name
-    model, _ = load_for_inference(task[2], task[1], device="cpu", lora=str(tmp_path / "tp2"))
+    model, _ = load_model_source(task[2], task[1], device="cpu", lora=str(tmp_path / "tp2"))
     unmerged = load_model(task[2], dropout=0.0, attn_dropout=0.0)
     apply_lora(unmerged, config)
     load_lora_state_dict(unmerged, joined)

@@ -4,7 +4,7 @@ pipeline layout (layout) and the per-rank model files (sharded), LoRA adapter fi
 and any model source to a GPT (resolve). It may use gptcore.convert (HF GPT-2 folders), never the
 reverse; training, finetuning, evaluation, serving and the CLI read and write checkpoints here."""
 
-from gptcore.checkpoint.adapters import merge_adapters, read_adapters, save_adapter_file
+from gptcore.checkpoint.adapters import read_adapters, save_adapter_file
 from gptcore.checkpoint.folders import complete_checkpoints, find_checkpoint, write_checkpoint
 from gptcore.checkpoint.layout import read_layout, write_layout
 from gptcore.checkpoint.model_file import load_model, read_model_metadata, save_model, save_model_state
@@ -49,7 +49,6 @@ __all__ = [
     "load_model",
     "load_model_shards",
     "load_shard_for",
-    "merge_adapters",
     "model_file_name",
     "rank_file_name",
     "read_adapters",

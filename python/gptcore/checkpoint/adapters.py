@@ -4,17 +4,14 @@ metadata key "gptcore_lora" and the base model's path under "gptcore_lora_base".
 checkpoint holds one per (tp, pp) rank (names.adapter_file_name).
 
 This module reads and writes the files; gptcore.finetune.lora makes and applies the adapters, and
-turns the metadata into its LoRAConfig. `merge_adapters` merges a file's adapters into a plain
-GPT's weights, for inference."""
+turns the metadata into its LoRAConfig."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -71,37 +68,3 @@ def read_adapter_checkpoint(folder) -> tuple[dict[str, torch.Tensor], dict[str, 
 def read_adapters(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(adapter tensors, metadata) of an adapter file or of a LoRA run's checkpoint folder."""
     return read_adapter_checkpoint(path) if Path(path).is_dir() else read_adapter_file(path)
-
-
-def _scale(metadata: dict[str, str]) -> float:
-    """alpha / rank of the LoRAConfig an adapter file holds (alpha None: alpha = rank)."""
-    config = json.loads(metadata[ADAPTER_CONFIG_KEY])
-    rank, alpha = config["rank"], config.get("alpha")
-    return (rank if alpha is None else alpha) / rank
-
-
-@torch.no_grad()
-def merge_adapters(model: nn.Module, path) -> None:
-    """W += (alpha / rank) B A, in float32 then cast to W's dtype, for each adapter of an adapter
-    file or LoRA checkpoint (read_adapters; whole tensors) on a plain GPT: the model then computes
-    what the adapted one does. ValueError if the adapters do not fit the model."""
-    state, metadata = read_adapters(path)
-    scale = _scale(metadata)
-    weights = dict(model.named_parameters())
-    bad = sorted(name for name in state if not name.endswith(FACTORS))
-    prefixes = sorted({name.removesuffix(".lora_A").removesuffix(".lora_B") for name in state} - set(bad))
-    unpaired = [p for p in prefixes if f"{p}.lora_A" not in state or f"{p}.lora_B" not in state]
-    unknown = [p for p in prefixes if f"{p}.weight" not in weights]
-    if bad or unpaired or unknown:
-        raise ValueError(
-            f"{path}: the adapters do not fit the model: not adapter tensors {bad[:4]}, unpaired {unpaired[:4]},"
-            f" no such linear {unknown[:4]} (was it saved for another model?)"
-        )
-    for prefix in prefixes:
-        weight, A, B = weights[f"{prefix}.weight"], state[f"{prefix}.lora_A"], state[f"{prefix}.lora_B"]
-        if (B.shape[0], A.shape[1]) != weight.shape or A.shape[0] != B.shape[1]:
-            raise ValueError(
-                f"{path}: {prefix}.lora_A {list(A.shape)} and .lora_B {list(B.shape)} do not fit its weight"
-                f" {list(weight.shape)} (another model size, or a tensor-parallel shard?)"
-            )
-        weight.copy_(weight.float() + scale * (B.float() @ A.float()))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from gptcore.checkpoint.adapters import merge_adapters
 from gptcore.checkpoint.folders import find_checkpoint
 from gptcore.checkpoint.layout import is_sharded, read_layout
 from gptcore.checkpoint.model_file import load_model
@@ -65,16 +64,16 @@ def load_any(source, **overrides) -> GPT:
     return _load_resolved(kind, path, overrides)
 
 
-def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str = "auto", lora=None):
+def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str = "auto", prepare=None):
     """(model in eval mode, tokenizer or None) for generation, evaluation and serving.
 
     source: anything `resolve` accepts (a sharded checkpoint is merged). The tokenizer is `tokenizer`
     if given, else the one the model came with: a training checkpoint's tokenizer/ copy, a
     `tokenizer/` folder beside a model file, or the tokenizer files of an HF folder. device "auto":
     CUDA when visible. dtype "auto": bf16 on CUDA, fp32 on CPU (gptcore's CPU kernels are float32;
-    other dtypes there run on PyTorch ops). lora: a LoRA adapter file (gptcore.finetune.lora.
-    save_adapters) or a LoRA run's checkpoint, whose adapters are merged into the weights
-    (adapters.merge_adapters), in float32 before the cast to dtype.
+    other dtypes there run on PyTorch ops). prepare(model), when given, runs on the float32 model
+    before the cast to device and dtype: where a caller above this layer merges LoRA adapters
+    (gptcore.finetune.lora.apply_adapters with merge=True), so the merge is done in float32.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,8 +88,8 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
     kind, path = resolve(source)
     overrides = dict(use_gptcore_ops=use_gptcore_ops, dropout=0.0, attn_dropout=0.0)
     model = _load_resolved(kind, path, overrides)
-    if lora is not None:
-        merge_adapters(model, lora)
+    if prepare is not None:
+        prepare(model)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     if tokenizer is None:
         tokenizer = tokenizer_beside(kind, path)

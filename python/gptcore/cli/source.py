@@ -3,8 +3,11 @@ the one function that loads it, where loading over several processes will go."""
 
 from __future__ import annotations
 
+import functools
+
 from gptcore.checkpoint import load_for_inference
 from gptcore.cli.arguments import add_device
+from gptcore.finetune.lora import apply_adapters
 
 CHECKPOINT_HELP = "save folder, step_N/ folder, model file or HF folder"
 
@@ -35,7 +38,8 @@ def load(args, need_tokenizer: bool):
 def load_model(checkpoint, tokenizer=None, device="auto", dtype="auto", lora=None, need_tokenizer=False):
     """(model in eval mode, tokenizer or None) for inference; ValueError when need_tokenizer and none
     was given or found beside the model."""
-    model, tokenizer = load_for_inference(checkpoint, tokenizer, device, dtype, lora=lora)
+    prepare = None if lora is None else functools.partial(apply_adapters, path=lora, merge=True)
+    model, tokenizer = load_for_inference(checkpoint, tokenizer, device, dtype, prepare=prepare)
     if need_tokenizer and tokenizer is None:
         raise ValueError(f"{checkpoint}: no tokenizer found beside the model; give --tokenizer")
     return model, tokenizer
