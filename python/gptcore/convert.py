@@ -131,12 +131,13 @@ def to_hf(model: GPT, directory) -> Path:
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The GPT's weights to export: its state dict, less the factors of LoRA adapters that are merged
-    into the weights (gptcore.finetune.lora.merge_lora); ValueError if an adapter is not merged."""
-    adapted = [m for m in model.modules() if getattr(m, "lora_A", None) is not None]
-    if any(not m.merged for m in adapted):
+    """The GPT's weights to export: its state dict; ValueError if it holds LoRA adapter factors
+    (gptcore.finetune.lora.merge_and_unload folds them into the weights and gives the plain model)."""
+    state = model.state_dict()
+    factors = [name for name in state if name.endswith((".lora_A", ".lora_B"))]
+    if factors:
         raise ValueError(
-            "the model has LoRA adapters not merged into its weights: merge_lora(model) first (or save the"
-            " adapters alone with gptcore.finetune.lora.save_adapters)"
+            f"the model has LoRA adapters not merged into its weights ({factors[0]}, ...): merge_and_unload(model)"
+            " first (or save the adapters alone with gptcore.finetune.lora.save_adapters)"
         )
-    return {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
+    return state

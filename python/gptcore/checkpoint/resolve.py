@@ -73,7 +73,7 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
     CUDA when visible. dtype "auto": bf16 on CUDA, fp32 on CPU (gptcore's CPU kernels are float32;
     other dtypes there run on PyTorch ops). prepare(model), when given, runs on the float32 model
     before the cast to device and dtype: where a caller above this layer merges LoRA adapters
-    (gptcore.finetune.lora.apply_adapters with merge=True), so the merge is done in float32.
+    (gptcore.cli.source.merge_adapters), so the merge is done in float32.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gptcore import convert
 from gptcore.checkpoint import load_any, read_layout, reshard_checkpoint, save_model
-from gptcore.finetune.lora import apply_adapters
+from gptcore.cli.source import merge_adapters
 
 
 def add_parser(commands) -> None:
@@ -89,7 +89,7 @@ def _merged_model(args):
     """The full-precision model --checkpoint names, with --lora's adapters merged in when given."""
     model = load_any(args.checkpoint, use_gptcore_ops=False)
     if args.lora:
-        apply_adapters(model, args.lora, merge=True)
+        merge_adapters(model, args.lora)
     return model
 
 

@@ -7,7 +7,7 @@ import functools
 
 from gptcore.checkpoint import load_for_inference
 from gptcore.cli.arguments import add_device
-from gptcore.finetune.lora import apply_adapters
+from gptcore.finetune.lora import apply_adapters, merge_and_unload
 
 CHECKPOINT_HELP = "save folder, step_N/ folder, model file or HF folder"
 
@@ -38,8 +38,15 @@ def load(args, need_tokenizer: bool):
 def load_model(checkpoint, tokenizer=None, device="auto", dtype="auto", lora=None, need_tokenizer=False):
     """(model in eval mode, tokenizer or None) for inference; ValueError when need_tokenizer and none
     was given or found beside the model."""
-    prepare = None if lora is None else functools.partial(apply_adapters, path=lora, merge=True)
+    prepare = None if lora is None else functools.partial(merge_adapters, path=lora)
     model, tokenizer = load_for_inference(checkpoint, tokenizer, device, dtype, prepare=prepare)
     if need_tokenizer and tokenizer is None:
         raise ValueError(f"{checkpoint}: no tokenizer found beside the model; give --tokenizer")
     return model, tokenizer
+
+
+def merge_adapters(model, path) -> None:
+    """The LoRA adapters at path (a file, or a LoRA run's save or step folder) merged into the model's
+    weights, leaving the plain model (its files and HF export hold no adapter tensors)."""
+    apply_adapters(model, path)
+    merge_and_unload(model)

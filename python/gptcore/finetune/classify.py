@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from gptcore.checkpoint import MODEL_FILE, TOKENIZER_DIR, copy_tokenizer, load_for_inference, save_model
-from gptcore.finetune.lora import LoRALinear, apply_lora, merge_lora
+from gptcore.finetune.lora import LoRALinear, apply_lora, merge_and_unload
 from gptcore.model import GPT
 from gptcore.optim import AdamW
 from gptcore.training.schedule import lr_at
@@ -424,13 +424,13 @@ def tokenizer_source(tokenizer) -> Path:
 
 def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Path:
     """Write the classifier folder (module docstring); tokenizer (a Tokenizer or a path) is copied
-    into tokenizer/. LoRA adapters are merged into the GPT's weights first (in place), so the model
+    into tokenizer/. LoRA adapters are merged into the GPT's weights first (in place, merge_and_unload), so the model
     file is a plain GPT. Returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     gpt = classifier.gpt
     if any(isinstance(m, LoRALinear) for m in gpt.modules()):
-        merge_lora(gpt)
+        merge_and_unload(gpt)
     save_model(gpt, directory / MODEL_FILE)
     save_file({"score.weight": classifier.score.weight.detach().cpu().contiguous()}, directory / HEAD_FILE)
     meta = {

@@ -218,6 +218,17 @@ def merge_lora(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def merge_and_unload(model: nn.Module) -> None:
+    """merge_lora, then every LoRALinear replaced by its base linear (peft's merge_and_unload): the
+    plain model again, with the adapted weights, whose state dict and files are a GPT's."""
+    merge_lora(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.base)
+
+
+@torch.no_grad()
 def unmerge_lora(model: nn.Module) -> None:
     """The inverse of merge_lora (up to rounding in W's dtype): W -= scale * B A, the term back on."""
     for linear in _adapted(model, "unmerge_lora"):
@@ -289,7 +300,7 @@ def load_adapters(path) -> tuple[dict[str, torch.Tensor], LoRAConfig, dict[str, 
 def apply_adapters(model: nn.Module, path, merge: bool = False) -> LoRAConfig:
     """apply_lora with the file's config, its adapters loaded (a pipeline stage takes its layers',
     a tensor-parallel model its shards: local_state) and, with merge, merged into the weights
-    (inference). Returns the config."""
+    (merge_lora; merge_and_unload then gives the plain model). Returns the config."""
     state, config, _ = load_adapters(path)
     apply_lora(model, config)
     load_lora_state_dict(model, local_state(model, state))
