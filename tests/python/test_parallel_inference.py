@@ -121,6 +121,24 @@ def gptcore_command(*args: str, **kwargs) -> subprocess.Popen | subprocess.Compl
 TP2 = ("--nproc-per-node", "2", "--tensor-parallel", "2")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--temperature", "0", "--json"),
+        ("--prompt", PROMPTS[2], "--seed", "7", "--top-k", "40"),
+    ],
+    ids=["greedy-batch", "seeded-stream"],
+)
+def test_cli_generate_tp2(checkpoint, capsys, options):
+    args = ("generate", "--checkpoint", str(checkpoint / "model.safetensors"), "--max-new-tokens", "12", *options)
+    assert cli.main(list(args)) == 0
+    expected = capsys.readouterr().out
+    out = gptcore_command(*args, *TP2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout == expected  # one copy, from rank 0
+    assert "Traceback" not in out.stderr and "error" not in out.stderr
+
+
 def test_cli_eval_tp2_from_a_pipeline_checkpoint(checkpoint, tmp_path):
     common = ("eval", "--text", str(checkpoint / "text.txt"), "--window", "32", "--max-tokens", "400")
     one = tmp_path / "one.json"
@@ -151,6 +169,8 @@ def test_cli_model_that_does_not_split(checkpoint):
         (("eval", "--text", "x", "--nproc-per-node", "0"), "--nproc-per-node must be >= 1"),
         (("eval", "--text", "x", "--nproc-per-node", "2", "--device", "cuda:1"), "give --device cuda"),
         (("eval", "--text", "x", "--nproc-per-node", "2", "--sequence-parallel"), "unrecognized arguments"),
+        (("generate", "--prompt", "x", "--tensor-parallel", "2"), "add --nproc-per-node 2"),
+        (("generate", "--prompt", "x", "--nproc-per-node", "2", "--sequence-parallel"), "unrecognized arguments"),
     ],
 )
 def test_cli_bad_process_arguments(checkpoint, capsys, args, message):
