@@ -8,8 +8,10 @@ import http.client
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,10 @@ from gptcore import cli, convert
 from gptcore.data import train_sentencepiece
 from gptcore.generate import Generator
 from gptcore.model import GPT, GPTConfig
-from gptcore.parallel import parallelize
-from gptcore.parallel.checkpoint import save_model_shard, write_layout
+from gptcore.parallel import inference, parallelize
+from gptcore.parallel.checkpoint import model_file_name, save_model_shard, write_layout
 from gptcore.parallel.inference import LockstepEngine, Ranks
-from gptcore.parallel.reshard import split
+from gptcore.parallel.reshard import local_state, split
 from gptcore.parallel.testing import run_distributed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,6 +85,38 @@ def test_lockstep_engine_matches_one_process(use_gptcore_ops):
     assert len(set(map(tuple, results[:3]))) == 3 and len(set(results[0])) > 2  # not one token repeated
 
 
+# ---- loading ---------------------------------------------------------------------------------------
+def _write_sharded(folder: Path, model: GPT, tp: int, pp: int) -> Path:
+    folder.mkdir()
+    for (t, p), state in split(model.state_dict(), model.config, tp, pp).items():
+        save_model_shard(state, model.config, folder, t, p, tp, pp)
+    write_layout(folder, tp, pp)
+    return folder
+
+
+def _load(rank, world_size, root):
+    ranks = Ranks(rank, world_size, torch.device("cpu"), dist.group.WORLD, None)
+    expected = local_state(parallelize(tiny_model(512), dist.group.WORLD), tiny_model(512).state_dict())
+    # Saved at the ranks' tensor-parallel size: each rank reads its own file alone (rank 1's is broken).
+    sources = ["model.safetensors", "tp2", "pp2"] + (["tp2-rank0-only"] if rank == 0 else [])
+    same = []
+    for source in sources:
+        model, _ = inference.load_model(root / source, None, ranks)
+        same.append(model.state_dict().keys() == expected.keys())
+        same += [torch.equal(v, expected[k]) for k, v in model.state_dict().items()]
+    return all(same)
+
+
+def test_load_model_reshards_any_checkpoint(tmp_path):
+    model = tiny_model(512)
+    convert.save(model, tmp_path / "model.safetensors")
+    _write_sharded(tmp_path / "tp2", model, 2, 1)
+    _write_sharded(tmp_path / "pp2", model, 1, 2)
+    folder = _write_sharded(tmp_path / "tp2-rank0-only", model, 2, 1)
+    (folder / model_file_name(1, 0, 2, 1)).write_bytes(b"not a safetensors file")
+    assert run_distributed(_load, 2, tmp_path) == [True, True]
+
+
 # ---- the commands ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -96,11 +130,7 @@ def checkpoint(tmp_path_factory):
     (root / "tokenizer").mkdir()
     (root / "tokenizer" / "spm.model").write_bytes(Path(spm).read_bytes())
     convert.save(model, root / "model.safetensors")
-    sharded = root / "sharded"
-    sharded.mkdir()
-    for (t, p), state in split(model.state_dict(), model.config, 1, 2).items():
-        save_model_shard(state, model.config, sharded, t, p, 1, 2)
-    write_layout(sharded, 1, 2)
+    sharded = _write_sharded(root / "sharded", model, 1, 2)
     (sharded / "tokenizer").mkdir()
     (sharded / "tokenizer" / "spm.model").write_bytes(Path(spm).read_bytes())
     one_head = root / "one_head.safetensors"
@@ -153,6 +183,59 @@ def test_cli_eval_tp2_from_a_pipeline_checkpoint(checkpoint, tmp_path):
     assert two["nll"] == pytest.approx(one["nll"], rel=1e-5)
 
 
+def _post(port: int, body: dict) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", "/v1/completions", body=json.dumps(body).encode())
+        response = conn.getresponse()
+        data = json.loads(response.read())
+        assert response.status == 200, data
+        return data
+    finally:
+        conn.close()
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the processes whose command line mentions marker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_cli_serve_tp2(checkpoint):
+    source = str(checkpoint / "model.safetensors")
+    proc = gptcore_command("serve", "--checkpoint", source, "--port", "0", "--max-batch", "2", *TP2, background=True)
+    try:
+        line = proc.stdout.readline()
+        assert "split over 2 processes" in line and " at http://127.0.0.1:" in line, line + proc.stderr.read()
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        greedy = dict(prompt=PROMPTS[0], max_tokens=10, temperature=0, return_token_ids=True)
+        sampled = dict(prompt=PROMPTS[1], max_tokens=10, seed=11, return_token_ids=True, **SAMPLED)
+        answers = [_post(port, body)["choices"][0] for body in (greedy, sampled)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("stopped") == 1 and "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while _processes_with(source) and time.monotonic() < deadline:  # every rank has exited
+        time.sleep(0.1)
+    assert not _processes_with(source)
+    model, tokenizer = convert.load_for_inference(source)
+    generator = Generator(model, tokenizer)
+    expected = [
+        generator.generate(PROMPTS[0], max_new_tokens=10, temperature=0)[0],
+        generator.generate(PROMPTS[1], max_new_tokens=10, seed=11, **SAMPLED)[0],
+    ]
+    assert [a["token_ids"] for a in answers] == [r.tokens for r in expected]
+    assert [a["text"] for a in answers] == [r.text for r in expected]
+
+
 def test_cli_model_that_does_not_split(checkpoint):
     source = str(checkpoint / "one_head.safetensors")
     out = gptcore_command("eval", "--checkpoint", source, "--text", str(checkpoint / "text.txt"), *TP2)
@@ -171,6 +254,7 @@ def test_cli_model_that_does_not_split(checkpoint):
         (("eval", "--text", "x", "--nproc-per-node", "2", "--sequence-parallel"), "unrecognized arguments"),
         (("generate", "--prompt", "x", "--tensor-parallel", "2"), "add --nproc-per-node 2"),
         (("generate", "--prompt", "x", "--nproc-per-node", "2", "--sequence-parallel"), "unrecognized arguments"),
+        (("serve", "--nproc-per-node", "2", "--tensor-parallel", "1"), "must equal --nproc-per-node 2"),
     ],
 )
 def test_cli_bad_process_arguments(checkpoint, capsys, args, message):

@@ -29,13 +29,16 @@ import secrets
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from gptcore.convert import load_for_inference
+from gptcore.convert import load_for_inference, resolve
+from gptcore.data import load_tokenizer
 from gptcore.generate import Engine, Request
-from gptcore.model import DTYPES
+from gptcore.model import DTYPES, GPT
+from gptcore.parallel.checkpoint import load_shard_for
 from gptcore.parallel.tensor_parallel import parallelize
 
 LEADER = 0
@@ -99,18 +102,52 @@ def leave() -> None:
 
 
 def load_model(source, tokenizer, ranks: Ranks, dtype: str = "auto", lora=None):
-    """(this rank's shard of the model in eval mode, tokenizer or None): whatever
-    convert.load_for_inference reads (a sharded checkpoint of any layout is merged), LoRA adapters
-    merged, split over the ranks by parallelize, then moved to the rank's device in dtype ("auto":
-    bf16 on CUDA, fp32 on the CPU). ValueError when the model does not split over the ranks."""
+    """(this rank's shard of the model in eval mode, tokenizer or None), on the rank's device in
+    dtype ("auto": bf16 on CUDA, fp32 on the CPU), from anything convert.load_for_inference reads.
+    A sharded checkpoint saved at this tensor-parallel size (no pipeline) is read one file a rank;
+    any other source is read whole (a sharded one merged), LoRA adapters merged, and cut by
+    parallelize. ValueError when the model does not split over the ranks."""
     cuda = ranks.device.type == "cuda"
     dtype = ("bf16" if cuda else "fp32") if dtype == "auto" else dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose from auto, {', '.join(DTYPES)}")
-    # Read and split on the CPU, cast on the device. fp32 picks gptcore's ops, as a CUDA device does.
-    model, tokenizer = load_for_inference(source, tokenizer, "cpu", "fp32" if cuda else dtype, lora=lora)
-    parallelize(model, ranks.group)
+    kind, path = resolve(source)
+    if kind == "sharded" and lora is None:
+        model = _load_shard(path, ranks, use_gptcore_ops=cuda or dtype == "fp32")
+        tokenizer = _tokenizer(tokenizer, path / "tokenizer", model.config)
+    else:  # read and split on the CPU, cast on the device; fp32 picks gptcore's ops, as CUDA does
+        model, tokenizer = load_for_inference(source, tokenizer, "cpu", "fp32" if cuda else dtype, lora=lora)
+        parallelize(model, ranks.group)
     return model.to(device=ranks.device, dtype=DTYPES[dtype]).eval(), tokenizer
+
+
+def _load_shard(folder, ranks: Ranks, use_gptcore_ops: bool) -> GPT:
+    """The rank's shard of a sharded checkpoint's model: its own file when the checkpoint has this
+    layout (tp = ranks, pp = 1), else cut from the merged checkpoint; the model built without
+    storage (meta), parallelized, then given the shard."""
+    overrides = dict(use_gptcore_ops=use_gptcore_ops, dropout=0.0, attn_dropout=0.0)
+    state, config = load_shard_for(folder, ranks.size, 1, ranks.rank, 0, **overrides)
+    with torch.device("meta"):
+        model = parallelize(GPT(config), ranks.group)
+    model.to_empty(device="cpu")
+    model.load_state_dict(state)
+    return model
+
+
+def _tokenizer(tokenizer, beside: Path, config):
+    """The tokenizer given, else the one saved beside the model (None without one), checked
+    against the model's vocabulary as load_for_inference does."""
+    if tokenizer is None and beside.is_dir() and any(beside.iterdir()):
+        tokenizer = beside
+    if tokenizer is None:
+        return None
+    tokenizer = load_tokenizer(tokenizer)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer.name}: vocabulary {tokenizer.vocab_size} is larger than the model's"
+            f" {config.vocab_size}; is it the tokenizer this model was trained with?"
+        )
+    return tokenizer
 
 
 class LockstepEngine(Engine):
