@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import inspect
+import io
 import json
 import os
 import signal
@@ -151,22 +152,29 @@ def gptcore_command(*args: str, **kwargs) -> subprocess.Popen | subprocess.Compl
 TP2 = ("--nproc-per-node", "2", "--tensor-parallel", "2")
 
 
+LONG = "x " * 100  # too long for the model: refused on every rank, and the next prompt is read
+
+
 @pytest.mark.parametrize(
-    "options",
+    "options, stdin",
     [
-        ("--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--temperature", "0", "--json"),
-        ("--prompt", PROMPTS[2], "--seed", "7", "--top-k", "40"),
+        (("--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--temperature", "0", "--json"), None),
+        (("--prompt", PROMPTS[2], "--seed", "7", "--top-k", "40"), None),
+        (("--interactive", "--temperature", "0"), f"{PROMPTS[0]}\n{LONG}\n{PROMPTS[2]}\n\n"),
     ],
-    ids=["greedy-batch", "seeded-stream"],
+    ids=["greedy-batch", "seeded-stream", "interactive"],
 )
-def test_cli_generate_tp2(checkpoint, capsys, options):
+def test_cli_generate_tp2(checkpoint, capsys, monkeypatch, options, stdin):
     args = ("generate", "--checkpoint", str(checkpoint / "model.safetensors"), "--max-new-tokens", "12", *options)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
     assert cli.main(list(args)) == 0
-    expected = capsys.readouterr().out
-    out = gptcore_command(*args, *TP2)
+    expected = capsys.readouterr()
+    assert ("error: prompt (200 tokens)" in expected.err) == (stdin is not None)
+    out = gptcore_command(*args, *TP2, input=stdin)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout == expected  # one copy, from rank 0
-    assert "Traceback" not in out.stderr and "error" not in out.stderr
+    assert out.stdout == expected.out  # one copy, from rank 0
+    assert "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if "error" in line] == expected.err.splitlines()
 
 
 def test_cli_eval_tp2_from_a_pipeline_checkpoint(checkpoint, tmp_path):
