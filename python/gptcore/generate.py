@@ -406,12 +406,20 @@ def sample_logits(
 
 class Generator:
     """A model (and optional tokenizer) ready to generate; prompts are token lists or, with a
-    tokenizer, strings."""
+    tokenizer, strings. engine: the Engine to run on (default: one of max_batch slots, made when
+    first needed)."""
 
-    def __init__(self, model: GPT, tokenizer=None, max_batch: int = 16, cuda_graph: bool | None = None):
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer=None,
+        max_batch: int = 16,
+        cuda_graph: bool | None = None,
+        engine: Engine | None = None,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.cuda_graph = max_batch, cuda_graph
-        self._engine: Engine | None = None
+        self._engine = engine
 
     @property
     def engine(self) -> Engine:

@@ -15,7 +15,7 @@ from gptcore.checkpoint.sharded import load_full_state
 from gptcore.checkpoint.tokenizer import tokenizer_beside
 from gptcore.convert import from_hf
 from gptcore.data import load_tokenizer
-from gptcore.model import DTYPES, GPT
+from gptcore.model import DTYPES, GPT, GPTConfig
 
 
 def resolve(source) -> tuple[str, Path]:
@@ -91,13 +91,20 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
     if prepare is not None:
         prepare(model)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    return model, tokenizer_for(model.config, kind, path, tokenizer)
+
+
+def tokenizer_for(config: GPTConfig, kind: str, path: Path, tokenizer=None):
+    """The tokenizer given, else the one that came with the model `resolve` found (kind, path), loaded
+    and checked against the model's vocabulary; None when there is none."""
     if tokenizer is None:
         tokenizer = tokenizer_beside(kind, path)
-    if tokenizer is not None:
-        tokenizer = load_tokenizer(tokenizer)
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(
-                f"tokenizer {tokenizer.name}: vocabulary {tokenizer.vocab_size} is larger than the model's"
-                f" {model.config.vocab_size}; is it the tokenizer this model was trained with?"
-            )
-    return model, tokenizer
+    if tokenizer is None:
+        return None
+    tokenizer = load_tokenizer(tokenizer)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer.name}: vocabulary {tokenizer.vocab_size} is larger than the model's"
+            f" {config.vocab_size}; is it the tokenizer this model was trained with?"
+        )
+    return tokenizer

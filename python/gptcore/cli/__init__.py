@@ -12,6 +12,7 @@ from importlib import import_module
 
 import gptcore
 from gptcore.cli.arguments import UsageError
+from gptcore.parallel.inference import launched_rank
 
 NAMES = ("info", "tokenizer", "preprocess", "convert", "train", "finetune", "generate", "eval", "serve")
 COMMANDS = {name: import_module(f"gptcore.cli.{name}") for name in NAMES}  # command -> its module
@@ -36,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(module, "DEFAULT_TASK") and not set(argv[1:2]) & {*module.TASKS, "-h", "--help"}:
         argv.insert(1, module.DEFAULT_TASK)  # `gptcore eval --checkpoint ...` is `gptcore eval ppl ...`
     args = parser.parse_args(argv)
+    args.argv = argv  # what a command run over several processes passes on to each of them
     try:
         return args.run(args) or 0
     except UsageError as e:
         parser.error(str(e))
     except EXPECTED_ERRORS as e:
-        print(f"gptcore {args.command}: error: {e}", file=sys.stderr)
+        if launched_rank() == 0 or not getattr(args, "rank0_reports", False):
+            print(f"gptcore {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ def add_parser(commands) -> None:
         " perplexity (words: whitespace-separated, as in WikiText); prints a summary and writes JSON.",
     )
     source.add_model_source(ppl)
+    source.add_processes(ppl)
     src = ppl.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", metavar="FILE", help="a UTF-8 text file")
     src.add_argument("--data-prefix", metavar="PREFIX", help="an indexed dataset PREFIX.bin/.idx")
@@ -59,6 +60,7 @@ def add_parser(commands) -> None:
         " classifier's). Texts are cut to the length the classifier was trained with.",
     )
     source.add_model_source(cls, checkpoint_help="the classifier folder", tokenizer=False)
+    source.add_processes(cls)
     cls.add_argument("--data", required=True, metavar="FILE", help=".tsv or .jsonl data")
     add_classification_keys(cls)
     cls.add_argument("--batch-size", type=int, default=32, help="texts a forward (default 32)")
@@ -66,23 +68,29 @@ def add_parser(commands) -> None:
     cls.set_defaults(run=run_cls)
 
 
-def run_ppl(args) -> None:
+def run_ppl(args) -> int | None:
+    if (code := source.launch(args)) is not None:
+        return code
     if args.text is not None and not Path(args.text).is_file():
         raise FileNotFoundError(f"{args.text}: no such text file")
     prefix = evaluate.dataset_prefix(args.data_prefix) if args.data_prefix is not None else None
-    model, tokenizer = source.load(args, need_tokenizer=prefix is None)
-    kwargs = dict(
-        window=args.window,
-        stride=args.stride,
-        batch_size=args.batch_size,
-        prepend_eod=args.prepend_eod,
-        max_tokens=args.max_tokens,
-        progress=args.progress or sys.stderr.isatty(),
-    )
-    if prefix is None:
-        result = evaluate.evaluate_file(model, tokenizer, args.text, **kwargs)
-    else:
-        result = evaluate.evaluate_indexed(model, prefix, tokenizer, **kwargs)
+    with source.processes(args) as ranks:  # every rank scores the same windows; rank 0 reports
+        model, tokenizer = source.load(args, need_tokenizer=prefix is None, ranks=ranks)
+        leader = ranks is None or ranks.is_leader
+        kwargs = dict(
+            window=args.window,
+            stride=args.stride,
+            batch_size=args.batch_size,
+            prepend_eod=args.prepend_eod,
+            max_tokens=args.max_tokens,
+            progress=leader and (args.progress or sys.stderr.isatty()),
+        )
+        if prefix is None:
+            result = evaluate.evaluate_file(model, tokenizer, args.text, **kwargs)
+        else:
+            result = evaluate.evaluate_indexed(model, prefix, tokenizer, **kwargs)
+    if not leader:
+        return None
     param = next(model.parameters())
     result |= dict(
         task="ppl",
@@ -90,8 +98,10 @@ def run_ppl(args) -> None:
         tokenizer=tokenizer.name if tokenizer is not None else None,
         device=str(param.device),
         dtype=str(param.dtype).removeprefix("torch."),
+        tensor_parallel=1 if ranks is None else ranks.size,
     )
-    print(f"model {args.checkpoint} ({result['dtype']} on {result['device']})")
+    split = "" if ranks is None else f", split over {ranks.size} processes"
+    print(f"model {args.checkpoint} ({result['dtype']} on {result['device']}{split})")
     print(evaluate.format_summary(result))
     if args.output:
         out = Path(args.output)
@@ -101,6 +111,8 @@ def run_ppl(args) -> None:
 
 
 def run_cls(args) -> None:
+    if args.nproc_per_node != 1 or args.tensor_parallel not in (None, 1):
+        raise ValueError("eval cls runs in one process: --nproc-per-node and --tensor-parallel are for eval ppl")
     data = classify.load_classification_data(args.data, args.text_key, args.label_key)
     classifier, tokenizer = classify.load_classifier(args.checkpoint, args.device, args.dtype)
     if tokenizer is None:

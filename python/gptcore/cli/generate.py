@@ -8,6 +8,7 @@ import sys
 
 from gptcore.cli import source
 from gptcore.generate import Generator
+from gptcore.parallel.inference import LockstepEngine
 
 
 def add_parser(commands) -> None:
@@ -20,6 +21,7 @@ def add_parser(commands) -> None:
         " --interactive reads prompts from stdin until an empty line or end of input.",
     )
     source.add_model_source(gen, lora=True)
+    source.add_processes(gen)
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--prompt-file", help="a UTF-8 file with one prompt a line (blank lines skipped)")
@@ -38,9 +40,23 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    if (code := source.launch(args)) is not None:
+        return code
     prompts = _read_prompts(args.prompt_file) if args.prompt_file else args.prompt or []
-    model, tokenizer = source.load(args, need_tokenizer=True)
-    generator = Generator(model, tokenizer, max_batch=args.max_batch)
+    with source.processes(args) as ranks:
+        model, tokenizer = source.load(args, need_tokenizer=True, ranks=ranks)
+        if ranks is None:
+            return _generate(args, prompts, Generator(model, tokenizer, max_batch=args.max_batch))
+        # Rank 0 reads the prompts and prints; the others run the same forwards on their shards.
+        engine = LockstepEngine(model, ranks, tokenizer, slots=args.max_batch)
+        if not ranks.is_leader:
+            engine.follow()
+            return 0
+        with engine.leading():
+            return _generate(args, prompts, Generator(model, tokenizer, max_batch=args.max_batch, engine=engine))
+
+
+def _generate(args, prompts: list[str], generator: Generator) -> int:
     kwargs = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from gptcore.cli import source
+from gptcore.parallel.inference import LockstepEngine
 from gptcore.serve import Server
 
 
@@ -19,6 +20,7 @@ def add_parser(commands) -> None:
         " Ctrl-C or SIGTERM stops it.",
     )
     source.add_model_source(srv)
+    source.add_processes(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     srv.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
     srv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
@@ -29,7 +31,22 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    model, tokenizer = source.load(args, need_tokenizer=False)
+    if (code := source.launch(args)) is not None:
+        return code
+    with source.processes(args) as ranks:
+        model, tokenizer = source.load(args, need_tokenizer=False, ranks=ranks)
+        if ranks is None:
+            return _serve(args, model, tokenizer)
+        # Rank 0 answers HTTP and drives the others, which run the same forwards on their shards.
+        engine = LockstepEngine(model, ranks, tokenizer, slots=args.max_batch)
+        if not ranks.is_leader:
+            engine.follow()
+            return 0
+        with engine.leading():
+            return _serve(args, model, tokenizer, engine, f", split over {ranks.size} processes")
+
+
+def _serve(args, model, tokenizer, engine=None, split: str = "") -> int:
     server = Server(
         model,
         tokenizer,
@@ -39,13 +56,14 @@ def run(args) -> int:
         max_queue=args.max_queue,
         max_prompt_tokens=args.max_prompt_tokens,
         model_name=args.model_name,
+        engine=engine,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     c, param = model.config, next(model.parameters())
+    named = tokenizer.name if tokenizer is not None else "none: token-id prompts only"
     print(
         f"serving {args.model_name} ({c.n_layer} layers, {c.n_embd} wide, {str(param.dtype).removeprefix('torch.')}"
-        f" on {param.device}; tokenizer {tokenizer.name if tokenizer is not None else 'none: token-id prompts only'})"
-        f" at {server.url}/v1/completions",
+        f" on {param.device}{split}; tokenizer {named}) at {server.url}/v1/completions",
         flush=True,
     )
     server.serve_forever()

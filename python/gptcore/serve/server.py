@@ -22,7 +22,9 @@ class Server:
     port 0 picks a free one (see `url`). max_batch: cache slots, i.e. sequences decoded together;
     max_queue: requests (prompts) waiting for a slot before new ones get 503; max_prompt_tokens:
     longer prompts get 400 (default: whatever fits the model's positions with max_tokens);
-    max_body_bytes: larger request bodies get 413. The socket is bound on construction (OSError when
+    max_body_bytes: larger request bodies get 413. engine: the Engine to run on, of max_batch slots
+    (default: a new one; gptcore.parallel.inference's LockstepEngine for a model split over
+    processes). The socket is bound on construction (OSError when
     the port is taken); `start()` starts serving in background threads, `serve_forever()` blocks
     until Ctrl-C or SIGTERM.
     """
@@ -39,6 +41,7 @@ class Server:
         model_name: str = "gptcore",
         max_body_bytes: int = 1 << 20,
         cuda_graph: bool | None = None,
+        engine: Engine | None = None,
     ):
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_body_bytes", max_body_bytes)):
             if not isinstance(value, int) or value < 1:
@@ -47,7 +50,9 @@ class Server:
             raise ValueError(f"max_prompt_tokens must be a positive integer or None, got {max_prompt_tokens!r}")
         self.tokenizer = tokenizer
         self.config = model.config
-        self.engine = Engine(model, tokenizer, slots=max_batch, cuda_graph=cuda_graph)
+        if engine is None:
+            engine = Engine(model, tokenizer, slots=max_batch, cuda_graph=cuda_graph)
+        self.engine = engine
         self.scheduler = Scheduler(self.engine, max_queue)
         self.served = ServedModel(model_name, model.config, tokenizer, max_prompt_tokens, max_prompts=max_queue)
         self.max_batch, self.max_queue = max_batch, max_queue
