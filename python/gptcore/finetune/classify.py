@@ -22,6 +22,7 @@ loads the base model with its tokenizer for other uses.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -36,9 +37,15 @@ from safetensors.torch import load_file, save_file
 from gptcore.checkpoint import MODEL_FILE, TOKENIZER_DIR, copy_tokenizer, load_for_inference, save_model
 from gptcore.finetune.lora import LoRALinear, apply_lora, merge_lora
 from gptcore.model import GPT
-from gptcore.optim import AdamW
 from gptcore.training.schedule import lr_at
-from gptcore.training.trainer import decay_groups
+from gptcore.training.step import (
+    LocalGradients,
+    OptimizerStep,
+    accumulate_in_fp32,
+    decay_groups,
+    forward_backward,
+    loss_scaler,
+)
 
 TEXT_KEYS = ("text", "sentence")  # the text column, when none is named: the first of these present
 CLASSIFIER_FILE = "classifier.json"
@@ -362,32 +369,38 @@ def finetune_classifier(
     if lora is not None:
         apply_lora(gpt, lora, seed=seed)  # freezes the GPT, not the head
 
+    # The trainer's step: grad norm and clipping, the lr schedule, the fused AdamW update, and its
+    # precision handling (float32 grad accumulation for half params, fp16 loss scaling).
     params = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = AdamW(decay_groups(params, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    dtype = classifier.score.weight.dtype
+    if dtype != torch.float32:
+        accumulate_in_fp32(classifier)
+    grads = LocalGradients(classifier)
+    optimizer = grads.make_optimizer(decay_groups(params, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
     total_steps = epochs * steps_per_epoch
     warmup_steps = round(warmup * total_steps)
+    step = OptimizerStep(
+        optimizer, loss_scaler(dtype), lambda n: lr_at(n, lr, min_lr, warmup_steps, total_steps), grad_clip, grads
+    )
     device = classifier.score.weight.device
     order = torch.Generator().manual_seed(seed)
-    history, best, kept_epoch, kept_state, step = [], None, epochs, None, 0
+    history, best, kept_epoch, kept_state, updates = [], None, epochs, None, 0
+
+    def loss_of(batch):
+        return classifier(*batch)[1]
+
     classifier.train()
     for epoch in range(1, epochs + 1):
         loss_sum = 0.0
         for batch in torch.randperm(len(train_ids), generator=order).split(batch_size):
-            step_lr = lr_at(step, lr, min_lr, warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = step_lr
             idx = _padded([train_ids[i] for i in batch], pad_id, device)
             target = torch.tensor([train_labels[i] for i in batch], device=device)
-            _, loss = classifier(idx, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            loss_sum += loss.item() * len(batch)
-            step += 1
-        record = {"epoch": epoch, "train_loss": loss_sum / len(train_ids), "lr": step_lr}
+            n = len(batch)  # one micro batch of n examples, each counted once in the mean loss
+            out = step(functools.partial(forward_backward, loss_of, [(idx, target)], [n], n, grads=grads), updates)
+            updates += not out["skipped"]
+            loss_sum += out["loss"] * n
+        record = {"epoch": epoch, "train_loss": loss_sum / len(train_ids), "lr": out["lr"]}
         if valid is not None:
             result = _evaluate_ids(classifier, valid_ids, valid_labels, batch_size)
             record |= {"valid_accuracy": result["accuracy"], "valid_loss": result["loss"]}
