@@ -34,9 +34,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from gptcore.checkpoint import MODEL_FILE, TOKENIZER_DIR, copy_tokenizer, load_for_inference, save_model
+from gptcore.checkpoint import (
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    TRAINER_STATE_FILE,
+    copy_tokenizer,
+    find_checkpoint,
+    load_for_inference,
+    save_model,
+    write_checkpoint,
+)
 from gptcore.finetune.lora import LoRALinear, apply_lora, merge_lora
 from gptcore.model import GPT
+from gptcore.training.checkpointing import rng_state, set_rng_state
 from gptcore.training.schedule import lr_at
 from gptcore.training.step import (
     LocalGradients,
@@ -50,6 +60,8 @@ from gptcore.training.step import (
 TEXT_KEYS = ("text", "sentence")  # the text column, when none is named: the first of these present
 CLASSIFIER_FILE = "classifier.json"
 HEAD_FILE = "head.safetensors"
+STATE_FILE = "classifier_state.safetensors"  # an epoch checkpoint's weights (KEPT_FILE: keep="best"'s)
+KEPT_FILE = "kept_state.safetensors"
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -319,6 +331,7 @@ def finetune_classifier(
     keep: str = "best",
     pad_id: int | None = None,
     lora=None,
+    checkpoints=None,
     log=None,
 ) -> FinetuneResult:
     """Train a GPTClassifier on `train`: the GPT and a new head, AdamW (no decay on biases and norms),
@@ -328,7 +341,11 @@ def finetune_classifier(
     valid): the last epoch. pad_id: the tokenizer's pad token, else its eod token. max_len: tokens
     kept of each text (default the model's n_positions). dropout: sets the GPT's hidden and attention
     dropout (None: as configured). lora: a LoRAConfig to train low-rank adapters (and the head) on
-    the frozen GPT instead of the whole GPT. log(str) hears a line an epoch.
+    the frozen GPT instead of the whole GPT. checkpoints: a folder to write a checkpoint to after
+    each epoch (the weights, optimizer, loss scaler, schedule position, data order, RNG states and
+    history, in gptcore.checkpoint's step folders, the newest kept); given a folder that holds one,
+    the run resumes after its epoch, exactly (same arguments, same GPT to start from). log(str)
+    hears a line an epoch (after that epoch's checkpoint).
 
     The GPT trains where it is (device, dtype) and is changed in place."""
     if epochs < 1 or batch_size < 1:
@@ -390,8 +407,17 @@ def finetune_classifier(
     def loss_of(batch):
         return classifier(*batch)[1]
 
+    resume = find_checkpoint(checkpoints) if checkpoints is not None else None
+    first_epoch = 1
+    if resume is not None:
+        saved = _load_epoch(resume, classifier, step, order)
+        history, best, kept_epoch, updates = saved["history"], saved["best"], saved["kept_epoch"], saved["updates"]
+        kept_state = saved["kept_state"]
+        first_epoch = saved["epoch"] + 1
+        if log is not None:
+            log(f"resumed from {resume} after epoch {saved['epoch']}")
     classifier.train()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         loss_sum = 0.0
         for batch in torch.randperm(len(train_ids), generator=order).split(batch_size):
             idx = _padded([train_ids[i] for i in batch], pad_id, device)
@@ -409,6 +435,9 @@ def finetune_classifier(
                 best, kept_epoch = score, epoch
                 kept_state = {id(p): p.detach().clone() for p in params}
         history.append(record)
+        if checkpoints is not None:
+            progress = {"epoch": epoch, "updates": updates, "history": history, "best": best, "kept_epoch": kept_epoch}
+            _save_epoch(checkpoints, epoch * steps_per_epoch, classifier, step, order, progress, kept_state)
         if log is not None:
             log(_epoch_line(record))
     if kept_state is not None and kept_epoch != epochs:
@@ -417,6 +446,43 @@ def finetune_classifier(
                 p.copy_(kept_state[id(p)])
     classifier.eval()
     return FinetuneResult(classifier, history, kept_epoch)
+
+
+def _save_epoch(save, number: int, classifier, step: OptimizerStep, order, progress: dict, kept_state) -> Path:
+    """An epoch's checkpoint: the weights (and keep="best"'s kept ones) as safetensors, the rest as
+    the trainer's trainer.pt holds it (optimizer, loss scaler, RNG states), plus the data order."""
+    names = {id(p): name for name, p in classifier.named_parameters()}
+
+    def write(folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}, folder / STATE_FILE)
+        if kept_state is not None:
+            save_file({names[i]: v.cpu().contiguous() for i, v in kept_state.items()}, folder / KEPT_FILE)
+        state = {
+            **progress,
+            "optimizer": step.optimizer.state_dict(),
+            "scaler": step.scaler.state_dict(),
+            "rng": rng_state(),
+            "order": order.get_state(),
+        }
+        torch.save(state, folder / TRAINER_STATE_FILE)
+
+    return write_checkpoint(save, number, write, keep_last=1)
+
+
+def _load_epoch(folder: Path, classifier, step: OptimizerStep, order) -> dict:
+    """Restore what _save_epoch wrote; returns its progress with "kept_state" (by parameter id)."""
+    device = classifier.score.weight.device
+    classifier.load_state_dict(load_file(folder / STATE_FILE, device=str(device)))
+    state = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    order.set_state(state["order"])
+    kept = None
+    if (folder / KEPT_FILE).is_file():
+        params = dict(classifier.named_parameters())
+        kept = {id(params[name]): v for name, v in load_file(folder / KEPT_FILE, device=str(device)).items()}
+    return {**state, "kept_state": kept}
 
 
 def _epoch_line(record: dict) -> str:
