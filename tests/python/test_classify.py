@@ -222,6 +222,33 @@ def test_lora_trains_adapters_and_head_only(tmp_path):
     assert after["accuracy"] == before["accuracy"] and after["loss"] == pytest.approx(before["loss"], abs=1e-4)
 
 
+def test_resume_after_an_epoch_is_exact(tmp_path):
+    """Epoch checkpoints: a run stopped after epoch 2 and resumed ends as the run never stopped, bit
+    for bit (dropout, data order, schedule, optimizer and the kept best epoch included)."""
+    train, valid = order_task(200, 5), order_task(60, 6)
+    kwargs = dict(epochs=3, lr=1e-3, batch_size=32, seed=1, dropout=0.1)
+
+    def run(folder, log=None):
+        gpt = tiny()
+        return finetune_classifier(gpt, IdTokenizer(), train, valid, checkpoints=tmp_path / folder, log=log, **kwargs)
+
+    whole = run("a")
+
+    def stop_after_epoch_2(line):
+        if line.startswith("epoch 2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("b", stop_after_epoch_2)
+    assert sorted(p.name for p in (tmp_path / "b").glob("step_*")) == ["step_00000014"]  # 7 steps an epoch
+    lines = []
+    rest = run("b", lines.append)
+    assert lines[0] == f"resumed from {tmp_path / 'b' / 'step_00000014'} after epoch 2" and len(lines) == 2
+    assert rest.history == whole.history and rest.kept_epoch == whole.kept_epoch
+    for (name, p), q in zip(whole.classifier.state_dict().items(), rest.classifier.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
 WORDS = ("red", "green", "blue", "small", "big", "old", "new", "happy", "sad", "fast")
 WORDS += ("slow", "tall", "short", "warm", "cold", "bright", "dark", "loud", "quiet", "soft")
 
@@ -286,6 +313,20 @@ def test_cli_finetune_then_eval(words, tmp_path, capsys):
     # The model file is a plain gptcore model that finds the copied tokenizer beside it.
     _, base_tok = load_for_inference(out / "model.safetensors", device="cpu")
     assert base_tok.vocab_size == tok.vocab_size
+
+
+def test_cli_checkpoints_resume(words, tmp_path, capsys):
+    d = words
+    argv = ["finetune", "cls", "--init-from", str(d / "model" / "model.safetensors"), "--train", str(d / "train.tsv")]
+    argv += ["--save", str(tmp_path / "clf"), "--checkpoints", str(tmp_path / "ckpt"), "--epochs", "1"]
+    argv += ["--batch-size", "64", "--max-len", "24", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step_*")) == ["step_00000007"]  # 400 texts / 64
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # every epoch done: resumes after the last, trains no more
+    printed = capsys.readouterr().out
+    assert f"resumed from {tmp_path / 'ckpt' / 'step_00000007'} after epoch 1" in printed
+    assert "epoch 1: train loss" not in printed
 
 
 def test_cli_errors(words, tmp_path, capsys):

@@ -17,7 +17,6 @@ from gptcore.data import preprocess_sft
 from gptcore.model import GPT, GPTConfig
 from gptcore.parallel.testing import run_distributed
 from gptcore.training import Trainer, load_config
-from gptcore.training.parallel_trainer import ParallelTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -155,7 +154,7 @@ def test_lora_run_saves_adapters_only_and_resumes_exactly(task, tmp_path):
 
 
 def _lora_steps(rank, world, cfg, steps):
-    trainer = ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
     return [trainer.train_step() for _ in range(steps)]
 
 
@@ -174,7 +173,7 @@ def test_lora_tensor_and_data_parallel_match_one_process(task, overrides):
 
 
 def _lora_save(rank, world, cfg):
-    trainer = ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
     trainer.train()
 
 

@@ -1,4 +1,4 @@
-"""The trainer over several gloo processes (ParallelTrainer): every layout against the one-process
+"""The trainer over several gloo processes: every layout against the one-process
 Trainer on the same data (losses and grad norms of several AdamW steps with clipping), exact resume,
 checkpoints loaded under another layout, layout errors, and `gptcore train --nproc-per-node 2`."""
 
@@ -12,7 +12,6 @@ from test_training import corpus, small  # noqa: F401 (corpus is a fixture)
 
 from gptcore.parallel.testing import run_distributed
 from gptcore.training import ConfigError, Trainer, load_config
-from gptcore.training.parallel_trainer import ParallelTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,7 +25,7 @@ def _cfg(corpus, **overrides) -> dict:  # noqa: F811
 
 
 def _train(rank, world, cfg, steps):
-    trainer = ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
     return [trainer.train_step() for _ in range(steps)]
 
 
@@ -64,7 +63,7 @@ def test_layout_matches_one_process(corpus, one_process, name):  # noqa: F811
 
 
 def _save_run(rank, world, cfg, steps):
-    trainer = ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
     records = trainer.train(max_steps=steps)
     return [r["loss"] for r in records], trainer.resumed_from is not None
 
@@ -91,7 +90,7 @@ def test_resume_is_exact(corpus, tmp_path):  # noqa: F811
 
 
 def _weights_after_load(rank, world, cfg):
-    trainer = ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
     return trainer.step, {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
@@ -118,7 +117,7 @@ def test_checkpoint_loads_under_other_layouts(corpus, tmp_path):  # noqa: F811
 
 def _expect_config_error(rank, world, cfg):
     with pytest.raises(ConfigError) as info:
-        ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+        Trainer(load_config(None, cfg), log=lambda line: None)
     return str(info.value)
 
 
@@ -174,7 +173,7 @@ def test_cli_nproc_per_node(corpus, tmp_path):  # noqa: F811
 
 
 def _evaluate(rank, world, cfg):
-    return ParallelTrainer(load_config(None, cfg), log=lambda line: None).evaluate()
+    return Trainer(load_config(None, cfg), log=lambda line: None).evaluate()
 
 
 @pytest.mark.parametrize("overrides", [{"pipeline_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {}])
@@ -186,7 +185,7 @@ def test_evaluate_matches_one_process(corpus, overrides):  # noqa: F811
 
 
 def _stop_on_one_rank(rank, world, cfg):
-    trainer = ParallelTrainer(load_config(None, cfg), log=lambda line: None)
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
     step = trainer.train_step
 
     def train_step():

@@ -12,7 +12,7 @@ from importlib import import_module
 
 import gptcore
 from gptcore.cli.arguments import UsageError
-from gptcore.parallel.inference import launched_rank
+from gptcore.parallel.layout import launched_rank
 
 NAMES = ("info", "tokenizer", "preprocess", "convert", "train", "finetune", "generate", "eval", "serve")
 COMMANDS = {name: import_module(f"gptcore.cli.{name}") for name in NAMES}  # command -> its module

@@ -69,6 +69,11 @@ def add_parser(commands) -> None:
         " (default 0: finetune the whole model)",
     )
     cls.add_argument("--lora-alpha", type=float, help="LoRA scale alpha / rank (default alpha = rank)")
+    cls.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="write a checkpoint after each epoch to DIR, and resume after the newest epoch already there",
+    )
     cls.add_argument("--seed", type=int, default=0, help="head initialization, shuffling and dropout (default 0)")
     add_device(cls, f"{DEVICE_HELP} (trains in float32)", dtype=False)
     cls.set_defaults(run=run_cls)
@@ -96,6 +101,7 @@ def run_cls(args) -> None:
         seed=args.seed,
         keep=args.keep,
         lora=lora,
+        checkpoints=args.checkpoints,
         log=print,
     )
     classify.save_classifier(result.classifier, args.save, args.tokenizer or tokenizer)

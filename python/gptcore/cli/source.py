@@ -23,6 +23,7 @@ from gptcore.checkpoint import load_for_inference
 from gptcore.cli.arguments import UsageError, add_device
 from gptcore.finetune.lora import apply_adapters, merge_and_unload
 from gptcore.parallel import inference
+from gptcore.parallel.layout import launched_world_size
 
 CHECKPOINT_HELP = "save folder, step_N/ folder, model file or HF folder"
 
@@ -73,7 +74,7 @@ def launch(args) -> int | None:
     n, tp = args.nproc_per_node, args.tensor_parallel
     if n < 1:
         raise UsageError(f"--nproc-per-node must be >= 1, got {n}")
-    world = inference.launched_world_size()
+    world = launched_world_size()
     if tp is not None and tp != max(n, world):
         if max(n, world) == 1:
             raise UsageError(f"--tensor-parallel {tp} splits the model over {tp} processes: add --nproc-per-node {tp}")
@@ -106,7 +107,7 @@ def launch(args) -> int | None:
 def processes(args):
     """This process's inference.Ranks among those torchrun started (process group joined, and left
     at the end), or None in a single process."""
-    if inference.launched_world_size() == 1:
+    if launched_world_size() == 1:
         yield None
         return
     ranks = inference.join(args.device)

@@ -12,8 +12,7 @@ from torch.distributed.run import main as torchrun
 from gptcore.cli.arguments import add_run_config
 from gptcore.data import load_tokenizer
 from gptcore.generate import sample
-from gptcore.training import ConfigError, load_config
-from gptcore.training.parallel_trainer import launched_world_size, make_trainer
+from gptcore.training import ConfigError, Trainer, launched_world_size, load_config
 
 
 def add_parser(commands) -> None:
@@ -36,7 +35,7 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.command == "finetune" and cfg.init_from is None:
         raise ConfigError("init_from is not set: name the pretrained model to finetune (init_from=PATH)")
-    trainer = make_trainer(cfg)
+    trainer = Trainer(cfg)
     try:
         trainer.train()
     finally:

@@ -22,6 +22,7 @@ loads the base model with its tokenizer for other uses.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -33,16 +34,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from gptcore.checkpoint import MODEL_FILE, TOKENIZER_DIR, copy_tokenizer, load_for_inference, save_model
+from gptcore.checkpoint import (
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    TRAINER_STATE_FILE,
+    copy_tokenizer,
+    find_checkpoint,
+    load_for_inference,
+    save_model,
+    write_checkpoint,
+)
 from gptcore.finetune.lora import LoRALinear, apply_lora, merge_and_unload
 from gptcore.model import GPT
-from gptcore.optim import AdamW
+from gptcore.training.checkpointing import rng_state, set_rng_state
 from gptcore.training.schedule import lr_at
-from gptcore.training.trainer import decay_groups
+from gptcore.training.step import (
+    LocalGradients,
+    OptimizerStep,
+    accumulate_in_fp32,
+    decay_groups,
+    forward_backward,
+    loss_scaler,
+)
 
 TEXT_KEYS = ("text", "sentence")  # the text column, when none is named: the first of these present
 CLASSIFIER_FILE = "classifier.json"
 HEAD_FILE = "head.safetensors"
+STATE_FILE = "classifier_state.safetensors"  # an epoch checkpoint's weights (KEPT_FILE: keep="best"'s)
+KEPT_FILE = "kept_state.safetensors"
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -312,6 +331,7 @@ def finetune_classifier(
     keep: str = "best",
     pad_id: int | None = None,
     lora=None,
+    checkpoints=None,
     log=None,
 ) -> FinetuneResult:
     """Train a GPTClassifier on `train`: the GPT and a new head, AdamW (no decay on biases and norms),
@@ -321,7 +341,11 @@ def finetune_classifier(
     valid): the last epoch. pad_id: the tokenizer's pad token, else its eod token. max_len: tokens
     kept of each text (default the model's n_positions). dropout: sets the GPT's hidden and attention
     dropout (None: as configured). lora: a LoRAConfig to train low-rank adapters (and the head) on
-    the frozen GPT instead of the whole GPT. log(str) hears a line an epoch.
+    the frozen GPT instead of the whole GPT. checkpoints: a folder to write a checkpoint to after
+    each epoch (the weights, optimizer, loss scaler, schedule position, data order, RNG states and
+    history, in gptcore.checkpoint's step folders, the newest kept); given a folder that holds one,
+    the run resumes after its epoch, exactly (same arguments, same GPT to start from). log(str)
+    hears a line an epoch (after that epoch's checkpoint).
 
     The GPT trains where it is (device, dtype) and is changed in place."""
     if epochs < 1 or batch_size < 1:
@@ -362,32 +386,47 @@ def finetune_classifier(
     if lora is not None:
         apply_lora(gpt, lora, seed=seed)  # freezes the GPT, not the head
 
+    # The trainer's step: grad norm and clipping, the lr schedule, the fused AdamW update, and its
+    # precision handling (float32 grad accumulation for half params, fp16 loss scaling).
     params = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = AdamW(decay_groups(params, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    dtype = classifier.score.weight.dtype
+    if dtype != torch.float32:
+        accumulate_in_fp32(classifier)
+    grads = LocalGradients(classifier)
+    optimizer = grads.make_optimizer(decay_groups(params, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
     total_steps = epochs * steps_per_epoch
     warmup_steps = round(warmup * total_steps)
+    step = OptimizerStep(
+        optimizer, loss_scaler(dtype), lambda n: lr_at(n, lr, min_lr, warmup_steps, total_steps), grad_clip, grads
+    )
     device = classifier.score.weight.device
     order = torch.Generator().manual_seed(seed)
-    history, best, kept_epoch, kept_state, step = [], None, epochs, None, 0
+    history, best, kept_epoch, kept_state, updates = [], None, epochs, None, 0
+
+    def loss_of(batch):
+        return classifier(*batch)[1]
+
+    resume = find_checkpoint(checkpoints) if checkpoints is not None else None
+    first_epoch = 1
+    if resume is not None:
+        saved = _load_epoch(resume, classifier, step, order)
+        history, best, kept_epoch, updates = saved["history"], saved["best"], saved["kept_epoch"], saved["updates"]
+        kept_state = saved["kept_state"]
+        first_epoch = saved["epoch"] + 1
+        if log is not None:
+            log(f"resumed from {resume} after epoch {saved['epoch']}")
     classifier.train()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         loss_sum = 0.0
         for batch in torch.randperm(len(train_ids), generator=order).split(batch_size):
-            step_lr = lr_at(step, lr, min_lr, warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = step_lr
             idx = _padded([train_ids[i] for i in batch], pad_id, device)
             target = torch.tensor([train_labels[i] for i in batch], device=device)
-            _, loss = classifier(idx, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            loss_sum += loss.item() * len(batch)
-            step += 1
-        record = {"epoch": epoch, "train_loss": loss_sum / len(train_ids), "lr": step_lr}
+            n = len(batch)  # one micro batch of n examples, each counted once in the mean loss
+            out = step(functools.partial(forward_backward, loss_of, [(idx, target)], [n], n, grads=grads), updates)
+            updates += not out["skipped"]
+            loss_sum += out["loss"] * n
+        record = {"epoch": epoch, "train_loss": loss_sum / len(train_ids), "lr": out["lr"]}
         if valid is not None:
             result = _evaluate_ids(classifier, valid_ids, valid_labels, batch_size)
             record |= {"valid_accuracy": result["accuracy"], "valid_loss": result["loss"]}
@@ -396,6 +435,9 @@ def finetune_classifier(
                 best, kept_epoch = score, epoch
                 kept_state = {id(p): p.detach().clone() for p in params}
         history.append(record)
+        if checkpoints is not None:
+            progress = {"epoch": epoch, "updates": updates, "history": history, "best": best, "kept_epoch": kept_epoch}
+            _save_epoch(checkpoints, epoch * steps_per_epoch, classifier, step, order, progress, kept_state)
         if log is not None:
             log(_epoch_line(record))
     if kept_state is not None and kept_epoch != epochs:
@@ -404,6 +446,43 @@ def finetune_classifier(
                 p.copy_(kept_state[id(p)])
     classifier.eval()
     return FinetuneResult(classifier, history, kept_epoch)
+
+
+def _save_epoch(save, number: int, classifier, step: OptimizerStep, order, progress: dict, kept_state) -> Path:
+    """An epoch's checkpoint: the weights (and keep="best"'s kept ones) as safetensors, the rest as
+    the trainer's trainer.pt holds it (optimizer, loss scaler, RNG states), plus the data order."""
+    names = {id(p): name for name, p in classifier.named_parameters()}
+
+    def write(folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}, folder / STATE_FILE)
+        if kept_state is not None:
+            save_file({names[i]: v.cpu().contiguous() for i, v in kept_state.items()}, folder / KEPT_FILE)
+        state = {
+            **progress,
+            "optimizer": step.optimizer.state_dict(),
+            "scaler": step.scaler.state_dict(),
+            "rng": rng_state(),
+            "order": order.get_state(),
+        }
+        torch.save(state, folder / TRAINER_STATE_FILE)
+
+    return write_checkpoint(save, number, write, keep_last=1)
+
+
+def _load_epoch(folder: Path, classifier, step: OptimizerStep, order) -> dict:
+    """Restore what _save_epoch wrote; returns its progress with "kept_state" (by parameter id)."""
+    device = classifier.score.weight.device
+    classifier.load_state_dict(load_file(folder / STATE_FILE, device=str(device)))
+    state = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    order.set_state(state["order"])
+    kept = None
+    if (folder / KEPT_FILE).is_file():
+        params = dict(classifier.named_parameters())
+        kept = {id(params[name]): v for name, v in load_file(folder / KEPT_FILE, device=str(device)).items()}
+    return {**state, "kept_state": kept}
 
 
 def _epoch_line(record: dict) -> str:
@@ -424,8 +503,8 @@ def tokenizer_source(tokenizer) -> Path:
 
 def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Path:
     """Write the classifier folder (module docstring); tokenizer (a Tokenizer or a path) is copied
-    into tokenizer/. LoRA adapters are merged into the GPT's weights first (in place, merge_and_unload), so the model
-    file is a plain GPT. Returns the folder."""
+    into tokenizer/. LoRA adapters are merged into the GPT's weights first (in place:
+    merge_and_unload), so the model file is a plain GPT. Returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     gpt = classifier.gpt

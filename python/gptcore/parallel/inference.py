@@ -44,16 +44,6 @@ LEADER = 0
 CONTROL_TIMEOUT = timedelta(days=3650)
 
 
-def launched_world_size() -> int:
-    """The number of processes torchrun started (WORLD_SIZE), 1 when not launched by it."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched_rank() -> int:
-    """This process's rank among those torchrun started (RANK), 0 when not launched by it."""
-    return int(os.environ.get("RANK", "0"))
-
-
 @dataclass(frozen=True)
 class Ranks:
     """This process's place among the ranks: its rank and device, the tensor-parallel group the

@@ -17,12 +17,23 @@ any work starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch.distributed as dist
 
 from gptcore.model import GPTConfig
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (WORLD_SIZE), 1 when not launched by it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank among those torchrun started (RANK), 0 when not launched by it."""
+    return int(os.environ.get("RANK", "0"))
 
 
 class Coords(NamedTuple):

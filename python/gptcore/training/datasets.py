@@ -1,0 +1,87 @@
+"""A training run's train and validation datasets from data_path: Megatron indexed datasets (a blend
+of several, each split by documents), GPT samples of seq_len + 1 tokens, or SFT examples with their
+loss mask when the prefix has one. Sample i is a pure function of the seed, which makes resume exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptcore.data import (
+    BlendedDataset,
+    GPTDataset,
+    IndexedDataset,
+    SFTDataset,
+    blend_sample_counts,
+    has_loss_mask,
+    loss_mask_prefix,
+    parse_blend,
+    parse_split,
+)
+from gptcore.data.stdlib_corpus import cache_root
+from gptcore.training.config import ConfigError, TrainConfig
+
+
+def _open_indexed(prefix: str, vocab_size: int) -> IndexedDataset:
+    for suffix in (".idx", ".bin"):
+        if not Path(prefix + suffix).is_file():
+            raise ConfigError(
+                f"data_path: {prefix}{suffix} not found; give the prefix that `gptcore preprocess --output-prefix`"
+                " wrote (without .bin/.idx)"
+            )
+    indexed = IndexedDataset(prefix)
+    try:
+        indexed.check_vocab(vocab_size)
+    except RuntimeError as e:
+        raise ConfigError(f"data_path {prefix}: {e}; was it tokenized with this tokenizer?") from None
+    return indexed
+
+
+def build_datasets(cfg: TrainConfig, data_path: str, tokenizer, vocab_size: int, log):
+    """(train, valid or None) for a run of cfg; log hears what was left out."""
+    try:
+        weights, prefixes = parse_blend(data_path)
+    except ValueError as e:
+        raise ConfigError(f"data_path: {e}") from None
+    indexed = [_open_indexed(prefix, vocab_size) for prefix in prefixes]
+    cache = cfg.data_cache or str(cache_root() / "indices")
+    eod = tokenizer.eod_id if cfg.eod_mask_loss else None
+    num_train = cfg.train_steps * cfg.global_batch_size
+    num_valid = cfg.eval_steps * cfg.micro_batch_size if cfg.eval_interval and cfg.eval_steps else 0
+
+    try:
+        splits = [parse_split(cfg.split, data.num_documents) for data in indexed]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+    def split_dataset(which: int, size: int, seed: int):
+        counts = blend_sample_counts(weights, size)
+        parts = []
+        for prefix, data, documents, count in zip(prefixes, indexed, splits, counts):
+            try:
+                if has_loss_mask(prefix):  # finetuning examples: the loss on their target tokens only
+                    parts.append(_sft_dataset(cfg, tokenizer, prefix, data, documents[which], max(count, 1), seed, log))
+                else:
+                    parts.append(GPTDataset(data, documents[which], max(count, 1), cfg.seq_len, seed, cache, eod))
+            except ValueError as e:
+                name = ("train", "validation")[which]
+                raise ConfigError(f"{name} split of {prefix} (split {cfg.split!r}): {e}") from None
+        return parts[0] if len(parts) == 1 else BlendedDataset(parts, weights, size)
+
+    train = split_dataset(0, num_train, cfg.seed)
+    if num_valid and not any(len(documents[1]) for documents in splits):
+        log(f"split {cfg.split!r} leaves no validation documents: no eval")
+        num_valid = 0
+    valid = split_dataset(1, num_valid, cfg.seed + 1) if num_valid else None
+    return train, valid
+
+
+def _sft_dataset(cfg, tokenizer, prefix: str, data: IndexedDataset, documents, count: int, seed: int, log):
+    mask = IndexedDataset(loss_mask_prefix(prefix))
+    pad = tokenizer.eod_id if tokenizer.eod_id is not None else 0
+    dataset = SFTDataset(data, mask, documents, count, cfg.seq_len, seed, pad, pack=cfg.sft_packing)
+    if dataset.num_truncated:
+        log(
+            f"{prefix}: {dataset.num_truncated} examples are longer than seq_len + 1 = {cfg.seq_len + 1}"
+            " tokens and are cut to their first seq_len + 1 (their later targets are not trained on)"
+        )
+    return dataset
