@@ -492,13 +492,12 @@ def _epoch_line(record: dict) -> str:
     return line
 
 
-def tokenizer_source(tokenizer) -> Path:
-    """The file a tokenizer was loaded from (its name says: "sentencepiece:PATH", "hf:PATH", "gpt2-bpe:PATH")."""
-    kind, _, path = tokenizer.name.partition(":")
-    known = kind in ("sentencepiece", "hf") or kind == "gpt2-bpe" and Path(path).name == "vocab.json"
-    if not known or not Path(path).is_file():
+def tokenizer_source(tokenizer) -> dict[str, Path]:
+    """The files a tokenizer was loaded from (``Tokenizer.files``), by the names a tokenizer folder gives them."""
+    files = getattr(tokenizer, "files", None)
+    if not files or not all(Path(p).is_file() for p in files.values()):
         raise ValueError(f"tokenizer {tokenizer.name}: cannot tell which file it came from; save it by path")
-    return Path(path)
+    return files
 
 
 def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Path:
@@ -520,8 +519,9 @@ def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Pat
     }
     (directory / CLASSIFIER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if tokenizer is not None:
-        source = tokenizer if isinstance(tokenizer, str | Path) else tokenizer_source(tokenizer)
-        copy_tokenizer(source, directory / TOKENIZER_DIR)
+        if not isinstance(tokenizer, str | Path):
+            tokenizer_source(tokenizer)  # a tokenizer made in memory has no files to copy: say so
+        copy_tokenizer(tokenizer, directory / TOKENIZER_DIR)
     return directory
 
 
