@@ -53,15 +53,17 @@ def read_paddle_data(prefix: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarr
         raise ValueError(f"{ids_file}: expected a 1-D integer array of token ids, got {ids.dtype} of shape {ids.shape}")
     try:
         with np.load(index_file, allow_pickle=False) as index:
-            missing = [k for k in ("lens", "docs") if k not in index.files]
-            if missing:
-                raise ValueError(
-                    f"{index_file}: no {' or '.join(missing)} array (it holds {index.files}); PaddleNLP's"
-                    " create_pretraining_data.py writes lens (sentence lengths) and docs (cumulative sentence counts)"
-                )
-            lens, docs = index["lens"], index["docs"]
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{index_file}: not a numpy .npz archive ({e})") from None
+            arrays = {k: index[k] for k in index.files if k in ("lens", "docs")}
+            held = index.files
+    except (zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as e:
+        raise ValueError(f"{index_file}: not a numpy .npz archive of arrays ({e})") from None
+    missing = [k for k in ("lens", "docs") if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"{index_file}: no {' or '.join(missing)} array (it holds {held}); PaddleNLP's"
+            " create_pretraining_data.py writes lens (sentence lengths) and docs (cumulative sentence counts)"
+        )
+    lens, docs = arrays["lens"], arrays["docs"]
     if lens.ndim != 1 or lens.dtype.kind not in "iu" or (lens.size and lens.min() < 0):
         raise ValueError(
             f"{index_file}: lens must be non-negative integer sentence lengths, got {lens.dtype} {lens.shape}"
@@ -86,6 +88,11 @@ def convert_paddle_data(prefix: PathLike, output_prefix: PathLike, vocab_size: i
     sentences (as sequences) and tokens, in the same dtype. With ``vocab_size`` every id must lie below it.
     Returns ``documents``, ``sequences``, ``tokens``, ``dtype`` and ``output`` (the prefix written)."""
     ids, lens, docs = read_paddle_data(prefix)
+    if vocab_size is not None and len(ids) and ids.max() >= vocab_size:
+        raise ValueError(
+            f"{os.fspath(prefix)}{IDS_SUFFIX}: token id {ids.max()} is outside the vocabulary of {vocab_size};"
+            " convert with the tokenizer the data was made with"
+        )
     output = os.fspath(output_prefix)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     starts = np.concatenate([[0], np.cumsum(lens)])
