@@ -122,6 +122,27 @@ def test_sentencepiece_tokenizer_type(tmp_path):
     assert data[0].tolist() == sp.encode(DOCS[0]["text"]) + [sp.eos_id()]
 
 
+def test_huggingface_tokenizer_type_on_a_local_folder(tmp_path, gpt2_files):
+    """megatron-core's HuggingFaceTokenizer encodes as text_to_tokens + tokens_to_ids: no special tokens added."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronDataset
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    ByteLevelBPETokenizer(str(gpt2_files[0]), str(gpt2_files[1])).save(str(folder / "tokenizer.json"))
+    write_json(tmp_path / "X.json", DOCS)
+    argv = ["preprocess", "--input", str(tmp_path / "X.json"), "--output-prefix", str(tmp_path / "P")]
+    argv += ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(folder), "--workers", "1"]
+    assert cli.main(argv) == 0
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    data = MegatronDataset(str(tmp_path / "P_text_document"))
+    for i, record in enumerate(DOCS):
+        first, last = data.document_indices[i], data.document_indices[i + 1]
+        got = [t for s in range(first, last) for t in data[s].tolist()]
+        assert got == hf.convert_tokens_to_ids(hf.tokenize(record["text"]))
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -3,6 +3,8 @@ create_pretraining_data.py writes them): `gptcore convert paddle-data` writes th
 sentences and tokens as a Megatron dataset (read back with megatron-core's reader), `data_path=` on
 the prefix trains on it directly, and damaged files get one line."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -129,4 +131,13 @@ def test_data_path_on_a_paddle_prefix_trains(tmp_path, monkeypatch, bpe):
 
     cfg["data_path"] = str(broken(tmp_path, "no docs"))
     with pytest.raises(ConfigError, match="data_path: .*no docs array"):
+        Trainer(load_config(None, cfg), log=lambda line: None)
+
+
+def test_data_path_on_a_folder_names_the_prefixes(tmp_path, bpe):
+    (tmp_path / "data").mkdir()
+    write_paddle(tmp_path / "data" / "gpt_en_dataset_300m", DOCUMENTS)
+    cfg = {"model": "tiny", "device": "cpu", "data_path": str(tmp_path / "data"), "tokenizer": str(bpe)}
+    expected = f"is a folder; name the dataset prefix in it: data_path='{tmp_path / 'data' / 'gpt_en_dataset_300m'}'"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         Trainer(load_config(None, cfg), log=lambda line: None)
