@@ -165,7 +165,7 @@ def test_data_formats(tmp_path):
         ("a.jsonl", '{"text": "ok"}\n', "a.jsonl:1: no label key"),
         ("a.jsonl", '{"text": 5, "label": 1}\n', "a.jsonl:1: 'text' is int, not a string"),
         ("a.jsonl", '{"text": "ok", "label": 0.5}\n', "a.jsonl:1: label 0.5 is neither an integer nor a string"),
-        ("a.csv", "text,label\n", "a.csv: unknown classification data format"),
+        ("a.xml", "text,label\n", "a.xml: unknown classification data format"),
     ],
 )
 def test_data_errors_name_file_and_line(tmp_path, name, content, message):
@@ -350,7 +350,7 @@ def test_cli_errors(words, tmp_path, capsys):
          "odd.jsonl:2: label 'maybe' is not one of this classifier's labels (cat first, dog first)"),
         (["eval", "cls", "--checkpoint", str(d / "model"), "--data", str(d / "test.jsonl")], "gptcore eval",
          "not a classifier folder (no classifier.json)"),
-        (["eval", "cls", "--checkpoint", str(ok), "--data", str(d / "train.tsv").replace(".tsv", ".csv")],
+        (["eval", "cls", "--checkpoint", str(ok), "--data", str(d / "train.tsv").replace(".tsv", ".xml")],
          "gptcore eval", "unknown classification data format"),
     ]  # fmt: skip
     for argv, prefix, message in cases:

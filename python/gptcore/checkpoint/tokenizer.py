@@ -5,27 +5,27 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from gptcore.checkpoint.names import TOKENIZER_DIR
+from gptcore.data.tokenizer import Tokenizer, tokenizer_files
 
 
-def copy_tokenizer(source: str | os.PathLike, folder: Path) -> None:
-    """Copy a tokenizer (a .model, a tokenizer.json, vocab.json + merges.txt, or a folder of them)
-    into folder, which load_tokenizer then reads."""
-    source = Path(source)
+def copy_tokenizer(source: str | os.PathLike | Sequence[str | os.PathLike] | Tokenizer, folder: Path) -> None:
+    """Copy a tokenizer (a loaded Tokenizer, a .model, a tokenizer.json, a GPT-2 vocab .json + merges .txt
+    under any names, or a folder of them) into folder, under the names load_tokenizer then reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
+    if isinstance(source, str | os.PathLike) and Path(source).is_dir():
+        source = Path(source)
         for name in ("tokenizer.json", "vocab.json", "merges.txt", *(p.name for p in source.glob("*.model"))):
             if (source / name).is_file():
                 shutil.copy2(source / name, folder / name)
-    elif source.name in ("vocab.json", "merges.txt"):
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copy2(source.with_name(name), folder / name)
-    elif source.suffix == ".model":
-        shutil.copy2(source, folder / source.name)
-    else:
-        shutil.copy2(source, folder / "tokenizer.json")
+        if any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")) or any(folder.glob("*.model")):
+            return
+    files = source.files if isinstance(source, Tokenizer) else tokenizer_files(source)
+    for name, path in files.items():
+        shutil.copy2(path, folder / name)
 
 
 def tokenizer_beside(kind: str, path: Path) -> Path | None:

@@ -1,11 +1,12 @@
-"""`gptcore convert hf-import|hf-export|merge-lora|reshard`: models to and from Hugging Face GPT-2,
-LoRA adapters merged in, training checkpoints resharded."""
+"""`gptcore convert hf-import|hf-export|merge-lora|reshard|paddle-data`: models to and from Hugging Face GPT-2,
+LoRA adapters merged in, training checkpoints resharded, PaddleNLP token data as Megatron's."""
 
 from __future__ import annotations
 
 from gptcore import convert
 from gptcore.checkpoint import load_any, read_layout, reshard_checkpoint, save_model
 from gptcore.cli.source import merge_adapters
+from gptcore.data import convert_paddle_data, load_tokenizer
 
 
 def add_parser(commands) -> None:
@@ -54,6 +55,16 @@ def add_parser(commands) -> None:
     res.add_argument("--pipeline-parallel", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
     res.add_argument("--out", required=True, help="the save folder to write OUT/step_N into")
     res.set_defaults(run=run_reshard)
+    pad = conv.add_parser(
+        "paddle-data",
+        help="PaddleNLP pretraining data (PREFIX_ids.npy + PREFIX_idx.npz) -> a Megatron .bin/.idx dataset",
+        description="Write PaddleNLP's PREFIX_ids.npy (token ids) + PREFIX_idx.npz (lens, docs) as the Megatron"
+        " dataset OUT.bin/.idx: the same documents, sentences and tokens, in the same dtype.",
+    )
+    pad.add_argument("--input", required=True, metavar="PREFIX", help="PaddleNLP prefix (or either of its files)")
+    pad.add_argument("--output-prefix", required=True, metavar="OUT", help="writes OUT.bin and OUT.idx")
+    pad.add_argument("--tokenizer", metavar="PATH", help="check every token id against this tokenizer's vocabulary")
+    pad.set_defaults(run=run_paddle_data)
 
 
 def run_hf_import(args) -> None:
@@ -82,6 +93,16 @@ def run_reshard(args) -> None:
         f"{folder}: tp={layout['tensor_parallel']} x pp={layout['pipeline_parallel']},"
         f" {len(files)} model file{'s' if len(files) != 1 else ''} ({files[0]}"
         f"{f' ... {files[-1]}' if len(files) > 1 else ''})"
+    )
+
+
+def run_paddle_data(args) -> None:
+    vocab_size = load_tokenizer(args.tokenizer).vocab_size if args.tokenizer else None
+    prefix = args.input.removesuffix("_ids.npy").removesuffix("_idx.npz")
+    stats = convert_paddle_data(prefix, args.output_prefix, vocab_size)
+    print(
+        f"{stats['output']}.bin/.idx: {stats['documents']} documents, {stats['sequences']} sentences,"
+        f" {stats['tokens']} {stats['dtype']} tokens"
     )
 
 

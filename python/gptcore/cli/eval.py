@@ -54,14 +54,14 @@ def add_parser(commands) -> None:
     ppl.set_defaults(run=run_ppl)
     cls = tasks.add_parser(
         "cls",
-        help="accuracy of a classifier from `gptcore finetune cls` on .tsv/.jsonl text + label data",
+        help="accuracy of a classifier from `gptcore finetune cls` on .tsv/.csv/.jsonl text + label data",
         description="Accuracy and mean cross-entropy of a classifier folder (`gptcore finetune cls --save`)"
-        " on a .tsv or .jsonl file of texts and labels (the formats finetune cls reads; labels must be the"
+        " on a .tsv, .csv or .jsonl file of texts and labels (the formats finetune cls reads; labels must be the"
         " classifier's). Texts are cut to the length the classifier was trained with.",
     )
     source.add_model_source(cls, checkpoint_help="the classifier folder", tokenizer=False)
     source.add_processes(cls)
-    cls.add_argument("--data", required=True, metavar="FILE", help=".tsv or .jsonl data")
+    cls.add_argument("--data", required=True, metavar="FILE", help=".tsv, .csv or .jsonl data")
     add_classification_keys(cls)
     cls.add_argument("--batch-size", type=int, default=32, help="texts a forward (default 32)")
     cls.add_argument("--json", action="store_true", help="print the results as one JSON object")

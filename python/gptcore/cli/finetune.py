@@ -33,17 +33,18 @@ def add_parser(commands) -> None:
     sft.set_defaults(run=train.run)
     cls = tasks.add_parser(
         "cls",
-        help="train a sequence classifier (a linear head on the last token) on .tsv/.jsonl text + label data",
+        help="train a sequence classifier (a linear head on the last token) on .tsv/.csv/.jsonl text + label data",
         description="Train a classifier: the GPT plus a linear head on each text's last token (HF's"
         " GPT2ForSequenceClassification), AdamW with linear warmup and cosine decay, validated after each"
         " epoch. Data: .tsv with a header naming a text column (text or sentence) and a label column, or"
-        " headerless text<TAB>label rows; or .jsonl objects with those keys. Labels are integer ids or names"
+        " headerless text<TAB>label rows; .csv as IMDB and AG-News ship it; or .jsonl objects with those keys."
+        " Labels are integer ids or names"
         " (numbered in sorted order). Writes a folder `gptcore eval cls --checkpoint` reads: the model, the"
         " head, the labels and the tokenizer.",
     )
     cls.add_argument("--init-from", required=True, help="save folder, step_N/ folder, model file or HF folder")
-    cls.add_argument("--train", required=True, metavar="FILE", help=".tsv or .jsonl training data")
-    cls.add_argument("--valid", metavar="FILE", help=".tsv or .jsonl data evaluated after each epoch")
+    cls.add_argument("--train", required=True, metavar="FILE", help=".tsv, .csv or .jsonl training data")
+    cls.add_argument("--valid", metavar="FILE", help=".tsv, .csv or .jsonl data evaluated after each epoch")
     cls.add_argument("--save", required=True, metavar="DIR", help="the classifier folder to write")
     cls.add_argument("--tokenizer", help="tokenizer to use instead of the model's")
     add_classification_keys(cls)

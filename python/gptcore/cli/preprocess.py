@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gptcore.cli.arguments import UsageError
 from gptcore.data import default_dataset, preprocess, preprocess_sft
@@ -24,6 +25,23 @@ def add_parser(commands) -> None:
     pre.add_argument(
         "--tokenizer", nargs="+", metavar="PATH", help="a .model, tokenizer.json, a directory, or vocab.json merges.txt"
     )
+    megatron = pre.add_argument_group("Megatron-LM's spellings (tools/preprocess_data.py), instead of --tokenizer")
+    megatron.add_argument("--tokenizer-type", help=f"one of {', '.join(TOKENIZER_TYPES)}")
+    megatron.add_argument("--vocab-file", metavar="PATH", help="GPT2BPETokenizer: the vocab .json (gpt2-vocab.json)")
+    megatron.add_argument("--merge-file", metavar="PATH", help="GPT2BPETokenizer: the merges .txt (gpt2-merges.txt)")
+    megatron.add_argument(
+        "--tokenizer-model", metavar="PATH", help="SentencePiece: the .model; HuggingFace: a folder or tokenizer.json"
+    )
+    megatron.add_argument(
+        "--log-interval", type=int, default=0, metavar="N", help="print a progress line every N documents"
+    )
+    megatron.add_argument(
+        "--keep-newlines", action="store_true", help="accepted: documents are never split, newlines always kept"
+    )
+    megatron.add_argument(
+        "--keep-sequential-samples", action="store_true", help="accepted: documents always keep the input order"
+    )
+    megatron.add_argument("--split-sentences", action="store_true", help=argparse.SUPPRESS)
     pre.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY", help="jsonl keys, a dataset each")
     pre.add_argument(
         "--text-mode", choices=("line", "file"), default="line", help="plain text: a document per line or per file"
@@ -56,8 +74,54 @@ def add_parser(commands) -> None:
     pre.set_defaults(run=run)
 
 
+# Megatron's --tokenizer-type values and the files each reads.
+TOKENIZER_TYPES = (
+    "GPT2BPETokenizer",
+    "SentencePieceTokenizer",
+    "GPTSentencePieceTokenizer",
+    "Llama2Tokenizer",
+    "HuggingFaceTokenizer",
+)
+
+
+def megatron_tokenizer(args) -> list[str] | None:
+    """The --tokenizer equivalent of Megatron's --tokenizer-type/--vocab-file/--merge-file/--tokenizer-model
+    (None when none of them is given)."""
+    kind, vocab, merges, model = args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model
+    if kind is None and vocab is None and merges is None and model is None:
+        return None
+    if args.tokenizer is not None:
+        raise UsageError("give --tokenizer or Megatron's --tokenizer-type/--vocab-file/--tokenizer-model, not both")
+    if kind is not None and kind not in TOKENIZER_TYPES:
+        raise UsageError(f"--tokenizer-type {kind} is not supported; use one of {', '.join(TOKENIZER_TYPES)}")
+    if kind == "GPT2BPETokenizer" or kind is None and model is None:
+        if vocab is None:
+            raise UsageError("GPT2BPETokenizer needs --vocab-file (gpt2-vocab.json) and --merge-file (gpt2-merges.txt)")
+        if model is not None:
+            raise UsageError("GPT2BPETokenizer reads --vocab-file and --merge-file; drop --tokenizer-model")
+        return [vocab] if merges is None else [vocab, merges]
+    if model is None:
+        raise UsageError(f"{kind} needs --tokenizer-model (a SentencePiece .model, or an HF folder/tokenizer.json)")
+    if vocab is not None or merges is not None:
+        raise UsageError(f"{kind} reads --tokenizer-model; drop --vocab-file/--merge-file")
+    if kind is not None and kind != "HuggingFaceTokenizer" and not model.endswith(".model"):
+        raise UsageError(f"{kind}: --tokenizer-model {model} is not a SentencePiece .model file")
+    if kind == "HuggingFaceTokenizer" and not Path(model).exists():
+        raise UsageError(
+            f"--tokenizer-model {model}: no such folder or tokenizer.json (gptcore reads local files only;"
+            " download the model's tokenizer first)"
+        )
+    return [model]
+
+
 def run(args) -> None:
     progress = sys.stderr.isatty()
+    if args.split_sentences:
+        raise UsageError(
+            "--split-sentences is not supported: gptcore tokenizes each document whole"
+            " (PREFIX_<key>_document); drop the flag"
+        )
+    args.tokenizer = megatron_tokenizer(args) or args.tokenizer
     if args.input is None and args.tokenizer is None:
         dataset, model = default_dataset(args.vocab_size, workers=args.workers, progress=progress)
         print(f"default corpus: {dataset}.bin/.idx (tokenizer {model})")
@@ -98,6 +162,7 @@ def run(args) -> None:
             partitions=args.partitions,
             errors=args.errors,
             progress=progress,
+            log_interval=args.log_interval,
         )
         mb = stats["bytes"] / 1e6
         print(

@@ -9,6 +9,7 @@ from gptcore.data.gpt_dataset import (
     parse_split,
 )
 from gptcore.data.indexed import IndexedDataset, IndexedDatasetBuilder, best_dtype
+from gptcore.data.paddle import convert_paddle_data, paddle_as_megatron, paddle_prefix, read_paddle_data
 from gptcore.data.preprocess import default_dataset, expand_inputs, preprocess, preprocess_sft
 from gptcore.data.sft import SFTDataset, has_loss_mask, loss_mask_prefix, pack_examples
 from gptcore.data.stdlib_corpus import default_corpus, default_corpus_jsonl
@@ -20,6 +21,7 @@ from gptcore.data.tokenizer import (
     hf_tokenizer,
     iter_documents,
     load_tokenizer,
+    tokenizer_files,
     train_sentencepiece,
 )
 
@@ -35,6 +37,7 @@ __all__ = [
     "best_dtype",
     "blend_index",
     "blend_sample_counts",
+    "convert_paddle_data",
     "default_corpus",
     "default_corpus_jsonl",
     "default_dataset",
@@ -46,9 +49,13 @@ __all__ = [
     "load_tokenizer",
     "loss_mask_prefix",
     "pack_examples",
+    "paddle_as_megatron",
+    "paddle_prefix",
     "parse_blend",
     "parse_split",
     "preprocess",
     "preprocess_sft",
+    "read_paddle_data",
+    "tokenizer_files",
     "train_sentencepiece",
 ]

@@ -153,6 +153,14 @@ class IndexedDatasetBuilder:
         tokens = self._tokens(sequences)
         self._writer.add_document(tokens, np.array([len(tokens)], np.int64))
 
+    def add_sequences(self, tokens, lengths) -> None:
+        """One document of ``len(lengths)`` sequences whose tokens lie one after another in ``tokens``."""
+        lengths = np.asarray(lengths, np.int64)
+        tokens = self._tokens(tokens)
+        if lengths.ndim != 1 or lengths.sum() != len(tokens):
+            raise ValueError(f"sequence lengths add up to {lengths.sum()}, not the {len(tokens)} tokens given")
+        self._writer.add_document(tokens, lengths)
+
     def merge_file_(self, other_prefix: str | os.PathLike) -> None:
         """Appends every document of the dataset at ``other_prefix`` (same dtype)."""
         self._writer.merge(os.fspath(other_prefix))

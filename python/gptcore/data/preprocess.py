@@ -139,7 +139,8 @@ class _Encoder:
             ids = self.tokenizer.encode_batch(column) if column else []
             if self.s.append_eod:
                 for doc in ids:
-                    doc.append(self.s.eod_id)
+                    if doc:  # as Megatron: a document with no tokens gets no eod (and is written empty)
+                        doc.append(self.s.eod_id)
             lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
             flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lengths[-1].sum()))
             tokens.append(flat)
@@ -353,13 +354,16 @@ def preprocess(
     errors: str = "strict",
     progress: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
+    log_interval: int = 0,
 ) -> dict:
     """Tokenize ``inputs`` into ``<output_prefix>_<key>_document`` for each of ``json_keys``.
 
     ``tokenizer`` is a path ``load_tokenizer`` takes (each worker loads it once) or a ``Tokenizer``
     (sent to the workers, so it must pickle when ``workers > 1``). Tokens are uint16 below a vocabulary
-    of 65500, else int32; ``append_eod`` ends every document with the tokenizer's eod. ``partitions``
-    writes the documents into that many temporary datasets, merged at the end.
+    of 65500, else int32; ``append_eod`` ends every document with the tokenizer's eod (a document with
+    no tokens stays empty: no eod, no sequence, as in Megatron). ``partitions`` writes the documents into
+    that many temporary datasets, merged at the end. ``log_interval`` > 0 prints Megatron's progress line
+    ("Processed N documents (... docs/s, ... MB/s).") to stderr each time that many more documents are done.
 
     Returns the stats: ``documents``, ``tokens`` (over all keys), ``bytes`` (input read), ``replaced``
     and ``skipped`` lines, ``outputs`` (key -> dataset prefix), ``seconds``.
@@ -382,7 +386,9 @@ def preprocess(
     prefix = os.fspath(output_prefix)
     prefixes = [f"{prefix}_{k}_document" for k in json_keys]
     specs = [(p, settings.dtype, tok.vocab_size) for p in prefixes]
-    stats = _run(files, tokenizer, tok, settings, specs, text_mode, workers, partitions, progress, chunk_bytes)
+    stats = _run(
+        files, tokenizer, tok, settings, specs, text_mode, workers, partitions, progress, chunk_bytes, log_interval
+    )
     stats["outputs"] = dict(zip(json_keys, prefixes))
     return stats
 
@@ -450,10 +456,11 @@ def _checked_tokenizer(tokenizer: PathLike | Sequence[PathLike] | Tokenizer, app
 
 
 def _add_documents(builder: IndexedDatasetBuilder, flat: np.ndarray, lengths: np.ndarray) -> None:
+    """One sequence a document; a document with no tokens has no sequence (as Megatron writes it)."""
     flat = flat.astype(builder.dtype)
     ends = np.cumsum(lengths)
     for start, end in zip(ends - lengths, ends):
-        builder.add_document(flat[start:end])
+        builder.add_document(flat[start:end] if end > start else [])
 
 
 def _run(
@@ -467,6 +474,7 @@ def _run(
     partitions: int,
     progress: bool,
     chunk_bytes: int,
+    log_interval: int = 0,
 ) -> dict:
     """Streams ``files`` through the encoders into the outputs ``specs`` (prefix, dtype, vocab size)
     (an SFT run's last output is its loss mask); the stats, less ``outputs``."""
@@ -501,11 +509,19 @@ def _run(
             if enc.loss_mask is not None:
                 _add_documents(builders[-1], enc.loss_mask, enc.lengths[0])
                 stats["target_tokens"] += int(enc.loss_mask.sum())
+            done_before = stats["documents"]
             stats["documents"] += len(enc.lengths[0])
             stats["bytes"] += enc.nbytes
             stats["replaced"] += enc.replaced
             stats["skipped"] += enc.skipped
             bar.update(enc.nbytes)
+            if log_interval > 0 and stats["documents"] // log_interval > done_before // log_interval:
+                seconds = max(time.perf_counter() - t0, 1e-9)
+                print(
+                    f"Processed {stats['documents']} documents ({stats['documents'] / seconds:.2f} docs/s,"
+                    f" {stats['bytes'] / seconds / 1024 / 1024:.4f} MB/s).",
+                    file=sys.stderr,
+                )
             bar.set_postfix(docs_per_s=f"{stats['documents'] / max(time.perf_counter() - t0, 1e-9):.0f}")
         outputs.finalize()
     except BaseException:

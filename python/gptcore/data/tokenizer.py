@@ -2,7 +2,8 @@
 
 Three formats load, each through the library that defines it:
 
-- GPT-2 byte-level BPE: ``vocab.json`` + ``merges.txt``, through ``tokenizers`` (HF);
+- GPT-2 byte-level BPE: ``vocab.json`` + ``merges.txt`` (under any names: Megatron's
+  ``gpt2-vocab.json`` + ``gpt2-merges.txt``), through ``tokenizers`` (HF);
 - SentencePiece: a ``.model`` file, through ``sentencepiece``;
 - HF ``tokenizer.json``, through ``tokenizers``.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +40,7 @@ class Tokenizer(ABC):
     name: str
     eod_id: int | None  # appended after each document; None when the vocabulary has no such token
     pad_id: int | None
+    files: dict[str, Path]  # the files it was loaded from, by the names a tokenizer folder gives them
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -60,9 +63,10 @@ class HFTokenizer(Tokenizer):
     """A ``tokenizers.Tokenizer``: the GPT-2 BPE and ``tokenizer.json`` loaders both end here.
     Special tokens decode to their text (``<|endoftext|>`` stays visible in decoded samples)."""
 
-    def __init__(self, backend, name: str):
+    def __init__(self, backend, name: str, files: dict[str, Path] | None = None):
         self.backend = backend
         self.name = name
+        self.files = files or {}
         if backend.get_vocab_size(with_added_tokens=True) == 0:
             raise ValueError(f"{name}: the vocabulary is empty")
         self.eod_id = _first_id(backend.token_to_id, EOD_TOKENS)
@@ -91,6 +95,7 @@ class SentencePieceTokenizer(Tokenizer):
 
         path = _existing_file(model_file)
         self.name = f"sentencepiece:{path}"
+        self.files = {path.name: path}
         try:
             self.backend = spm.SentencePieceProcessor(model_file=str(path))
         except (RuntimeError, OSError) as e:
@@ -134,7 +139,7 @@ def gpt2_bpe_tokenizer(vocab_file: PathLike, merges_file: PathLike) -> HFTokeniz
     backend.decoder = decoders.ByteLevel()
     if backend.token_to_id("<|endoftext|>") is not None:
         backend.add_special_tokens(["<|endoftext|>"])
-    return HFTokenizer(backend, f"gpt2-bpe:{vocab}")
+    return HFTokenizer(backend, f"gpt2-bpe:{vocab}", {"vocab.json": vocab, "merges.txt": merges})
 
 
 def hf_tokenizer(tokenizer_json: PathLike) -> HFTokenizer:
@@ -146,42 +151,92 @@ def hf_tokenizer(tokenizer_json: PathLike) -> HFTokenizer:
         backend = Backend.from_file(str(path))
     except Exception as e:
         raise ValueError(f"{path}: not an HF tokenizer.json ({e})") from e
-    return HFTokenizer(backend, f"hf:{path}")
+    return HFTokenizer(backend, f"hf:{path}", {"tokenizer.json": path})
 
 
 def load_tokenizer(path: PathLike | Sequence[PathLike]) -> Tokenizer:
-    """Load by file type: a directory holding ``tokenizer.json`` (preferred), ``vocab.json`` +
-    ``merges.txt`` or exactly one ``.model``; a ``.model`` file; a ``tokenizer.json`` (any ``.json``
-    but ``vocab.json``); ``vocab.json`` or ``merges.txt`` with its partner beside it; or the pair."""
+    """Load a tokenizer by its files (see ``tokenizer_files``)."""
+    files = tokenizer_files(path)
+    if "tokenizer.json" in files:
+        return hf_tokenizer(files["tokenizer.json"])
+    if "vocab.json" in files:
+        return gpt2_bpe_tokenizer(files["vocab.json"], files["merges.txt"])
+    return SentencePieceTokenizer(next(iter(files.values())))
+
+
+def tokenizer_files(path: PathLike | Sequence[PathLike]) -> dict[str, Path]:
+    """The files of a tokenizer, by the names a tokenizer folder gives them: ``{"tokenizer.json": p}``,
+    ``{"vocab.json": v, "merges.txt": m}`` or ``{"<name>.model": p}``.
+
+    ``path`` is a directory holding ``tokenizer.json`` (preferred), a GPT-2 vocab + merges pair or
+    exactly one ``.model``; a ``.model`` file; an HF ``tokenizer.json`` (any name); a GPT-2 vocab
+    ``.json`` or merges ``.txt`` (any names: ``gpt2-vocab.json``) with its partner beside it
+    (``vocab`` <-> ``merges`` in the name, or the folder's only other such file); or the pair itself.
+    """
     if not isinstance(path, str | os.PathLike):
         paths = [Path(p) for p in path]
         by_suffix = {p.suffix: p for p in paths}
         if len(paths) != 2 or set(by_suffix) != {".json", ".txt"}:
             raise ValueError(f"{[str(p) for p in paths]}: expected a vocab .json and a merges .txt")
-        return gpt2_bpe_tokenizer(by_suffix[".json"], by_suffix[".txt"])
+        return {"vocab.json": _existing_file(by_suffix[".json"]), "merges.txt": _existing_file(by_suffix[".txt"])}
 
     p = Path(path)
     if p.is_dir():
         models = sorted(p.glob("*.model"))
         if (p / "tokenizer.json").is_file():
-            return hf_tokenizer(p / "tokenizer.json")
-        if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
-            return gpt2_bpe_tokenizer(p / "vocab.json", p / "merges.txt")
+            return {"tokenizer.json": p / "tokenizer.json"}
+        vocabs = [v for v in sorted(p.glob("*vocab*.json")) if _is_gpt2_vocab(v)]
+        if len(vocabs) == 1 and any(p.glob("*merges*.txt")):
+            return tokenizer_files(vocabs[0])
         if len(models) == 1:
-            return SentencePieceTokenizer(models[0])
+            return {models[0].name: models[0]}
         raise ValueError(
-            f"{p}: no tokenizer found (expected tokenizer.json, vocab.json + merges.txt, or one .model file;"
-            f" found {len(models)} .model files)"
+            f"{p}: no tokenizer found (expected tokenizer.json, a GPT-2 vocab .json + merges .txt, or one .model"
+            f" file; found {len(vocabs)} vocab .json and {len(models)} .model files)"
         )
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such tokenizer file or directory")
     if p.suffix == ".model":
-        return SentencePieceTokenizer(p)
-    if p.name == "vocab.json" or p.name == "merges.txt":
-        return gpt2_bpe_tokenizer(p.with_name("vocab.json"), p.with_name("merges.txt"))
+        return {p.name: _existing_file(p)}
+    if p.suffix == ".txt" or p.suffix == ".json" and _is_gpt2_vocab(p):
+        vocab, merges = (p, _partner(p, ".txt")) if p.suffix == ".json" else (_partner(p, ".json"), p)
+        return {"vocab.json": vocab, "merges.txt": merges}
     if p.suffix == ".json":
-        return hf_tokenizer(p)
-    raise ValueError(f"{p}: unknown tokenizer format (expected .model, tokenizer.json or vocab.json + merges.txt)")
+        return {"tokenizer.json": _existing_file(p)}
+    raise ValueError(
+        f"{p}: unknown tokenizer format (expected .model, tokenizer.json or a GPT-2 vocab .json + merges .txt)"
+    )
+
+
+def _is_gpt2_vocab(path: Path) -> bool:
+    """A GPT-2 ``vocab.json``: one JSON object of token -> id (an HF ``tokenizer.json`` has a "model")."""
+    if path.name == "vocab.json":
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    match = re.match(r'\{\s*"((?:[^"\\]|\\.)*)"\s*:\s*(-?\d+)\s*[,}]', head)
+    return match is not None
+
+
+def _partner(path: Path, suffix: str) -> Path:
+    """The other file of a GPT-2 vocab + merges pair beside ``path``."""
+    want, have = ("merges", "vocab") if suffix == ".txt" else ("vocab", "merges")
+    named = path.with_name((path.stem.replace(have, want) if have in path.stem else want) + suffix)
+    if named.is_file():
+        return named
+    others = [f for f in sorted(path.parent.glob(f"*{want}*{suffix}")) if f != path]
+    if suffix == ".json":
+        others = [f for f in others if _is_gpt2_vocab(f)]
+    if len(others) == 1:
+        return others[0]
+    key, flag = ("merge_file", "--merge-file") if suffix == ".txt" else ("vocab_file", "--vocab-file")
+    found = f"{len(others)} candidates beside it" if others else f"no {named.name} beside it"
+    raise FileNotFoundError(
+        f"{path}: a GPT-2 BPE file needs its {want} file ({found}); name it with {key}=PATH ({flag} PATH)"
+    )
 
 
 def iter_documents(inputs: Iterable[PathLike], json_keys: Sequence[str] = ("text",)) -> Iterator[str]:

@@ -2,9 +2,13 @@
 
 Data (`load_classification_data`) is text + label per example: a .tsv file with a header naming a
 text column ("text" or "sentence", as in SST-2 and GLUE's CoLA) and a "label" column, or headerless
-rows `text<TAB>label` (or CoLA's raw `source<TAB>label<TAB>mark<TAB>sentence`); or a .jsonl file of
-objects with those keys. Labels are integers, used as class ids (0 .. num_labels - 1), or names
-("positive", "World"), numbered in sorted order; the names are saved with the model.
+rows `text<TAB>label` (or CoLA's raw `source<TAB>label<TAB>mark<TAB>sentence`); a .jsonl file of
+objects with those keys; or a .csv file as IMDB and AG-News are distributed: a header naming the text
+("text", "sentence" or "review"; or "title" and "description", joined by a space) and the label
+("label", "sentiment", "class" or "Class Index"), or headerless rows `text,label`, `label,text` (an
+integer first) or AG-News' `class,title,description`; CSV fields may be quoted (commas, newlines inside).
+Labels are integers, used as class ids (0 .. num_labels - 1; AG-News' classes 1..4 stay as they are,
+id 0 unused), or names ("positive", "World"), numbered in sorted order; the names are saved with the model.
 
 `GPTClassifier` is Hugging Face's GPT2ForSequenceClassification on gptcore's GPT: the final hidden
 states (GPT.hidden_states), the row's last non-pad token picked, a bias-free linear score head.
@@ -22,6 +26,7 @@ loads the base model with its tokenizer for other uses.
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import math
@@ -58,6 +63,7 @@ from gptcore.training.step import (
 )
 
 TEXT_KEYS = ("text", "sentence")  # the text column, when none is named: the first of these present
+CSV_LABEL_KEYS = ("label", "sentiment", "class", "Class Index")  # IMDB's sentiment, AG-News' Class Index
 CLASSIFIER_FILE = "classifier.json"
 HEAD_FILE = "head.safetensors"
 STATE_FILE = "classifier_state.safetensors"  # an epoch checkpoint's weights (KEPT_FILE: keep="best"'s)
@@ -84,19 +90,22 @@ class ClassificationData:
 
 
 def load_classification_data(path, text_key: str | None = None, label_key: str = "label") -> ClassificationData:
-    """Read a .tsv or .jsonl classification file (see the module docstring). text_key None: "text",
+    """Read a .tsv, .csv or .jsonl classification file (see the module docstring). text_key None: "text",
     else "sentence". Blank lines are skipped. A malformed row raises ValueError naming file:line."""
     path = Path(path)
-    if path.suffix not in (".tsv", ".jsonl", ".json"):
-        raise ValueError(f"{path}: unknown classification data format (expected .tsv or .jsonl)")
+    if path.suffix not in (".tsv", ".csv", ".jsonl", ".json"):
+        raise ValueError(f"{path}: unknown classification data format (expected .tsv, .csv or .jsonl)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        content = path.read_text(encoding="utf-8-sig")  # -sig: CSV exported from spreadsheets starts with a BOM
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-    rows = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
-    reader = _tsv_rows if path.suffix == ".tsv" else _jsonl_rows
+    if path.suffix == ".csv":
+        rows, reader = _csv_records(content, path), _csv_rows
+    else:
+        rows = [(n, line) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
+        reader = _tsv_rows if path.suffix == ".tsv" else _jsonl_rows
     data = ClassificationData([], [], [], str(path))
     for n, text, label in reader(rows, path, text_key, label_key):
         where = f"{path}:{n}"
@@ -137,6 +146,55 @@ def _tsv_rows(rows, path, text_key, label_key):
         if len(cells) != width:
             raise ValueError(f"{path}:{n}: {len(cells)} tab-separated columns, expected {width}")
         yield n, cells[text_column], cells[label_column]
+
+
+def _csv_records(content: str, path: Path) -> list[tuple[int, list[str]]]:
+    """(first line, cells) of each non-blank CSV record; a quoted field may span lines."""
+    records, lines = [], content.splitlines(keepends=True)
+    reader = csv.reader(lines, strict=True)
+    start = 1
+    try:
+        for cells in reader:
+            if any(c.strip() for c in cells):
+                records.append((start, cells))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ValueError(f"{path}:{start}: not valid CSV ({e}); quote fields that hold commas or quotes") from None
+    return records
+
+
+def _csv_rows(rows, path, text_key, label_key):
+    if not rows:
+        return
+    first_line, header = rows[0]
+    text_keys = (text_key,) if text_key else (*TEXT_KEYS, "review")
+    label_keys = (label_key,) if label_key != "label" else CSV_LABEL_KEYS
+    text_columns = next(([header.index(k)] for k in text_keys if k in header), None)
+    if text_columns is None and not text_key and {"title", "description"} <= {h.lower() for h in header}:
+        lowered = [h.lower() for h in header]
+        text_columns = [lowered.index("title"), lowered.index("description")]
+    label_column = next((header.index(k) for k in label_keys if k in header), None)
+    integer = [bool(_INTEGER.fullmatch(c.strip())) for c in header]
+    if text_columns is not None and label_column is not None:
+        rows = rows[1:]
+    elif len(header) == 2 and not (set(header) & {*label_keys, *text_keys}):
+        text_columns, label_column = ([1], 0) if integer[0] and not integer[1] else ([0], 1)
+    elif len(header) == 3 and integer[0]:
+        text_columns, label_column = [1, 2], 0  # AG-News: class, title, description
+    else:
+        raise ValueError(
+            f"{path}:{first_line}: expected a header with a label column ({' or '.join(map(repr, label_keys))}) and"
+            f" a text column ({' or '.join(map(repr, text_keys))}), or headerless text,label rows or AG-News'"
+            " class,title,description"
+        )
+    width = len(header)
+    for n, cells in rows:
+        if len(cells) != width:
+            raise ValueError(
+                f"{path}:{n}: {len(cells)} comma-separated columns, expected {width}; quote fields that hold commas"
+            )
+        text = " ".join(cells[c].strip() for c in text_columns if cells[c].strip())
+        yield n, text, cells[label_column]
 
 
 def _jsonl_rows(rows, path, text_key, label_key):
@@ -492,13 +550,12 @@ def _epoch_line(record: dict) -> str:
     return line
 
 
-def tokenizer_source(tokenizer) -> Path:
-    """The file a tokenizer was loaded from (its name says: "sentencepiece:PATH", "hf:PATH", "gpt2-bpe:PATH")."""
-    kind, _, path = tokenizer.name.partition(":")
-    known = kind in ("sentencepiece", "hf") or kind == "gpt2-bpe" and Path(path).name == "vocab.json"
-    if not known or not Path(path).is_file():
+def tokenizer_source(tokenizer) -> dict[str, Path]:
+    """The files a tokenizer was loaded from (``Tokenizer.files``), by the names a tokenizer folder gives them."""
+    files = getattr(tokenizer, "files", None)
+    if not files or not all(Path(p).is_file() for p in files.values()):
         raise ValueError(f"tokenizer {tokenizer.name}: cannot tell which file it came from; save it by path")
-    return Path(path)
+    return files
 
 
 def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Path:
@@ -520,8 +577,9 @@ def save_classifier(classifier: GPTClassifier, directory, tokenizer=None) -> Pat
     }
     (directory / CLASSIFIER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if tokenizer is not None:
-        source = tokenizer if isinstance(tokenizer, str | Path) else tokenizer_source(tokenizer)
-        copy_tokenizer(source, directory / TOKENIZER_DIR)
+        if not isinstance(tokenizer, str | Path):
+            tokenizer_source(tokenizer)  # a tokenizer made in memory has no files to copy: say so
+        copy_tokenizer(tokenizer, directory / TOKENIZER_DIR)
     return directory
 
 

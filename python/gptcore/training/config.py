@@ -44,6 +44,8 @@ class TrainConfig:
     # data: Megatron-style prefixes (a blend "0.3 A 0.7 B" or one prefix); None: the built-in default corpus
     data_path: str | None = None
     tokenizer: str | None = None  # None with the default corpus: its tokenizer
+    vocab_file: str | None = None  # Megatron's GPT-2 vocab .json (any name), instead of tokenizer
+    merge_file: str | None = None  # its merges .txt; None: found beside the vocab
     split: str = "949,50,1"
     seq_len: int = 128
     eod_mask_loss: bool = False  # no loss on predicting the end-of-document token
@@ -213,9 +215,20 @@ class TrainConfig:
                 raise ConfigError(f"lora: {e}") from None
         if not self.ddp_bucket_mb > 0:
             raise ConfigError(f"ddp_bucket_mb must be > 0, got {self.ddp_bucket_mb}")
-        if self.data_path is None and self.tokenizer is not None:
+        if self.tokenizer_source() is not None and self.data_path is None:
             raise ConfigError("tokenizer is set but data_path is not; the default corpus brings its own tokenizer")
         return self
+
+    def tokenizer_source(self) -> str | list[str] | None:
+        """What load_tokenizer takes: tokenizer, or Megatron's vocab_file (or a vocab tokenizer=) + merge_file."""
+        if self.vocab_file is not None and self.tokenizer is not None:
+            raise ConfigError("tokenizer and vocab_file name the same thing; set one, not both")
+        vocab = self.vocab_file or self.tokenizer
+        if self.merge_file is None:
+            return vocab
+        if vocab is None:
+            raise ConfigError("merge_file is set but vocab_file is not; add vocab_file=PATH (the GPT-2 vocab .json)")
+        return [vocab, self.merge_file]
 
     @property
     def decay_steps_resolved(self) -> int:

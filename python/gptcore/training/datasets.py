@@ -14,6 +14,8 @@ from gptcore.data import (
     blend_sample_counts,
     has_loss_mask,
     loss_mask_prefix,
+    paddle_as_megatron,
+    paddle_prefix,
     parse_blend,
     parse_split,
 )
@@ -22,6 +24,15 @@ from gptcore.training.config import ConfigError, TrainConfig
 
 
 def _open_indexed(prefix: str, vocab_size: int) -> IndexedDataset:
+    if paddle_prefix(prefix) is not None:  # PaddleNLP's _ids.npy + _idx.npz: converted once into the cache
+        try:
+            prefix = paddle_as_megatron(paddle_prefix(prefix), cache_root() / "paddle", vocab_size)
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"data_path: {e}") from None
+    if Path(prefix).is_dir():  # PaddleNLP's --input_dir is a folder; gptcore names each dataset's prefix
+        found = sorted({str(p)[: -len(s)] for s in (".idx", "_idx.npz") for p in Path(prefix).glob(f"*{s}")})
+        blend = found[0] if len(found) == 1 else " ".join(f"1 {p}" for p in found) or "PREFIX"
+        raise ConfigError(f"data_path: {prefix} is a folder; name the dataset prefix in it: data_path='{blend}'")
     for suffix in (".idx", ".bin"):
         if not Path(prefix + suffix).is_file():
             raise ConfigError(

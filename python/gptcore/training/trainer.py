@@ -109,7 +109,7 @@ class Trainer:
                 f"precision {cfg.precision} on the CPU: gptcore's CPU kernels are float32; use precision=fp32,"
                 " a CUDA device, or use_gptcore_ops=false (PyTorch's CPU ops)"
             )
-        data_path, tokenizer_path = cfg.data_path, cfg.tokenizer
+        data_path, tokenizer_path = cfg.data_path, cfg.tokenizer_source()
         if data_path is None:
             with self.processes.main_first():  # the first run builds the corpus; the others wait and read it
                 prefix, tokenizer_path = default_dataset(progress=cfg.progress and self.is_main)
