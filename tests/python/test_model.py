@@ -138,7 +138,7 @@ def test_load_rejects_foreign_file(tmp_path):
 
 def test_from_hf_rejects_other_activation():
     with pytest.raises(ValueError, match="tanh GELU"):
-        convert._config_from_hf(dict(vocab_size=10, n_positions=8, n_layer=1, n_head=1, n_embd=32,
+        convert.hf._config_from_hf(dict(vocab_size=10, n_positions=8, n_layer=1, n_head=1, n_embd=32,
                                      activation_function="relu"))  # fmt: skip
 
 

@@ -94,6 +94,11 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
     return model, tokenizer_for(model.config, kind, path, tokenizer)
 
 
+def tokenizer_of(source) -> Path | None:
+    """The tokenizer folder that came with the model `source` names (tokenizer_beside), or None."""
+    return tokenizer_beside(*resolve(source))
+
+
 def tokenizer_for(config: GPTConfig, kind: str, path: Path, tokenizer=None):
     """The tokenizer given, else the one that came with the model `resolve` found (kind, path), loaded
     and checked against the model's vocabulary; None when there is none."""

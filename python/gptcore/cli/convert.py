@@ -1,11 +1,24 @@
 """`gptcore convert hf-import|hf-export|merge-lora|reshard`: models to and from Hugging Face GPT-2,
-LoRA adapters merged in, training checkpoints resharded."""
+LoRA adapters merged in, training checkpoints resharded. Each model written gets the tokenizer it
+came with (or --tokenizer) beside it: in the HF folder, or a tokenizer/ folder beside a model file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gptcore import convert
-from gptcore.checkpoint import load_any, read_layout, reshard_checkpoint, save_model
+from gptcore.checkpoint import (
+    TOKENIZER_DIR,
+    copy_tokenizer,
+    load_any,
+    read_layout,
+    reshard_checkpoint,
+    save_model,
+    tokenizer_of,
+)
 from gptcore.cli.source import merge_adapters
+
+TOKENIZER_HELP = "the tokenizer to write beside the output (default: the one that came with the model)"
 
 
 def add_parser(commands) -> None:
@@ -19,6 +32,7 @@ def add_parser(commands) -> None:
         " with the GPTConfig as JSON in its metadata (gptcore.checkpoint.load_model reads it).",
     )
     imp.add_argument("--hf-dir", required=True, help="directory with config.json and model.safetensors")
+    imp.add_argument("--tokenizer", help=TOKENIZER_HELP)
     imp.add_argument("--out", required=True, help="the gptcore model file to write")
     imp.set_defaults(run=run_hf_import)
     exp = conv.add_parser(
@@ -29,6 +43,7 @@ def add_parser(commands) -> None:
     )
     exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder or save folder")
     exp.add_argument("--lora", metavar="PATH", help="LoRA adapters (file, or a LoRA run's folder) merged in first")
+    exp.add_argument("--tokenizer", help=TOKENIZER_HELP)
     exp.add_argument("--out", required=True, help="the directory to write")
     exp.set_defaults(run=run_hf_export)
     mrg = conv.add_parser(
@@ -39,6 +54,7 @@ def add_parser(commands) -> None:
     )
     mrg.add_argument("--checkpoint", required=True, help="the base model: model file, checkpoint or HF folder")
     mrg.add_argument("--lora", required=True, help="adapter file, or a LoRA run's save or step folder")
+    mrg.add_argument("--tokenizer", help=TOKENIZER_HELP)
     mrg.add_argument("--out", required=True, help="the gptcore model file to write")
     mrg.set_defaults(run=run_merge_lora)
     res = conv.add_parser(
@@ -59,19 +75,30 @@ def add_parser(commands) -> None:
 def run_hf_import(args) -> None:
     model = convert.from_hf(args.hf_dir, use_gptcore_ops=False)
     save_model(model, args.out)
-    _written(args.out, model)
+    _written(args.out, model, _tokenizer_beside_file(args.tokenizer or tokenizer_of(args.hf_dir), args.out))
 
 
 def run_hf_export(args) -> None:
     model = _merged_model(args)
     convert.to_hf(model, args.out)
-    _written(args.out, model)
+    tokenizer = args.tokenizer or tokenizer_of(args.checkpoint)
+    if tokenizer is not None:
+        copy_tokenizer(tokenizer, Path(args.out))
+        convert.save_hf_tokenizer(Path(args.out), args.out, model.config)
+    _written(args.out, model, tokenizer)
 
 
 def run_merge_lora(args) -> None:
     model = _merged_model(args)
     save_model(model, args.out)
-    _written(args.out, model)
+    _written(args.out, model, _tokenizer_beside_file(args.tokenizer or tokenizer_of(args.checkpoint), args.out))
+
+
+def _tokenizer_beside_file(tokenizer, model_file):
+    """tokenizer (or None) copied into the tokenizer/ folder beside model_file; returns tokenizer."""
+    if tokenizer is not None:
+        copy_tokenizer(tokenizer, Path(model_file).parent / TOKENIZER_DIR)
+    return tokenizer
 
 
 def run_reshard(args) -> None:
@@ -93,6 +120,7 @@ def _merged_model(args):
     return model
 
 
-def _written(out, model) -> None:
+def _written(out, model, tokenizer) -> None:
     c = model.config
-    print(f"{out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}")
+    said = f"tokenizer from {tokenizer}" if tokenizer is not None else "no tokenizer found: give --tokenizer"
+    print(f"{out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}; {said}")
