@@ -1,6 +1,7 @@
-"""`gptcore convert hf-import|hf-export|merge-lora|reshard`: models to and from Hugging Face GPT-2,
-LoRA adapters merged in, training checkpoints resharded. Each model written gets the tokenizer it
-came with (or --tokenizer) beside it: in the HF folder, or a tokenizer/ folder beside a model file."""
+"""`gptcore convert hf-import|hf-export|merge-lora|reshard|megatron-import|megatron-export`: models to
+and from Hugging Face GPT-2 and Megatron-LM, LoRA adapters merged in, training checkpoints resharded.
+Each model written gets the tokenizer it came with (or --tokenizer) beside it: in the HF folder, or a
+tokenizer/ folder beside a model file."""
 
 from __future__ import annotations
 
@@ -70,6 +71,28 @@ def add_parser(commands) -> None:
     res.add_argument("--pipeline-parallel", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
     res.add_argument("--out", required=True, help="the save folder to write OUT/step_N into")
     res.set_defaults(run=run_reshard)
+    add_megatron_parsers(conv)
+
+
+def add_megatron_parsers(conv) -> None:
+    imp = conv.add_parser(
+        "megatron-import",
+        help="a Megatron-LM GPT checkpoint (any tp x pp, legacy or megatron-core names) -> a gptcore model file",
+    )
+    imp.add_argument("--checkpoint", required=True, help="the checkpoint folder (or one iter_NNNNNNN/ in it)")
+    imp.add_argument("--num-attention-heads", type=int, help="where the checkpoint saves no args")
+    imp.add_argument("--vocab-size", type=int, help="the tokenizer's vocabulary: Megatron's padding rows dropped")
+    imp.add_argument("--tokenizer", help="the tokenizer to write beside the model file")
+    imp.add_argument("--out", required=True, help="the gptcore model file to write")
+    imp.set_defaults(run=run_megatron_import)
+    exp = conv.add_parser(
+        "megatron-export", help="a gptcore model or checkpoint -> a Megatron-LM checkpoint (megatron-core names)"
+    )
+    exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder, save folder or HF folder")
+    exp.add_argument("--tensor-parallel", type=int, default=1, metavar="T", help="tensor-parallel size (default 1)")
+    exp.add_argument("--pipeline-parallel", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
+    exp.add_argument("--out", required=True, help="the checkpoint folder to write (OUT/release/mp_rank_*)")
+    exp.set_defaults(run=run_megatron_export)
 
 
 def run_hf_import(args) -> None:
@@ -99,6 +122,20 @@ def _tokenizer_beside_file(tokenizer, model_file):
     if tokenizer is not None:
         copy_tokenizer(tokenizer, Path(model_file).parent / TOKENIZER_DIR)
     return tokenizer
+
+
+def run_megatron_import(args) -> None:
+    overrides = {k: v for k, v in (("n_head", args.num_attention_heads), ("vocab_size", args.vocab_size)) if v}
+    model = convert.from_megatron(args.checkpoint, use_gptcore_ops=False, **overrides)
+    save_model(model, args.out)
+    _written(args.out, model, _tokenizer_beside_file(args.tokenizer or tokenizer_of(args.checkpoint), args.out))
+
+
+def run_megatron_export(args) -> None:
+    model = load_any(args.checkpoint, use_gptcore_ops=False)
+    convert.to_megatron(model, args.out, args.tensor_parallel, args.pipeline_parallel)
+    c = model.config
+    print(f"{args.out}: Megatron tp={args.tensor_parallel} x pp={args.pipeline_parallel}, {c.n_layer} layers")
 
 
 def run_reshard(args) -> None:

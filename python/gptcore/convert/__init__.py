@@ -6,5 +6,14 @@ which uses this package; this package does not use it.
 """
 
 from gptcore.convert.hf import from_hf, model_state, save_hf_tokenizer, to_hf
+from gptcore.convert.megatron import from_megatron, is_megatron_checkpoint, to_megatron
 
-__all__ = ["from_hf", "model_state", "save_hf_tokenizer", "to_hf"]
+__all__ = [
+    "from_hf",
+    "from_megatron",
+    "is_megatron_checkpoint",
+    "model_state",
+    "save_hf_tokenizer",
+    "to_hf",
+    "to_megatron",
+]
