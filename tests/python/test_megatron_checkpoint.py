@@ -11,6 +11,8 @@ no-op); the computation is megatron-core's own."""
 import argparse
 import contextlib
 import functools
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -29,6 +31,7 @@ with warnings.catch_warnings():
     from megatron.core import utils as megatron_utils
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
 LAYERS, HIDDEN, HEADS, VOCAB, POSITIONS = 4, 128, 4, 512, 32  # head dim 32: gptcore's attention kernels
@@ -129,6 +132,7 @@ def write_megatron(state, root, T=1, P=1, legacy=False, iteration=100, args=True
         padded_vocab_size=VOCAB, tensor_model_parallel_size=T, pipeline_model_parallel_size=P,
         openai_gelu=True, swiglu=False, normalization="LayerNorm", position_embedding_type="learned_absolute",
         layernorm_epsilon=1e-5, params_dtype=torch.float32,
+        attention_backend=AttnBackend.auto,  # an enum of megatron-core's, as Megatron-LM's args hold
     )  # fmt: skip
     folder = root / f"iter_{iteration:07d}"
     for p in range(P):
@@ -214,7 +218,14 @@ def test_megatron_folder_as_a_model_source(megatron, tmp_path, capsys):
     assert cli.main(["convert", "megatron-import", "--checkpoint", str(root), "--vocab-size", "500",
                      "--out", str(out)]) == 0  # fmt: skip
     assert "4 layers, 4 heads, 128 wide, vocab 500" in capsys.readouterr().out
+    # A fresh process, where megatron-core is not imported (it allowlists its own enums when it is):
+    # the args' AttnBackend is read as an inert stand-in.
+    again = tmp_path / "again.safetensors"
+    argv = ["convert", "megatron-import", "--checkpoint", str(root), "--vocab-size", "500", "--out", str(again)]
+    run = subprocess.run([sys.executable, "-m", "gptcore", *argv], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
     model, _ = load_for_inference(out)
+    torch.testing.assert_close(load_for_inference(again)[0](IDS % 500)[0], model(IDS % 500)[0], atol=0, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(model(IDS % 500)[0], forward(IDS % 500)[..., :500], atol=1e-5, rtol=1e-5)
         model, tokenizer = load_for_inference(root / "iter_0000100")

@@ -125,19 +125,43 @@ def _rank_files(folder: Path) -> dict[tuple[int, int], Path]:
     return files
 
 
+class _Inert:
+    """Stands in for a Megatron class (an enum in its args, such as AttnBackend) when a file is read:
+    keeps what the file gives it and runs nothing of the class it replaces."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+# Classes of these packages in a checkpoint (args' enums) are read as _Inert stand-ins.
+_STAND_IN_PACKAGES = ("megatron.", "transformer_engine.", "apex.")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
 def read_rank_file(path: Path) -> dict:
-    """One rank's file: tensors, plain containers and argparse.Namespace (Megatron's args) only."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = found[1] if found else "objects"
-        raise ValueError(
-            f"{path}: holds {what} beyond tensors and args, and gptcore does not run code from a checkpoint"
-            " (torch.load weights_only=True); re-save it in Megatron's environment with only its 'model',"
-            " 'checkpoint_version' and 'args' entries, or convert it with Megatron's tools/checkpoint/convert.py"
-        ) from None
+    """One rank's file through torch.load(weights_only=True): tensors, plain containers and
+    argparse.Namespace (Megatron's args), classes of Megatron's packages as inert stand-ins; anything
+    else is refused with a ValueError."""
+    allowed: list = [argparse.Namespace]
+    for _ in range(64):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            found = _REFUSED_GLOBAL.search(str(e))
+            if not found or not found[1].startswith(_STAND_IN_PACKAGES):
+                what = found[1] if found else "objects"
+                raise ValueError(
+                    f"{path}: holds {what} beyond tensors and args, and gptcore does not run code from a checkpoint"
+                    " (torch.load weights_only=True); re-save it in Megatron's environment with only its 'model',"
+                    " 'checkpoint_version' and 'args' entries, or convert it with Megatron's"
+                    " tools/checkpoint/convert.py"
+                ) from None
+            allowed.append((type(found[1].rpartition(".")[2], (_Inert,), {}), found[1]))
+    raise ValueError(f"{path}: too many Megatron classes in the file to stand in for")
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, torch.Tensor]:
