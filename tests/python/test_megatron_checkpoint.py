@@ -15,6 +15,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from gptcore import cli, convert
 from gptcore.checkpoint import load_any, load_for_inference, resolve, save_model
 from gptcore.convert.megatron import ITERATION_FILE, RANK_FILE
+from gptcore.data import IndexedDatasetBuilder
+from gptcore.model import GPT, GPTConfig
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # megatron-core warns that Transformer Engine / Apex are absent
@@ -84,7 +87,34 @@ def megatron(tmp_path_factory):
     finally:
         patch.undo()
         parallel_state.destroy_model_parallel()
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_training_starts_from_a_megatron_checkpoint(tmp_path, capsys):
+    """init_from= a Megatron folder (here gptcore's own export, tp 2 x pp 2): the trainer starts from it.
+    First in the file: it runs before the megatron fixture holds a process group (the trainer makes its own)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, n_positions=32, n_layer=2, n_head=4, n_embd=128, use_gptcore_ops=False))
+    convert.to_megatron(model, tmp_path / "megatron", 2, 2)
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["hello world " * 50], vocab_size=300, special_tokens=["<|endoftext|>"])
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    tokens = np.random.default_rng(0)
+    with IndexedDatasetBuilder(str(tmp_path / "data"), dtype=np.uint16) as builder:
+        for _ in range(40):
+            builder.add_document([tokens.integers(0, 300, 50)])
+    overrides = dict(
+        init_from=tmp_path / "megatron", data_path=tmp_path / "data", tokenizer=tmp_path / "tokenizer.json",
+        seq_len=16, micro_batch_size=2, global_batch_size=2, train_steps=2, warmup_steps=0, split="100,0,0",
+        eval_interval=0, log_interval=1, progress=False, device="cpu", save=tmp_path / "run",
+    )  # fmt: skip
+    assert cli.main(["train", *(f"{k}={v}" for k, v in overrides.items())]) == 0
+    out = capsys.readouterr().out
+    assert "training 0.47M params" in out and "saved" in out
+    start = load_any(tmp_path / "megatron", use_gptcore_ops=False)
+    torch.testing.assert_close(start.state_dict(), model.state_dict(), atol=0, rtol=0)
 
 
 IDS = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(1))
