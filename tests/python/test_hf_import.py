@@ -2,7 +2,6 @@
 gptcore's kernels do not take it), sharded folders (safetensors and .bin), and the tokenizer written
 beside what `gptcore convert` writes, so `gptcore generate` runs on it."""
 
-import argparse
 import json
 import warnings
 
@@ -193,6 +192,10 @@ def test_hf_export_and_merge_lora_write_the_tokenizer(sharded, tmp_path, capsys)
     assert _generate(capsys, merged) == expected
 
 
+class NotTensors:  # what a pickled checkpoint could hold beyond tensors
+    pass
+
+
 def test_sharded_folder_errors(sharded, tmp_path, capsys):
     folders, _ = sharded
     broken = tmp_path / "broken"
@@ -209,7 +212,7 @@ def test_sharded_folder_errors(sharded, tmp_path, capsys):
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text((folders[True] / "config.json").read_text())
-    torch.save({"args": argparse.Namespace(hidden_size=64)}, pickled / "pytorch_model.bin")
+    torch.save({"transformer.wte.weight": torch.zeros(2), "extra": NotTensors()}, pickled / "pytorch_model.bin")
     assert cli.main(["convert", "hf-import", "--hf-dir", str(pickled), "--out", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"gptcore convert: error: {pickled / 'pytorch_model.bin'}: holds more than tensors")

@@ -116,12 +116,15 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        state = None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(
             f"{path}: holds more than tensors, and gptcore does not run code from a checkpoint"
             " (torch.load weights_only=True); resave it with safetensors (save_pretrained(safe_serialization=True))"
-        ) from e
+        )
+    return state
 
 
 def _hf_config(config: GPTConfig) -> dict:
