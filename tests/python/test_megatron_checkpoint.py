@@ -116,6 +116,14 @@ def test_training_starts_from_a_megatron_checkpoint(tmp_path, capsys):
     start = load_any(tmp_path / "megatron", use_gptcore_ops=False)
     torch.testing.assert_close(start.state_dict(), model.state_dict(), atol=0, rtol=0)
 
+    # The trained model back to Megatron, its tokenizer in OUT/tokenizer/, where generate finds it.
+    out = tmp_path / "trained"
+    assert cli.main(["convert", "megatron-export", "--checkpoint", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert f"tokenizer from {tmp_path / 'run'}" in capsys.readouterr().out
+    argv = ["--checkpoint", str(out), "--prompt", "hello", "--max-new-tokens", "3", "--temperature", "0"]
+    assert cli.main(["generate", *argv]) == 0
+    assert capsys.readouterr().out.startswith("hello")
+
 
 IDS = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(1))
 COLUMN = ("linear_qkv.weight", "linear_qkv.bias", "linear_fc1.weight", "linear_fc1.bias", "word_embeddings.weight")

@@ -82,7 +82,7 @@ def add_megatron_parsers(conv) -> None:
     imp.add_argument("--checkpoint", required=True, help="the checkpoint folder (or one iter_NNNNNNN/ in it)")
     imp.add_argument("--num-attention-heads", type=int, help="where the checkpoint saves no args")
     imp.add_argument("--vocab-size", type=int, help="the tokenizer's vocabulary: Megatron's padding rows dropped")
-    imp.add_argument("--tokenizer", help="the tokenizer to write beside the model file")
+    imp.add_argument("--tokenizer", help=TOKENIZER_HELP)
     imp.add_argument("--out", required=True, help="the gptcore model file to write")
     imp.set_defaults(run=run_megatron_import)
     exp = conv.add_parser(
@@ -91,6 +91,7 @@ def add_megatron_parsers(conv) -> None:
     exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder, save folder or HF folder")
     exp.add_argument("--tensor-parallel", type=int, default=1, metavar="T", help="tensor-parallel size (default 1)")
     exp.add_argument("--pipeline-parallel", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
+    exp.add_argument("--tokenizer", help=TOKENIZER_HELP)
     exp.add_argument("--out", required=True, help="the checkpoint folder to write (OUT/release/mp_rank_*)")
     exp.set_defaults(run=run_megatron_export)
 
@@ -134,8 +135,10 @@ def run_megatron_import(args) -> None:
 def run_megatron_export(args) -> None:
     model = load_any(args.checkpoint, use_gptcore_ops=False)
     convert.to_megatron(model, args.out, args.tensor_parallel, args.pipeline_parallel)
-    c = model.config
-    print(f"{args.out}: Megatron tp={args.tensor_parallel} x pp={args.pipeline_parallel}, {c.n_layer} layers")
+    tokenizer = args.tokenizer or tokenizer_of(args.checkpoint)
+    if tokenizer is not None:  # OUT/tokenizer/: where gptcore looks beside a Megatron checkpoint
+        copy_tokenizer(tokenizer, Path(args.out) / TOKENIZER_DIR)
+    _written(f"{args.out} (Megatron, tp={args.tensor_parallel} x pp={args.pipeline_parallel})", model, tokenizer)
 
 
 def run_reshard(args) -> None:
