@@ -1,16 +1,17 @@
 """Megatron-LM GPT checkpoints in and out, against megatron-core itself: its GPTModel (local layer spec,
 GPT-2 settings) built on the CPU in a gloo world of one; its state dict written as Megatron's torch
 layout (iter_NNNNNNN/mp_rank_TT[_PPP]/model_optim_rng.pt) split over tensor x pipeline ranks, under
-megatron-core's names and the legacy ones; gptcore's logits on it against megatron-core's; gptcore's
-export loaded back into megatron-core's GPTModel. megatron-core's CPU forward needs two changes: its
-attention takes a scratch buffer from a global pool that allocates on torch.cuda.current_device() (the
-test hands it CPU memory), its default causal mask is made on "cuda" (the test passes the same mask as
-attention_mask), and its attention dropout forks the CUDA generator (p = 0: the test makes the fork a
-no-op); the computation is megatron-core's own."""
+megatron-core's names, its Transformer Engine spec's and the legacy ones; gptcore's logits on it
+against megatron-core's; gptcore's export loaded back into megatron-core's GPTModel. megatron-core's
+CPU forward needs three changes: its attention takes a scratch buffer from a global pool that allocates
+on torch.cuda.current_device() (the test hands it CPU memory), its default causal mask is made on
+"cuda" (the test passes the same mask as attention_mask), and its attention dropout forks the CUDA
+generator (p = 0: the test makes the fork a no-op); the computation is megatron-core's own."""
 
 import argparse
 import contextlib
 import functools
+import io
 import subprocess
 import sys
 import warnings
@@ -160,7 +161,19 @@ def _nest(flat: dict) -> dict:
     return tree
 
 
-def write_megatron(state, root, T=1, P=1, legacy=False, iteration=100, args=True, version=3.0):
+def _transformer_engine(shard: dict) -> dict:
+    """megatron-core's names -> its Transformer Engine layer spec's: layer norms fused into the next
+    linear, and each linear's _extra_state (a BytesIO)."""
+    out = {}
+    for name, value in shard.items():
+        name = name.replace("input_layernorm.", "self_attention.linear_qkv.layer_norm_")
+        out[name.replace("pre_mlp_layernorm.", "mlp.linear_fc1.layer_norm_")] = value
+        if name.endswith(("linear_qkv.weight", "linear_fc1.weight")):
+            out[name.replace(".weight", "._extra_state")] = io.BytesIO(b"fp8 metadata")
+    return out
+
+
+def write_megatron(state, root, T=1, P=1, naming="core", iteration=100, args=True, version=3.0):
     """megatron-core's state dict as Megatron saves it over T x P ranks: column-parallel weights by row
     blocks (QKV rows are [heads, 3, head_dim], so by head), row-parallel by column blocks, layers
     numbered from 0 in each stage, the tied embedding's copy on the last stage."""
@@ -191,10 +204,13 @@ def write_megatron(state, root, T=1, P=1, legacy=False, iteration=100, args=True
                 shard[name] = value.clone()
             if P > 1 and p == P - 1:
                 shard["output_layer.weight"] = state["embedding.word_embeddings.weight"].chunk(T)[t].clone()
-            model = _nest({_legacy(k): v for k, v in shard.items()}) if legacy else shard
+            if naming == "legacy":
+                shard = _nest({_legacy(k): v for k, v in shard.items()})
+            elif naming == "te":
+                shard = _transformer_engine(shard)
             rank = folder / (f"mp_rank_{t:02d}" + (f"_{p:03d}" if P > 1 else ""))
             rank.mkdir(parents=True)
-            checkpoint = dict(model=model, checkpoint_version=version, iteration=iteration)
+            checkpoint = dict(model=shard, checkpoint_version=version, iteration=iteration)
             if args:
                 checkpoint["args"] = namespace
             torch.save(checkpoint, rank / RANK_FILE)
@@ -202,11 +218,11 @@ def write_megatron(state, root, T=1, P=1, legacy=False, iteration=100, args=True
     return root
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["core", "legacy"])
+@pytest.mark.parametrize("naming", ["core", "legacy", "te"])
 @pytest.mark.parametrize(("T", "P"), [(1, 1), (2, 1), (1, 2), (2, 2), (4, 4)])
-def test_megatron_checkpoint_logits_equal_megatron_core(megatron, tmp_path, T, P, legacy):
+def test_megatron_checkpoint_logits_equal_megatron_core(megatron, tmp_path, T, P, naming):
     _, state, forward = megatron
-    root = write_megatron(state, tmp_path / "megatron", T, P, legacy)
+    root = write_megatron(state, tmp_path / "megatron", T, P, naming)
     assert resolve(root)[0] == "megatron"
     model = convert.from_megatron(root).eval()
     assert (model.config.n_layer, model.config.n_head, model.config.vocab_size) == (LAYERS, HEADS, VOCAB)

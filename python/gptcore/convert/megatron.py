@@ -24,7 +24,8 @@ Tensor-parallel ranks hold row blocks of the column-parallel weights (QKV, fc1, 
 column blocks of the row-parallel ones (proj, fc2); pipeline stages number their layers from 0.
 Megatron's QKV rows are interleaved per head, [heads, 3 (q, k, v), head_dim], where gptcore's are
 [3, heads, head_dim]. Files are read with torch.load(weights_only=True), argparse.Namespace allowed
-(Megatron's args), nothing else: no code from the file runs.
+(Megatron's args) and inert stand-ins for Megatron's enums and Transformer Engine's _extra_state: no
+code from the file runs.
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ class _Inert:
         self.state = state
 
 
-# Classes of these packages in a checkpoint (args' enums) are read as _Inert stand-ins.
-_STAND_IN_PACKAGES = ("megatron.", "transformer_engine.", "apex.")
+# Classes of these packages in a checkpoint (args' enums), and the BytesIO of Transformer Engine's
+# _extra_state (FP8 metadata, unused here), are read as _Inert stand-ins.
+_STAND_IN_PACKAGES = ("megatron.", "transformer_engine.", "apex.", "_io.BytesIO")
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
 
