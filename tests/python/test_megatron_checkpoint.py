@@ -329,6 +329,11 @@ def test_bad_megatron_checkpoints_get_one_line(megatron, tmp_path, capsys):
     torch.save(checkpoint, root / "iter_0000100" / "mp_rank_00" / RANK_FILE)
     assert "SwiGLU" in error(root)
 
+    (tmp_path / "dist" / "iter_0000100").mkdir(parents=True)
+    (tmp_path / "dist" / ITERATION_FILE).write_text("100\n")
+    (tmp_path / "dist" / "iter_0000100" / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+    assert "a megatron-core distributed checkpoint (torch_dist)" in error(tmp_path / "dist")
+
     (tmp_path / "latest").mkdir()
     (tmp_path / "latest" / ITERATION_FILE).write_text("200\n")
     assert "says '200' but iter_0000200/ is missing" in error(tmp_path / "latest")

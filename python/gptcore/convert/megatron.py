@@ -112,6 +112,11 @@ def _rank_files(folder: Path) -> dict[tuple[int, int], Path]:
         match = _RANK_DIR.match(rank_dir.name)
         if match:
             files[int(match[1]), int(match[2] or 0)] = rank_dir / RANK_FILE
+    if not files and ((folder / "metadata.json").is_file() or any(folder.glob("*.distcp"))):
+        raise ValueError(
+            f"{folder}: a megatron-core distributed checkpoint (torch_dist); gptcore reads Megatron's torch format:"
+            " convert it with Megatron (load it and save with --ckpt-format torch)"
+        )
     if not files:
         raise FileNotFoundError(f"{folder}: no mp_rank_TT[_PPP]/{RANK_FILE} here (not a Megatron checkpoint iteration)")
     tp, pp = max(t for t, _ in files) + 1, max(p for _, p in files) + 1
