@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import types
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -90,12 +91,6 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"GPTConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
-        head_dim = self.head_dim
-        if self.use_gptcore_ops and not (32 <= head_dim <= 128 and head_dim % 8 == 0):
-            raise ValueError(
-                f"GPTConfig: head dim n_embd / n_head = {head_dim}; gptcore's attention takes 32..128 in steps"
-                " of 8 (use_gptcore_ops=False runs any head dim on PyTorch ops)"
-            )
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GPTConfig:
@@ -139,9 +134,23 @@ REFERENCE_OPS = types.SimpleNamespace(
 )
 
 
-def op_set(use_gptcore_ops: bool):
-    """gptcore.ops, or their plain PyTorch twins."""
-    return gptcore_ops if use_gptcore_ops else REFERENCE_OPS
+# gptcore's ops with the reference attention: for heads gptcore's attention kernels do not take.
+REFERENCE_ATTENTION_OPS = types.SimpleNamespace(
+    layer_norm=gptcore_ops.layer_norm,
+    fused_add_layer_norm=gptcore_ops.fused_add_layer_norm,
+    linear=gptcore_ops.linear,
+    attention=_reference_attention,
+    attention_decode=reference.attention_decode,
+    cross_entropy=gptcore_ops.cross_entropy,
+)
+
+
+def op_set(use_gptcore_ops: bool, head_dim: int | None = None):
+    """gptcore.ops, or their plain PyTorch twins; given a head dim gptcore's attention kernels do not
+    take (gptcore.ops.takes_head_dim), gptcore's ops with the reference attention."""
+    if not use_gptcore_ops:
+        return REFERENCE_OPS
+    return gptcore_ops if head_dim is None or gptcore_ops.takes_head_dim(head_dim) else REFERENCE_ATTENTION_OPS
 
 
 def tied_logits(ops, x: torch.Tensor, embedding: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -182,14 +191,14 @@ class Linear(nn.Linear):
 
 class CausalAttention(nn.Module):
     """Causal softmax attention of q, k, v [B, H, T, D]; in training, dropout p on its weights
-    (inside the fused kernel)."""
+    (inside the fused kernel, or PyTorch's SDPA for heads the kernels do not take)."""
 
-    def __init__(self, p: float, use_gptcore_ops: bool = True):
+    def __init__(self, p: float, use_gptcore_ops: bool = True, head_dim: int | None = None):
         super().__init__()
-        self.p, self.use_gptcore_ops = p, use_gptcore_ops
+        self.p, self.use_gptcore_ops, self.head_dim = p, use_gptcore_ops, head_dim
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        ops = op_set(self.use_gptcore_ops)
+        ops = op_set(self.use_gptcore_ops, self.head_dim)
         return ops.attention(q, k, v, causal=True, dropout_p=self.p if self.training else 0.0)
 
 
@@ -202,7 +211,7 @@ class SelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.c_attn = Linear(C, 3 * C, config.bias, ops)
         self.c_proj = Linear(C, C, config.bias, ops)
-        self.core = CausalAttention(config.attn_dropout, ops)
+        self.core = CausalAttention(config.attn_dropout, ops, config.head_dim)
 
     @property
     def n_head(self) -> int:
@@ -307,6 +316,12 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = TiedHead(config)
+        if config.use_gptcore_ops and not gptcore_ops.takes_head_dim(config.head_dim):
+            warnings.warn(
+                f"gptcore: head dim {config.head_dim} (n_embd {config.n_embd} / n_head {config.n_head}): gptcore's"
+                " attention kernels take 32..128 in steps of 8; this model runs attention on PyTorch's reference",
+                stacklevel=2,
+            )
         # Activation recompute in training: "none", "full" (each block keeps only its input and
         # reruns its forward in the backward) or "selective" (each block's attention sublayer).
         self.recompute = "none"
@@ -314,7 +329,7 @@ class GPT(nn.Module):
 
     @property
     def ops(self):  # looked up, not stored: a Python module attribute would break deepcopy and pickling
-        return op_set(self.config.use_gptcore_ops)
+        return op_set(self.config.use_gptcore_ops, self.config.head_dim)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -21,7 +21,7 @@ from gptcore.checkpoint.names import (
     rank_file_name,
     step_dir_name,
 )
-from gptcore.checkpoint.resolve import load_any, load_for_inference, resolve
+from gptcore.checkpoint.resolve import load_any, load_for_inference, resolve, tokenizer_of
 from gptcore.checkpoint.sharded import (
     load_full_state,
     load_model_shards,
@@ -61,6 +61,7 @@ __all__ = [
     "save_model_shard",
     "save_model_state",
     "step_dir_name",
+    "tokenizer_of",
     "write_checkpoint",
     "write_layout",
 ]

@@ -1,5 +1,6 @@
-"""Any model source to a GPT: an HF GPT-2 folder, a gptcore model file, a training checkpoint
-folder (sharded ones merged) or a save folder (its newest complete checkpoint)."""
+"""Any model source to a GPT: an HF GPT-2 folder, a Megatron-LM checkpoint folder, a gptcore model
+file, a training checkpoint folder (sharded ones merged) or a save folder (its newest complete
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -13,25 +14,28 @@ from gptcore.checkpoint.model_file import load_model
 from gptcore.checkpoint.names import LAYOUT_FILE, MODEL_FILE
 from gptcore.checkpoint.sharded import load_full_state
 from gptcore.checkpoint.tokenizer import tokenizer_beside
-from gptcore.convert import from_hf
+from gptcore.convert import from_hf, from_megatron, is_megatron_checkpoint
 from gptcore.data import load_tokenizer
 from gptcore.model import DTYPES, GPT, GPTConfig
 
 
 def resolve(source) -> tuple[str, Path]:
-    """What `source` names: ("hf", folder) for an HF GPT-2 folder (config.json); ("gptcore", file) for a
+    """What `source` names: ("hf", folder) for an HF GPT-2 folder (config.json); ("megatron", folder) for a
+    Megatron-LM checkpoint (its root or an iteration folder); ("gptcore", file) for a
     gptcore model file; for a training checkpoint folder, or a save folder (its newest complete
     checkpoint), ("gptcore", its model.safetensors), or ("sharded", the folder) when its layout.json
     says it is split over tensor or pipeline ranks."""
     path = Path(source)
     if path.is_dir() and (path / "config.json").is_file():
         return "hf", path
+    if is_megatron_checkpoint(path):
+        return "megatron", path
     if path.is_dir() and not any((path / name).is_file() for name in (MODEL_FILE, LAYOUT_FILE)):
         found = find_checkpoint(path)
         if found is None:
             raise ValueError(
-                f"{source}: no model here (expected an HF GPT-2 folder with config.json, a gptcore model file,"
-                " a checkpoint folder step_N/ or a save folder holding one)"
+                f"{source}: no model here (expected an HF GPT-2 folder with config.json, a Megatron-LM checkpoint"
+                " folder, a gptcore model file, a checkpoint folder step_N/ or a save folder holding one)"
             )
         path = found
     if path.is_dir():
@@ -48,6 +52,8 @@ def resolve(source) -> tuple[str, Path]:
 def _load_resolved(kind: str, path: Path, overrides: dict) -> GPT:
     if kind == "hf":
         return from_hf(path, **overrides)
+    if kind == "megatron":
+        return from_megatron(path, **overrides)
     if kind == "sharded":
         # use_gptcore_ops defaults to GPTConfig's (on), as load_model's does
         state, config = load_full_state(path, **({"use_gptcore_ops": True} | overrides))
@@ -92,6 +98,11 @@ def load_for_inference(source, tokenizer=None, device: str = "auto", dtype: str 
         prepare(model)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     return model, tokenizer_for(model.config, kind, path, tokenizer)
+
+
+def tokenizer_of(source) -> Path | None:
+    """The tokenizer folder that came with the model `source` names (tokenizer_beside), or None."""
+    return tokenizer_beside(*resolve(source))
 
 
 def tokenizer_for(config: GPTConfig, kind: str, path: Path, tokenizer=None):

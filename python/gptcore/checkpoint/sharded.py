@@ -100,8 +100,7 @@ def _check_files(folder: Path, layout: dict) -> dict[tuple[int, int], Path]:
 
 def _config(saved: dict, overrides: dict) -> GPTConfig:
     """A checkpoint's GPTConfig. use_gptcore_ops is not saved (a choice of whoever runs the model)
-    and is False unless `overrides` set it: these configs describe shapes and names, and every
-    head dim suits PyTorch ops (gptcore's attention takes head dims 32..128 only)."""
+    and is False unless `overrides` set it: these configs describe shapes and names."""
     return GPTConfig(**(saved | {"use_gptcore_ops": False} | overrides))
 
 

@@ -30,9 +30,12 @@ def copy_tokenizer(source: str | os.PathLike | Sequence[str | os.PathLike] | Tok
 
 def tokenizer_beside(kind: str, path: Path) -> Path | None:
     """The tokenizer folder that came with a model `resolve` found (kind, path): an HF folder's own
-    files, a checkpoint folder's tokenizer/, or the tokenizer/ folder beside a model file; None when
+    files, a checkpoint folder's (or a Megatron checkpoint's) tokenizer/, or the tokenizer/ folder beside a
+    model file; None when
     it holds no tokenizer files."""
-    folder = {"hf": path, "sharded": path / TOKENIZER_DIR}.get(kind, path.parent / TOKENIZER_DIR)
+    folder = {"hf": path, "sharded": path / TOKENIZER_DIR, "megatron": path / TOKENIZER_DIR}.get(
+        kind, path.parent / TOKENIZER_DIR
+    )
     has_files = (
         folder.is_dir()
         and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json"))

@@ -1,12 +1,26 @@
-"""`gptcore convert hf-import|hf-export|merge-lora|reshard|paddle-data`: models to and from Hugging Face GPT-2,
-LoRA adapters merged in, training checkpoints resharded, PaddleNLP token data as Megatron's."""
+"""`gptcore convert hf-import|hf-export|merge-lora|reshard|megatron-import|megatron-export|paddle-data`:
+models to and from Hugging Face GPT-2 and Megatron-LM, LoRA adapters merged in, training checkpoints
+resharded, PaddleNLP token data as Megatron's. Each model written gets the tokenizer it came with (or
+--tokenizer) beside it: in the HF folder, or a tokenizer/ folder beside a model file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gptcore import convert
-from gptcore.checkpoint import load_any, read_layout, reshard_checkpoint, save_model
+from gptcore.checkpoint import (
+    TOKENIZER_DIR,
+    copy_tokenizer,
+    load_any,
+    read_layout,
+    reshard_checkpoint,
+    save_model,
+    tokenizer_of,
+)
 from gptcore.cli.source import merge_adapters
 from gptcore.data import convert_paddle_data, load_tokenizer
+
+TOKENIZER_HELP = "the tokenizer to write beside the output (default: the one that came with the model)"
 
 
 def add_parser(commands) -> None:
@@ -20,6 +34,7 @@ def add_parser(commands) -> None:
         " with the GPTConfig as JSON in its metadata (gptcore.checkpoint.load_model reads it).",
     )
     imp.add_argument("--hf-dir", required=True, help="directory with config.json and model.safetensors")
+    imp.add_argument("--tokenizer", help=TOKENIZER_HELP)
     imp.add_argument("--out", required=True, help="the gptcore model file to write")
     imp.set_defaults(run=run_hf_import)
     exp = conv.add_parser(
@@ -30,6 +45,7 @@ def add_parser(commands) -> None:
     )
     exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder or save folder")
     exp.add_argument("--lora", metavar="PATH", help="LoRA adapters (file, or a LoRA run's folder) merged in first")
+    exp.add_argument("--tokenizer", help=TOKENIZER_HELP)
     exp.add_argument("--out", required=True, help="the directory to write")
     exp.set_defaults(run=run_hf_export)
     mrg = conv.add_parser(
@@ -40,6 +56,7 @@ def add_parser(commands) -> None:
     )
     mrg.add_argument("--checkpoint", required=True, help="the base model: model file, checkpoint or HF folder")
     mrg.add_argument("--lora", required=True, help="adapter file, or a LoRA run's save or step folder")
+    mrg.add_argument("--tokenizer", help=TOKENIZER_HELP)
     mrg.add_argument("--out", required=True, help="the gptcore model file to write")
     mrg.set_defaults(run=run_merge_lora)
     res = conv.add_parser(
@@ -65,24 +82,74 @@ def add_parser(commands) -> None:
     pad.add_argument("--output-prefix", required=True, metavar="OUT", help="writes OUT.bin and OUT.idx")
     pad.add_argument("--tokenizer", metavar="PATH", help="check every token id against this tokenizer's vocabulary")
     pad.set_defaults(run=run_paddle_data)
+    add_megatron_parsers(conv)
+
+
+def add_megatron_parsers(conv) -> None:
+    imp = conv.add_parser(
+        "megatron-import",
+        help="a Megatron-LM GPT checkpoint (any tp x pp, legacy or megatron-core names) -> a gptcore model file",
+    )
+    imp.add_argument("--checkpoint", required=True, help="the checkpoint folder (or one iter_NNNNNNN/ in it)")
+    imp.add_argument("--num-attention-heads", type=int, help="where the checkpoint saves no args")
+    imp.add_argument("--vocab-size", type=int, help="the tokenizer's vocabulary: Megatron's padding rows dropped")
+    imp.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    imp.add_argument("--out", required=True, help="the gptcore model file to write")
+    imp.set_defaults(run=run_megatron_import)
+    exp = conv.add_parser(
+        "megatron-export", help="a gptcore model or checkpoint -> a Megatron-LM checkpoint (megatron-core names)"
+    )
+    exp.add_argument("--checkpoint", required=True, help="model file, step_N/ folder, save folder or HF folder")
+    exp.add_argument("--tensor-parallel", type=int, default=1, metavar="T", help="tensor-parallel size (default 1)")
+    exp.add_argument("--pipeline-parallel", type=int, default=1, metavar="P", help="pipeline stages (default 1)")
+    exp.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    exp.add_argument("--out", required=True, help="the checkpoint folder to write (OUT/release/mp_rank_*)")
+    exp.set_defaults(run=run_megatron_export)
 
 
 def run_hf_import(args) -> None:
     model = convert.from_hf(args.hf_dir, use_gptcore_ops=False)
     save_model(model, args.out)
-    _written(args.out, model)
+    _written(args.out, model, _tokenizer_beside_file(args.tokenizer or tokenizer_of(args.hf_dir), args.out))
 
 
 def run_hf_export(args) -> None:
     model = _merged_model(args)
     convert.to_hf(model, args.out)
-    _written(args.out, model)
+    tokenizer = args.tokenizer or tokenizer_of(args.checkpoint)
+    if tokenizer is not None:
+        copy_tokenizer(tokenizer, Path(args.out))
+        convert.save_hf_tokenizer(Path(args.out), args.out, model.config)
+    _written(args.out, model, tokenizer)
 
 
 def run_merge_lora(args) -> None:
     model = _merged_model(args)
     save_model(model, args.out)
-    _written(args.out, model)
+    _written(args.out, model, _tokenizer_beside_file(args.tokenizer or tokenizer_of(args.checkpoint), args.out))
+
+
+def _tokenizer_beside_file(tokenizer, model_file):
+    """tokenizer (or None) copied into the tokenizer/ folder beside model_file; returns tokenizer."""
+    if tokenizer is not None:
+        copy_tokenizer(tokenizer, Path(model_file).parent / TOKENIZER_DIR)
+    return tokenizer
+
+
+def run_megatron_import(args) -> None:
+    overrides = {k: v for k, v in (("n_head", args.num_attention_heads), ("vocab_size", args.vocab_size)) if v}
+    model = convert.from_megatron(args.checkpoint, use_gptcore_ops=False, **overrides)
+    save_model(model, args.out)
+    _written(args.out, model, _tokenizer_beside_file(args.tokenizer or tokenizer_of(args.checkpoint), args.out))
+
+
+def run_megatron_export(args) -> None:
+    model = load_any(args.checkpoint, use_gptcore_ops=False)
+    convert.to_megatron(model, args.out, args.tensor_parallel, args.pipeline_parallel)
+    tokenizer = args.tokenizer or tokenizer_of(args.checkpoint)
+    if tokenizer is not None:  # OUT/tokenizer/: where gptcore looks beside a Megatron checkpoint
+        copy_tokenizer(tokenizer, Path(args.out) / TOKENIZER_DIR)
+    _written(f"{args.out} (Megatron, tp={args.tensor_parallel} x pp={args.pipeline_parallel})", model, tokenizer)
 
 
 def run_reshard(args) -> None:
@@ -114,6 +181,7 @@ def _merged_model(args):
     return model
 
 
-def _written(out, model) -> None:
+def _written(out, model, tokenizer) -> None:
     c = model.config
-    print(f"{out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}")
+    said = f"tokenizer from {tokenizer}" if tokenizer is not None else "no tokenizer found: give --tokenizer"
+    print(f"{out}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size}; {said}")

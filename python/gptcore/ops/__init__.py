@@ -4,7 +4,7 @@
 """
 
 from gptcore.ops import reference
-from gptcore.ops.attention import attention, attention_decode
+from gptcore.ops.attention import attention, attention_decode, takes_head_dim
 from gptcore.ops.cross_entropy import cross_entropy
 from gptcore.ops.layer_norm import fused_add_layer_norm, layer_norm
 from gptcore.ops.linear import linear
@@ -17,4 +17,5 @@ __all__ = [
     "layer_norm",
     "linear",
     "reference",
+    "takes_head_dim",
 ]

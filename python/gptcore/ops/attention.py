@@ -117,6 +117,12 @@ def _(q, k_cache, v_cache, cache_lens, causal, scale):
     return torch.empty_like(q)
 
 
+def takes_head_dim(head_dim: int) -> bool:
+    """Whether gptcore's attention kernels take heads of this size (32..128 in steps of 8); a model
+    with other heads runs attention on the PyTorch reference (gptcore.model.op_set)."""
+    return 32 <= head_dim <= 128 and head_dim % 8 == 0
+
+
 def draw_dropout_rng() -> torch.Tensor:
     """A fresh (seed, offset) pair from torch's CPU default generator, as an int64 tensor [2]."""
     return torch.randint(0, 2**62, (2,), dtype=torch.int64)

@@ -5,14 +5,17 @@ HF GPT-2 stores its linear layers as Conv1D with weights [in, out]; gptcore uses
 multiple of `pad_vocab_multiple`; import pads with zero rows, export drops them. The LM head is
 tied to the embedding: HF writes no `lm_head.weight` and ties it on load.
 
-gptcore's own files (model file, checkpoints, resolving any model source) are gptcore.checkpoint's,
-which uses this module; this module does not use it.
+A folder's weights: model.safetensors, pytorch_model.bin, or their shards named by
+model.safetensors.index.json / pytorch_model.bin.index.json (save_pretrained's max_shard_size);
+.bin files are read with torch.load(weights_only=True), never unpickling code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -65,18 +68,13 @@ def _state_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict
 
 
 def from_hf(source, **overrides) -> GPT:
-    """A GPT from a Hugging Face GPT-2: a directory with config.json + model.safetensors (or
-    pytorch_model.bin), or a
-    GPT2LMHeadModel. `overrides` set GPTConfig fields (e.g. use_gptcore_ops=False, dropout=0.0)."""
+    """A GPT from a Hugging Face GPT-2: a directory with config.json + model.safetensors or
+    pytorch_model.bin (or their shards and index), or a GPT2LMHeadModel. `overrides` set GPTConfig
+    fields (e.g. use_gptcore_ops=False, dropout=0.0)."""
     if isinstance(source, (str, os.PathLike)):
         directory = Path(source)
         hf_config = json.loads((directory / "config.json").read_text())
-        if (directory / "model.safetensors").is_file():
-            hf_state = load_file(directory / "model.safetensors")
-        elif (directory / "pytorch_model.bin").is_file():
-            hf_state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        else:
-            raise FileNotFoundError(f"{directory}: HF folder without model.safetensors or pytorch_model.bin")
+        hf_state = read_hf_state(directory)
     else:
         hf_config = source.config.to_dict()
         hf_state = {k: v.detach() for k, v in source.state_dict().items()}
@@ -84,6 +82,49 @@ def from_hf(source, **overrides) -> GPT:
     model = GPT(config)
     model.load_state_dict(_state_from_hf(hf_state, config))
     return model
+
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an HF folder: its one weights file, or every shard its index names."""
+    for name in _WEIGHT_FILES:
+        if (directory / name).is_file():
+            return _read_weights(directory / name)
+    for name in _WEIGHT_FILES:
+        index = directory / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{index}: not an HF shard index (no weight_map of tensor -> file: {e})") from e
+            missing = [f for f in shards if not (directory / f).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{directory}: shard(s) {', '.join(missing)} named by {index.name} are missing")
+            state = {}
+            for shard in shards:
+                state |= _read_weights(directory / shard)
+            return state
+    raise FileNotFoundError(
+        f"{directory}: HF folder without weights (model.safetensors, pytorch_model.bin, or a sharded"
+        " model.safetensors.index.json / pytorch_model.bin.index.json)"
+    )
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        state = None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{path}: holds more than tensors, and gptcore does not run code from a checkpoint"
+            " (torch.load weights_only=True); resave it with safetensors (save_pretrained(safe_serialization=True))"
+        )
+    return state
 
 
 def _hf_config(config: GPTConfig) -> dict:
@@ -141,3 +182,43 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
             " first (or save the adapters alone with gptcore.finetune.lora.save_adapters)"
         )
     return state
+
+
+# gptcore's tokenizer files -> (the files an HF folder holds, the class AutoTokenizer builds from them)
+_HF_TOKENIZERS = (
+    (("tokenizer.json",), "PreTrainedTokenizerFast"),
+    (("vocab.json", "merges.txt"), "GPT2TokenizerFast"),
+)
+
+
+def save_hf_tokenizer(folder: Path, directory, config: GPTConfig) -> bool:
+    """The tokenizer in `folder` (gptcore's tokenizer/ copy, or an HF folder) written into an HF
+    directory: its files and a tokenizer_config.json, so AutoTokenizer.from_pretrained(directory) and
+    `gptcore generate --checkpoint directory` read it. A SentencePiece .model is copied for gptcore
+    (transformers needs a tokenizer.json to load it). False when `folder` holds no tokenizer."""
+    directory = Path(directory)
+    for names, tokenizer_class in _HF_TOKENIZERS:
+        if all((folder / n).is_file() for n in names):
+            for name in names:
+                if (folder / name).resolve() != (directory / name).resolve():
+                    shutil.copy2(folder / name, directory / name)
+            tokenizer_config = {"tokenizer_class": tokenizer_class, "model_max_length": config.n_positions}
+            # GPT-2's end of document as HF's special tokens when the vocabulary has it (else none:
+            # GPT2TokenizerFast would add its default as a new id beyond the model's vocabulary)
+            eos = "<|endoftext|>" if "<|endoftext|>" in _vocabulary(folder / names[0]) else None
+            tokenizer_config |= {"bos_token": eos, "eos_token": eos, "unk_token": eos}
+            (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+            return True
+    models = sorted(folder.glob("*.model"))
+    for model in models:
+        shutil.copy2(model, directory / model.name)
+    return bool(models)
+
+
+def _vocabulary(path: Path) -> dict:
+    """The token -> id map of a vocab.json, or of a tokenizer.json (its model's and added tokens)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if path.name == "vocab.json":
+        return data
+    vocab = data.get("model", {}).get("vocab")
+    return (vocab if isinstance(vocab, dict) else {}) | {t["content"]: t["id"] for t in data.get("added_tokens", [])}
