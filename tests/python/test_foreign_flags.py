@@ -27,6 +27,8 @@ def test_split_flags_keeps_the_commands_options_and_takes_multi_value_flags():
     rest, flags = split_flags([*tokens, "--bf16", "--lr=3e-4", "seed=3"], RUN_OPTIONS)
     assert rest == ["--config", "tiny-cpu", "lr=1", "save=x", "seed=3"]  # options first: argparse takes the rest
     assert flags == [("max_steps", ["10"]), ("data-path", ["0.3", "A", "0.7", "B"]), ("bf16", []), ("lr", ["3e-4"])]
+    rest, flags = split_flags(["--nproc_per_node", "2", "--max_steps", "1", "--config=x"], RUN_OPTIONS)
+    assert rest == ["--nproc-per-node", "2", "--config=x"] and flags == [("max_steps", ["1"])]
 
 
 def _translate(*tokens: str, nproc: int = 1) -> tuple[list[str], list[str]]:
@@ -145,7 +147,7 @@ def test_config_hints_name_gptcores_key(key, hint, tmp_path):
 
 def test_train_with_paddle_and_megatron_flags(corpus, tmp_path, capsys):  # noqa: F811
     flagged = ("train_steps", "micro_batch_size", "global_batch_size", "log_interval")
-    cfg = small(corpus, log_file=str(tmp_path / "m.jsonl"))
+    cfg = small(corpus, log_file=str(tmp_path / "m.jsonl"), save=str(tmp_path / "run"), sample_tokens=0)
     overrides = [f"{k}={v}" for k, v in cfg.items() if k not in flagged]
     flags = ["--max_steps", "3", "--micro-batch-size", "2", "--gradient_accumulation_steps", "2"]
     flags += ["--logging_steps", "1"]

@@ -15,7 +15,7 @@ import gptcore
 from gptcore.cli.arguments import RUN_OPTIONS, UsageError
 from gptcore.cli.foreign import split_flags
 from gptcore.parallel.layout import launched_rank
-from gptcore.training.config import check_device
+from gptcore.training.config import check_device, device_name
 
 NAMES = ("info", "tokenizer", "preprocess", "convert", "train", "finetune", "generate", "eval", "serve")
 COMMANDS = {name: import_module(f"gptcore.cli.{name}") for name in NAMES}  # command -> its module
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, name, None):
                 Path(getattr(args, name)).parent.mkdir(parents=True, exist_ok=True)
         if hasattr(args, "device"):  # the inference commands' --device (PaddleNLP's gpu is cuda)
-            args.device = args.device if args.device == "auto" else check_device(args.device)
+            # over several processes each takes cuda:LOCAL_RANK (source.launch, inference.join check it)
+            check = device_name if getattr(args, "nproc_per_node", 1) > 1 else check_device
+            args.device = args.device if args.device == "auto" else check(args.device)
         return args.run(args) or 0
     except UsageError as e:
         parser.error(str(e))

@@ -19,7 +19,7 @@ TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 class Translation:
     """One foreign setting as gptcore's: `said` is what the user typed, `key`/`value` what it becomes
     (key None: ignored); `accumulation` is set for gradient_accumulation_steps, whose global batch
-    needs the micro batch and the data-parallel size (accumulation())."""
+    needs the run's micro batch and data-parallel size (translate_run works it out)."""
 
     said: str
     key: str | None
@@ -109,9 +109,10 @@ def split_flags(tokens: list[str], known: dict[str, int]) -> tuple[list[str], li
             taking -= 1
         elif token.startswith("--") and len(token) > 2:
             name, sep, value = token[2:].partition("=")
-            if f"--{name}" in known:
-                options.append(token)
-                taking, open_flag = 0 if sep else known[f"--{name}"], False
+            option = "--" + name.replace("_", "-")  # torchrun's --nproc_per_node is --nproc-per-node
+            if option in known:
+                options.append(option + sep + value)
+                taking, open_flag = 0 if sep else known[option], False
                 continue
             flags.append((name, [value] if sep else []))
             open_flag = not sep

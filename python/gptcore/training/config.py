@@ -268,13 +268,11 @@ def device_name(name: str) -> str:
 def check_device(name: str) -> str:
     """device_name(name), and ConfigError when it names a CUDA device this machine does not have."""
     device = device_name(name)
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ConfigError(f"device {name!r}: no CUDA device is visible; use cpu")
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: no CUDA device is visible; use cpu")
+    index, count = device.partition(":")[2], torch.cuda.device_count() if device.startswith("cuda") else 0
+    if index and int(index) >= count:
+        raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
     return device
 
 
