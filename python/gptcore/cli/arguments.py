@@ -16,8 +16,14 @@ def add_device(parser, device_help: str = DEVICE_HELP, dtype: bool = True) -> No
         parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
 
 
+# The options of a training run's parser (add_run_config) and how many values each takes: any other
+# --flag on its command line is another tool's (gptcore.cli.foreign).
+RUN_OPTIONS = {"--config": 1, "--nproc-per-node": 1, "--help": 0}
+
+
 def add_run_config(parser, default_config: str) -> None:
-    """A training run: a YAML config, key=value overrides, and how many processes run it."""
+    """A training run: a YAML config, key=value overrides, and how many processes run it. Foreign
+    flags (`--max_steps 10`) are taken out of the command line before it is parsed (split_run_flags)."""
     parser.add_argument(
         "--config", default=default_config, help=f"a YAML file or a shipped config name (default: {default_config})"
     )

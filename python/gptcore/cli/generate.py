@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from gptcore.cli import source
 from gptcore.generate import Generator
@@ -18,7 +19,8 @@ def add_parser(commands) -> None:
         description="Generate text from a model: a training checkpoint or save folder, a gptcore model file, or"
         " an HF GPT-2 folder. One --prompt streams its continuation as it is produced; several prompts"
         " (repeated --prompt, or --prompt-file with one prompt a line) are generated as one batch;"
-        " --interactive reads prompts from stdin until an empty line or end of input.",
+        " --interactive reads prompts from stdin until an empty line or end of input. The speed (generated"
+        " tokens/s, prompt included in the time) goes to stderr.",
     )
     source.add_model_source(gen, lora=True)
     source.add_processes(gen)
@@ -74,11 +76,13 @@ def _generate(args, prompts: list[str], generator: Generator) -> int:
 
     def stream(prompt: str) -> None:
         print(prompt, end="", flush=True)
-        reason = None
+        reason, tokens, start = None, 0, time.perf_counter()
         for chunk in generator.stream(prompt, **kwargs):
             print(chunk.text, end="", flush=True)
             reason = chunk.finish_reason or reason
+            tokens += chunk.token is not None
         print(f"\n[{reason}]" if sys.stdout.isatty() else "", flush=True)
+        _report_speed(tokens, time.perf_counter() - start)
 
     if args.interactive:
         while True:
@@ -94,7 +98,10 @@ def _generate(args, prompts: list[str], generator: Generator) -> int:
     if len(prompts) == 1 and not args.json:
         stream(prompts[0])
         return 0
-    for prompt, result in zip(prompts, generator.generate(prompts, **kwargs)):
+    start = time.perf_counter()
+    results = generator.generate(prompts, **kwargs)
+    _report_speed(sum(len(r.tokens) for r in results), time.perf_counter() - start, len(prompts))
+    for prompt, result in zip(prompts, results):
         if args.json:
             record = dict(prompt=prompt, text=result.text, tokens=result.tokens, finish_reason=result.finish_reason)
             print(json.dumps(record, ensure_ascii=False))
@@ -102,6 +109,13 @@ def _generate(args, prompts: list[str], generator: Generator) -> int:
             print(prompt + result.text)
             print("-" * 40)
     return 0
+
+
+def _report_speed(tokens: int, seconds: float, prompts: int = 1) -> None:
+    """The decoding speed, on stderr (stdout holds the text or the JSON records alone)."""
+    batch = f"{prompts} prompts, " if prompts > 1 else ""
+    rate = tokens / seconds if seconds > 0 else 0.0
+    print(f"gptcore generate: {batch}{tokens} tokens in {seconds:.2f} s, {rate:,.1f} tokens/s", file=sys.stderr)
 
 
 def _read_prompts(path) -> list[str]:

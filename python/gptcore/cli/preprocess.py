@@ -146,6 +146,7 @@ def run(args) -> None:
             errors=args.errors,
             progress=progress,
         )
+        _refuse_empty(args.output_prefix, stats, stats["examples"])
         print(
             f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['target_tokens']} targets) in"
             f" {stats['seconds']:.1f} s; replaced {stats['replaced']}, skipped {stats['skipped']}"
@@ -164,10 +165,28 @@ def run(args) -> None:
             progress=progress,
             log_interval=args.log_interval,
         )
+        _refuse_empty(args.output_prefix, stats, stats["documents"])
         mb = stats["bytes"] / 1e6
         print(
             f"{stats['documents']} documents, {stats['tokens']} tokens from {mb:.1f} MB in {stats['seconds']:.1f} s"
             f" ({mb / max(stats['seconds'], 1e-9):.1f} MB/s); replaced {stats['replaced']}, skipped {stats['skipped']}"
         )
+    if stats.get("examples", stats.get("documents")) == 0:  # a dataset of nothing would only fail later
+        for prefix in stats["outputs"].values():
+            for suffix in (".bin", ".idx"):
+                Path(f"{prefix}{suffix}").unlink(missing_ok=True)
+        raise ValueError(
+            f"{args.output_prefix}: nothing to write: all {stats['skipped']} records were skipped (none kept)"
+        )
     for prefix in stats["outputs"].values():
         print(f"  {prefix}.bin/.idx")
+
+
+def _refuse_empty(output_prefix, stats: dict, kept: int) -> None:
+    """A dataset of nothing (every record skipped) would only fail later: removed, and an error now."""
+    if kept:
+        return
+    for prefix in stats["outputs"].values():
+        for suffix in (".bin", ".idx"):
+            Path(f"{prefix}{suffix}").unlink(missing_ok=True)
+    raise ValueError(f"{output_prefix}: nothing written: all {stats['skipped']} records were skipped")

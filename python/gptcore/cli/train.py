@@ -10,8 +10,10 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun
 
 from gptcore.cli.arguments import add_run_config
+from gptcore.cli.foreign import report, translate_run
 from gptcore.data import load_tokenizer
 from gptcore.generate import sample
+from gptcore.parallel.layout import launched_rank
 from gptcore.training import ConfigError, Trainer, launched_world_size, load_config
 
 
@@ -21,6 +23,8 @@ def add_parser(commands) -> None:
         help="pretrain a GPT from a YAML config (default: a tiny model on the built-in corpus)",
         description="Pretrain a GPT. The config is a flat YAML file of TrainConfig keys (configs/*.yaml); each"
         " key=value after it overrides one key (values parsed as YAML: lr=3e-4 save=out/run1 data_path=null)."
+        " Megatron-LM's and PaddleNLP's flags (--train-iters 10, --max_steps 10, ...) are taken as their keys,"
+        " each translation printed (README: Coming from Megatron / PaddleNLP / ModelScope / MindFormers)."
         " Without data_path, trains on the built-in default corpus. Resumes from the newest checkpoint in"
         " `load` (or `save`) when there is one; SIGTERM finishes the step, saves and exits.",
     )
@@ -30,6 +34,10 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     """Train (args.command "train") or finetune ("finetune": init_from must name the model)."""
+    say = report if launched_rank() == 0 else lambda line: None
+    args.overrides = translate_run(
+        args.config, args.overrides, args.foreign_flags, max(args.nproc_per_node, launched_world_size()), say
+    )
     if args.nproc_per_node > 1 and launched_world_size() == 1:
         return _launch(args)
     cfg = load_config(args.config, args.overrides)

@@ -211,9 +211,14 @@ class _Encoder:
         if not isinstance(record, dict):
             return self._malformed(f"{path}:{lineno}: a JSON {type(record).__name__}, not an object")
         for k in self.s.json_keys:
-            if not isinstance(record.get(k), str):
-                what = "no key" if k not in record else f"a {type(record[k]).__name__}, not a string, under"
-                return self._malformed(f"{path}:{lineno}: {what} {k!r}")
+            if k not in record:  # most often the file's field has another name: say which it has
+                flag = "--src-key" if self.s.target_key is not None else "--json-keys"
+                keys = ", ".join(map(repr, record)) or "none"
+                return self._malformed(
+                    f"{path}:{lineno}: no key {k!r} (the record's keys: {keys}); name the field with {flag}"
+                )
+            if not isinstance(record[k], str):
+                return self._malformed(f"{path}:{lineno}: a {type(record[k]).__name__}, not a string, under {k!r}")
         texts = [record[k] for k in self.s.json_keys]
         if self.s.target_key is not None:  # optional; present, it must be a string (null too is refused)
             target = record.get(self.s.target_key)

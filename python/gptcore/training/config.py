@@ -4,20 +4,25 @@ before any work starts so a bad value stops with a message naming the key and th
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
+
 from gptcore.finetune.lora import LoRAConfig
 from gptcore.model import PRESETS, GPTConfig
+from gptcore.training.aliases import suggestion
 
 # Model fields a config may set on top of the preset named by `model`.
 MODEL_FIELDS = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "dropout", "attn_dropout", "bias")
 PRECISIONS = ("fp32", "bf16", "fp16")
-DECAY_STYLES = ("cosine", "linear", "constant")
+DECAY_STYLES = ("cosine", "linear", "constant", "noam")
 RECOMPUTE = ("none", "full", "selective")
+CHOICES = {"decay_style": DECAY_STYLES, "precision": PRECISIONS, "recompute": RECOMPUTE}
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N (gpu and gpu:N are cuda)"
 # Where `--config NAME` looks when NAME is not a file: the installed copy, then a checkout's configs/.
 CONFIG_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path(__file__).resolve().parents[3] / "configs")
 
@@ -55,11 +60,12 @@ class TrainConfig:
     micro_batch_size: int = 8
     global_batch_size: int = 8  # = micro_batch_size x data-parallel size x gradient accumulation steps
     train_steps: int = 1000
+    train_epochs: float | None = None  # passes over the train split; sets train_steps from the data (logged)
     lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 0
     warmup_ratio: float | None = None  # fraction of decay_steps; overrides warmup_steps when set
-    decay_style: str = "cosine"
+    decay_style: str = "cosine"  # cosine, linear, constant; noam: lr * min(n / warmup, sqrt(warmup / n))
     decay_steps: int | None = None  # None: train_steps; after it the lr stays at min_lr
 
     # optimizer
@@ -110,7 +116,7 @@ class TrainConfig:
     lora_targets: str = "qkv,attn_out,mlp_in,mlp_out"  # comma-separated: qkv, attn_out, mlp_in, mlp_out
 
     seed: int = 1234
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (gpu: cuda)
 
     # ---- model --------------------------------------------------------------------------------
     def model_config(self, vocab_size: int) -> GPTConfig:
@@ -134,6 +140,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ConfigError on the first value that cannot work; return self."""
         _check_types(self)
+        self.device = device_name(self.device)
         if self.model not in PRESETS:
             raise ConfigError(f"model: unknown preset {self.model!r}; choose from {', '.join(PRESETS)}")
         self.model_config(self.vocab_size or 1)  # shape checks (n_embd % n_head, head dim, dropout ranges)
@@ -160,6 +167,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"min_lr must be in [0, lr = {self.lr}], got {self.min_lr}")
+        if self.train_epochs is not None and not self.train_epochs > 0:
+            raise ConfigError(f"train_epochs must be > 0 (or unset for train_steps), got {self.train_epochs}")
         if self.decay_steps is not None and self.decay_steps < 1:
             raise ConfigError(f"decay_steps must be >= 1 (or unset for train_steps), got {self.decay_steps}")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
@@ -168,9 +177,6 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup ({self.warmup_steps_resolved} steps) is longer than decay_steps ({self.decay_steps_resolved})"
             )
-        _check_choice("decay_style", self.decay_style, DECAY_STYLES)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("recompute", self.recompute, RECOMPUTE)
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
@@ -256,7 +262,31 @@ def launch_error(cfg: TrainConfig) -> ConfigError:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+        hint = ""
+        if name == "recompute" and value in (1, True, "1", "true"):  # PaddleNLP's recompute is a switch
+            hint = " (PaddleNLP's recompute=1 is recompute=full)"
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def device_name(name: str) -> str:
+    """The device a config or command names, in torch's spelling (PaddleNLP's gpu is cuda); ConfigError
+    for anything but auto, cpu, cuda and cuda:N. Whether that device exists is checked where it is used."""
+    match = re.fullmatch(r"(auto|cpu|cuda|gpu)(?::(\d+))?", str(name).strip().lower())
+    if match is None or (match[2] is not None and match[1] in ("auto", "cpu")):
+        raise ConfigError(f"device {name!r}: gptcore runs on {DEVICE_FORMS}")
+    kind = "cuda" if match[1] == "gpu" else match[1]
+    return kind if match[2] is None else f"{kind}:{int(match[2])}"
+
+
+def check_device(name: str) -> str:
+    """device_name(name), and ConfigError when it names a CUDA device this machine does not have."""
+    device = device_name(name)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: no CUDA device is visible; use cpu")
+    index, count = device.partition(":")[2], torch.cuda.device_count() if device.startswith("cuda") else 0
+    if index and int(index) >= count:
+        raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
+    return device
 
 
 def _allowed_types(field: dataclasses.Field) -> tuple[tuple[type, ...], bool]:
@@ -268,6 +298,9 @@ def _allowed_types(field: dataclasses.Field) -> tuple[tuple[type, ...], bool]:
 def _check_types(cfg: TrainConfig) -> None:
     for f in fields(cfg):
         value = getattr(cfg, f.name)
+        if f.name in CHOICES:
+            _check_choice(f.name, value, CHOICES[f.name])
+            continue
         types, optional = _allowed_types(f)
         if value is None:
             if optional:
@@ -285,10 +318,7 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 def _unknown_key(key: str, where: str) -> ConfigError:
-    names = [f.name for f in fields(TrainConfig)]
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
-    return ConfigError(f"{where}: unknown config key {key!r}{hint}")
+    return ConfigError(f"{where}: unknown config key {key!r}; {suggestion(key, [f.name for f in fields(TrainConfig)])}")
 
 
 def resolve_config_path(name: str | os.PathLike) -> Path:
@@ -320,11 +350,13 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> TrainConfig:
-    """TrainConfig from a YAML file (flat keys; `null` for None) and overrides, validated."""
+def config_values(path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> dict:
+    """The keys and values of a YAML file (flat keys; `null` for None) with overrides on top, unknown
+    keys refused, the values not yet checked (load_config checks them)."""
     import yaml
 
     values: dict = {}
+    names = {f.name for f in fields(TrainConfig)}
     if path is not None:
         file = resolve_config_path(path)
         try:
@@ -334,14 +366,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | list[st
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping of key: value, got {type(loaded).__name__}")
         values = loaded or {}
-        names = {f.name for f in fields(TrainConfig)}
         for key in values:
             if key not in names:
                 raise _unknown_key(key, str(file))
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    names = {f.name for f in fields(TrainConfig)}
     for key in overrides or {}:
         if key not in names:
             raise _unknown_key(key, "override")
-    return TrainConfig(**(values | (overrides or {}))).validate()
+    return values | (overrides or {})
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> TrainConfig:
+    """TrainConfig from a YAML file (flat keys; `null` for None) and overrides, validated."""
+    return TrainConfig(**config_values(path, overrides)).validate()

@@ -4,7 +4,10 @@ loss mask when the prefix has one. Sample i is a pure function of the seed, whic
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import numpy as np
 
 from gptcore.data import (
     BlendedDataset,
@@ -84,6 +87,37 @@ def build_datasets(cfg: TrainConfig, data_path: str, tokenizer, vocab_size: int,
         num_valid = 0
     valid = split_dataset(1, num_valid, cfg.seed + 1) if num_valid else None
     return train, valid
+
+
+def steps_for_epochs(cfg: TrainConfig, data_path: str, tokenizer, vocab_size: int) -> tuple[int, int]:
+    """(train_steps, samples an epoch) for train_epochs passes over the train split: an epoch of a GPT
+    prefix is its split's tokens cut into samples of seq_len + 1 overlapping by one, of an SFT prefix
+    its examples one epoch places in sequences (packed or one each); a blend's epoch is its parts'
+    epochs together. The steps round up, so the last epoch is completed."""
+    try:
+        _, prefixes = parse_blend(data_path)
+    except ValueError as e:
+        raise ConfigError(f"data_path: {e}") from None
+    samples = 0
+    for prefix in prefixes:
+        data = _open_indexed(prefix, vocab_size)
+        try:
+            documents = parse_split(cfg.split, data.num_documents)[0]
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not len(documents):
+            raise ConfigError(f"train_epochs: split {cfg.split!r} leaves {prefix} no training documents")
+        if has_loss_mask(prefix):
+            pad = tokenizer.eod_id if tokenizer.eod_id is not None else 0
+            mask = IndexedDataset(loss_mask_prefix(prefix))
+            samples += len(SFTDataset(data, mask, documents, None, cfg.seq_len, cfg.seed, pad, pack=cfg.sft_packing))
+        else:
+            starts = np.asarray(data.document_indices)[[documents.start, documents.stop]]
+            tokens = int(np.asarray(data.sequence_lengths)[starts[0] : starts[1]].sum(dtype=np.int64))
+            samples += max(tokens - 1, 0) // cfg.seq_len
+    if samples == 0:
+        raise ConfigError(f"train_epochs: the train split of {data_path} holds no sample of seq_len + 1 tokens")
+    return max(1, math.ceil(cfg.train_epochs * samples / cfg.global_batch_size)), samples
 
 
 def _sft_dataset(cfg, tokenizer, prefix: str, data: IndexedDataset, documents, count: int, seed: int, log):

@@ -76,6 +76,7 @@ class Reporter:
         """One record for the steps since the last: mean loss, last lr / grad norm, throughput."""
         t = self.trainer
         tokens_per_s = self.steps * self.cfg.global_batch_size * self.cfg.seq_len / (time.perf_counter() - self.t0)
+        per_device = tokens_per_s / t.processes.layout.world  # Megatron's TGS: tokens per GPU per second
         r = {
             "step": out["step"],
             "loss": self.loss / self.steps,
@@ -84,6 +85,7 @@ class Reporter:
             "loss_scale": out["loss_scale"],
             "skipped_steps": self.skipped,
             "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": per_device,
             "mfu": None if t.peak_flops is None else tokens_per_s * t.flops_per_token / t.peak_flops,
             "memory_gib": t.memory_gib(),
         }
@@ -93,7 +95,7 @@ class Reporter:
             f"loss {r['loss']:.4f}",
             f"lr {r['lr']:.3e}",
             f"grad norm {r['grad_norm']:.3f}",
-            f"{tokens_per_s:,.0f} tok/s",
+            f"{tokens_per_s:,.0f} tok/s ({per_device:,.0f} per device)",
         ]
         if self.cfg.precision == "fp16":
             parts.append(f"loss scale {r['loss_scale']:g} ({self.skipped} skipped)")

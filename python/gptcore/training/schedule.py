@@ -9,12 +9,16 @@ def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: i
     """The lr of optimizer step `step` (0-based), Megatron's schedule over n = step + 1: linear warmup
     lr * n / warmup_steps while n <= warmup_steps, then `style` decay (cosine, linear or constant)
     from lr to min_lr over ratio (n - warmup_steps) / (decay_steps - warmup_steps), and min_lr
-    once n > decay_steps."""
+    once n > decay_steps. "noam" (ModelScope's name; Megatron's inverse-square-root, fairseq's
+    inverse_sqrt) is lr * min(n / w, sqrt(w / n)) with w = max(warmup_steps, 1): the peak lr at the
+    end of the warmup, then falling as 1 / sqrt(n), not below min_lr, whatever decay_steps."""
     n = step + 1
     if n <= warmup_steps:
         return lr * n / warmup_steps
     if style == "constant":
         return lr
+    if style == "noam":
+        return max(min_lr, lr * math.sqrt(max(warmup_steps, 1) / n))
     if n > decay_steps:
         return min_lr
     ratio = (n - warmup_steps) / (decay_steps - warmup_steps)
@@ -23,7 +27,7 @@ def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: i
     elif style == "cosine":
         coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     else:
-        raise ValueError(f"decay style {style!r} is not cosine, linear or constant")
+        raise ValueError(f"decay style {style!r} is not cosine, linear, constant or noam")
     return min_lr + coeff * (lr - min_lr)
 
 

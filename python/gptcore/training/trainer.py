@@ -42,13 +42,15 @@ from gptcore.checkpoint import (
     copy_tokenizer,
     find_checkpoint,
     load_any,
+    resolve,
 )
+from gptcore.checkpoint.tokenizer import tokenizer_beside
 from gptcore.data import default_dataset, load_tokenizer
 from gptcore.finetune.lora import apply_lora, load_adapters, load_lora_state_dict
 from gptcore.model import DTYPES, GPT
 from gptcore.training.checkpointing import checkpoints_for, set_rng_state
-from gptcore.training.config import ConfigError, TrainConfig
-from gptcore.training.datasets import build_datasets
+from gptcore.training.config import ConfigError, TrainConfig, check_device
+from gptcore.training.datasets import build_datasets, steps_for_epochs
 from gptcore.training.placement import place
 from gptcore.training.processes import Processes
 from gptcore.training.report import Reporter
@@ -70,15 +72,22 @@ def resolve_device(name: str, gptcore_ops: bool = True) -> torch.device:
                 f"gptcore: a GPU is visible but this build has no CUDA kernels ({_build_reason()}); training on the CPU"
             )
         return torch.device("cuda" if torch.cuda.is_available() and cuda_kernels else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: no CUDA device is visible; use device=cpu")
+    device = torch.device(check_device(name))
     if device.type == "cuda" and not cuda_kernels:
         raise ConfigError(
             f"device {name!r}: this gptcore build has no CUDA kernels ({_build_reason()}); use device=cpu,"
             " or use_gptcore_ops=false for PyTorch's ops"
         )
     return device
+
+
+# Text a tokenizer's ids are compared on: ASCII, digits, code, whitespace, CJK, an emoji.
+_PROBE = "The quick brown fox, 1234567890!\n\tdef f(x): return x ** 2  # 数据和模型 🙂 naïve café"
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers agree: vocabulary size, eod id, and the ids of a probe text."""
+    return (a.vocab_size, a.eod_id, a.encode(_PROBE)) == (b.vocab_size, b.eod_id, b.encode(_PROBE))
 
 
 def _build_reason() -> str:
@@ -132,7 +141,9 @@ class Trainer:
         model = (
             self._initial_model(cfg.init_from) if cfg.init_from else GPT(cfg.model_config(self.tokenizer.vocab_size))
         )
-        if model.config.vocab_size < self.tokenizer.vocab_size:
+        if cfg.init_from:
+            self._check_tokenizer(cfg.init_from, model.config.vocab_size)
+        elif model.config.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(
                 f"vocab_size ({model.config.vocab_size}) is smaller than the tokenizer's "
                 f"({self.tokenizer.vocab_size}); unset vocab_size to take the tokenizer's"
@@ -146,6 +157,8 @@ class Trainer:
         self.placement = place(model, cfg, self.processes, self.device, self.dtype, self._prepare)
         self.model, self.grads = self.placement.model, self.placement.grads
         self.trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if cfg.train_epochs is not None:
+            self._steps_from_epochs(data_path)
         with self.processes.main_first():  # the first run writes the sample-index caches; the others read them
             self.train_data, self.valid_data = build_datasets(
                 cfg, data_path, self.tokenizer, self.config.vocab_size, self.log
@@ -209,6 +222,35 @@ class Trainer:
             return load_any(source, **overrides)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"init_from: {e}") from None
+
+    def _steps_from_epochs(self, data_path: str) -> None:
+        """train_epochs: train_steps from the train split's size and the global batch (said in the log)."""
+        cfg = self.cfg
+        steps, samples = steps_for_epochs(cfg, data_path, self.tokenizer, self.config.vocab_size)
+        self.log(
+            f"train_epochs {cfg.train_epochs:g}: {samples:,} samples an epoch / global batch"
+            f" {cfg.global_batch_size} -> train_steps={steps}"
+        )
+        cfg.train_steps = steps
+        cfg.validate()  # the warmup and decay steps against the derived length
+
+    def _check_tokenizer(self, init_from: str, vocab_size: int) -> None:
+        """Finetuning: the tokenizer must be the one init_from's model was trained with. Refused: one
+        with more ids than the model's vocabulary, or one other than the tokenizer saved with it."""
+        name = self.tokenizer_path
+        if self.tokenizer.vocab_size > vocab_size:
+            raise ConfigError(
+                f"tokenizer {name}: its vocabulary ({self.tokenizer.vocab_size}) is larger than init_from's model's"
+                f" ({vocab_size}); finetune with the tokenizer the model was trained with"
+            )
+        saved = tokenizer_beside(*resolve(init_from))
+        if saved is None or Path(saved).resolve() == Path(name).resolve():
+            return
+        if not same_tokenizer(load_tokenizer(saved), self.tokenizer):
+            raise ConfigError(
+                f"tokenizer {name} is not the tokenizer saved with init_from ({saved}): they split text into"
+                f" different ids; finetune with {saved} (and preprocess the data with it)"
+            )
 
     def _peak_flops(self) -> float | None:
         """The peak of every process together."""
