@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import functools
 import io
+import json
 import subprocess
 import sys
 import warnings
@@ -216,6 +217,49 @@ def write_megatron(state, root, T=1, P=1, naming="core", iteration=100, args=Tru
             torch.save(checkpoint, rank / RANK_FILE)
     (root / ITERATION_FILE).write_text(f"{iteration}\n")
     return root
+
+
+def write_modelscope(state, root, T=1):
+    """megatron-core's state dict as ModelScope ships its GPT-3 (DistributedGPT3): config.json (its
+    GPT3Config) and configuration.json beside model/mp_rank_TT_model_states.pt, DeepSpeed's file per
+    tensor rank, the legacy names flat under "module"."""
+    (root / "model").mkdir(parents=True)
+    config = dict(
+        model_type="gpt3", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        max_position_embeddings=POSITIONS, layernorm_epsilon=1e-5, hidden_act="gelu", eod_id=7,
+    )  # fmt: skip
+    (root / "config.json").write_text(json.dumps(config))
+    (root / "configuration.json").write_text(json.dumps({"framework": "pytorch", "task": "text-generation"}))
+    for t in range(T):
+        shard = {}
+        for name, value in state.items():
+            if name.endswith(COLUMN):
+                value = value.chunk(T, dim=0)[t]
+            elif name.endswith(ROW):
+                value = value.chunk(T, dim=1)[t]
+            shard[_legacy(name)] = value.clone()
+        checkpoint = dict(module=shard, global_steps=1000, dp_world_size=8, mp_world_size=T, optimizer=None)
+        torch.save(checkpoint, root / "model" / f"mp_rank_{t:02d}_model_states.pt")
+    return root
+
+
+@pytest.mark.parametrize("T", [1, 2])
+def test_modelscope_gpt3_folder_logits_equal_megatron_core(megatron, tmp_path, T):
+    """ModelScope's GPT-3 (nlp_gpt3_text-generation_*: Megatron's legacy names in DeepSpeed's files)
+    is a model source as it is; its config.json is its config (not taken for an HF folder), and its
+    erf GELU is said once."""
+    _, state, forward = megatron
+    root = write_modelscope(state, tmp_path / "nlp_gpt3_text-generation", T)
+    assert resolve(root) == ("megatron", root)
+    with pytest.warns(UserWarning, match="erf GELU"):
+        model = load_any(root).eval()
+    assert (model.config.n_layer, model.config.n_head, model.config.layer_norm_eps) == (LAYERS, HEADS, 1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS)[0], forward(IDS), atol=1e-5, rtol=1e-5)
+    if T == 2:  # a rank's file lost: named
+        (root / "model" / "mp_rank_00_model_states.pt").unlink()
+        with pytest.raises(FileNotFoundError, match="mp_rank_00 missing"):
+            load_any(root)
 
 
 @pytest.mark.parametrize("naming", ["core", "legacy", "te"])

@@ -26,10 +26,10 @@ def resolve(source) -> tuple[str, Path]:
     checkpoint), ("gptcore", its model.safetensors), or ("sharded", the folder) when its layout.json
     says it is split over tensor or pipeline ranks."""
     path = Path(source)
+    if is_megatron_checkpoint(path):  # first: a ModelScope GPT-3 folder has a config.json too
+        return "megatron", path
     if path.is_dir() and (path / "config.json").is_file():
         return "hf", path
-    if is_megatron_checkpoint(path):
-        return "megatron", path
     if path.is_dir() and not any((path / name).is_file() for name in (MODEL_FILE, LAYOUT_FILE)):
         found = find_checkpoint(path)
         if found is None:

@@ -20,6 +20,11 @@ argparse.Namespace: the model's shape). Two namings of the same tensors are read
     decoder.final_layernorm.*                        encoder.final_layernorm.*                   transformer.ln_f.*
     output_layer.weight (untied, or the last stage's copy)                                       tied to wte
 
+ModelScope's GPT-3 (DistributedGPT3: nlp_gpt3_text-generation_1.3B / 2.7B / 13B) is the same model
+in DeepSpeed's file names: `config.json` (GPT3Config: num_attention_heads, layernorm_epsilon, ...)
+beside `model/mp_rank_TT_model_states.pt`, one file per tensor rank, whose "module" entry holds the
+legacy names, flat. Its config stands in for Megatron's args.
+
 Tensor-parallel ranks hold row blocks of the column-parallel weights (QKV, fc1, the vocabulary) and
 column blocks of the row-parallel ones (proj, fc2); pipeline stages number their layers from 0.
 Megatron's QKV rows are interleaved per head, [heads, 3 (q, k, v), head_dim], where gptcore's are
@@ -31,6 +36,7 @@ code from the file runs.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pickle
 import re
@@ -48,6 +54,7 @@ CHECKPOINT_VERSION = 3.0
 
 _RANK_DIR = re.compile(r"mp_rank_(\d{2})(?:_(\d{3}))?$")
 _ITERATION_DIR = re.compile(r"(iter_\d{7}|release)$")
+_MODELSCOPE_FILE = re.compile(r"mp_rank_(\d{2})_model_states\.pt$")  # DeepSpeed's name, in ModelScope's model/
 
 # Legacy per-layer names -> megatron-core's
 _LEGACY_LAYER = {
@@ -85,11 +92,39 @@ _ROW_PARALLEL = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
 
 def is_megatron_checkpoint(path) -> bool:
     """Whether path is a Megatron checkpoint folder: its root (latest_checkpointed_iteration.txt) or an
-    iteration folder (iter_NNNNNNN/ or release/ with mp_rank_* folders)."""
+    iteration folder (iter_NNNNNNN/ or release/ with mp_rank_* folders), or a ModelScope GPT-3 folder
+    (model/mp_rank_TT_model_states.pt) or its model/ folder."""
     path = Path(path)
     return path.is_dir() and (
-        (path / ITERATION_FILE).is_file() or any(_RANK_DIR.match(p.name) for p in path.glob("mp_rank_*"))
+        (path / ITERATION_FILE).is_file()
+        or any(_RANK_DIR.match(p.name) for p in path.glob("mp_rank_*"))
+        or _modelscope_files(path) is not None
     )
+
+
+def _modelscope_files(path: Path) -> Path | None:
+    """The folder of a ModelScope GPT-3's mp_rank_TT_model_states.pt files: path/model or path; None."""
+    for folder in (path / "model", path):
+        if folder.is_dir() and any(_MODELSCOPE_FILE.match(p.name) for p in folder.glob("mp_rank_*")):
+            return folder
+    return None
+
+
+def _modelscope_args(folder: Path) -> argparse.Namespace | None:
+    """A ModelScope GPT-3's config.json (beside its model/ folder) as the Megatron args it stands for."""
+    for config in (folder / "config.json", folder.parent / "config.json"):
+        if config.is_file():
+            try:
+                cfg = json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{config}: not a readable JSON config ({e})") from None
+            return argparse.Namespace(
+                num_attention_heads=cfg.get("num_attention_heads"),
+                layernorm_epsilon=cfg.get("layernorm_epsilon", 1e-12),  # GPT3Config's default
+                apply_residual_connection_post_layernorm=cfg.get("apply_residual_connection_post_layernorm", False),
+                openai_gelu=cfg.get("hidden_act") in ("gelu_new", "gelu_pytorch_tanh", "openai_gelu"),
+            )
+    return None
 
 
 def iteration_folder(path) -> Path:
@@ -97,7 +132,7 @@ def iteration_folder(path) -> Path:
     points at, or path itself."""
     path = Path(path)
     if not (path / ITERATION_FILE).is_file():
-        return path
+        return _modelscope_files(path) or path
     latest = (path / ITERATION_FILE).read_text().strip()
     folder = path / ("release" if latest == "release" else f"iter_{int(latest):07d}" if latest.isdigit() else latest)
     if not folder.is_dir():
@@ -112,6 +147,8 @@ def _rank_files(folder: Path) -> dict[tuple[int, int], Path]:
         match = _RANK_DIR.match(rank_dir.name)
         if match:
             files[int(match[1]), int(match[2] or 0)] = rank_dir / RANK_FILE
+        elif match := _MODELSCOPE_FILE.match(rank_dir.name):
+            files[int(match[1]), 0] = rank_dir
     if not files and ((folder / "metadata.json").is_file() or any(folder.glob("*.distcp"))):
         raise ValueError(
             f"{folder}: a megatron-core distributed checkpoint (torch_dist); gptcore reads Megatron's torch format:"
@@ -276,7 +313,7 @@ def read_megatron(path, n_head: int | None = None) -> tuple[dict[str, torch.Tens
                 f"{files[0, stage]}: checkpoint_version {version} orders QKV the old way; load and re-save it with"
                 " Megatron-LM (checkpoint_version >= 2.0) first"
             )
-        args = args or _args(checkpoints[0])
+        args = args or _args(checkpoints[0]) or _modelscope_args(folder)
         _check_args(args, path)
         heads = heads or _heads(args, n_head, path)
         if heads % tp:
