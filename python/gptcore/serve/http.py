@@ -147,16 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- /v1/completions -----------------------------------------------------------------------
     def _completions(self) -> None:
-        body = self._read_body()
-        try:
-            payload = json.loads(body.decode("utf-8-sig"))
-        except UnicodeDecodeError:
-            raise APIError(400, "the request body is not UTF-8") from None
-        except json.JSONDecodeError as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
-        except (ValueError, RecursionError):
-            raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
-        job = self.app.prepare(payload)
+        job = self.app.prepare(protocol.decode_body(self._read_body()))
         self.app.submit(job)
         try:
             if job.request.stream:

@@ -5,6 +5,7 @@ chunk and usage objects. No sockets and no threads: the HTTP layer and the sched
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from gptcore.generate import SamplingParams, check_prompt
@@ -82,6 +83,57 @@ class CompletionRequest:
     echo: bool = False
     include_usage: bool = False
     return_token_ids: bool = False
+
+
+class _NonFinite(ValueError):
+    """A JSON number that is not a finite float (NaN, Infinity, 1e999)."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def _no_constant(name: str):
+    raise _NonFinite(name)
+
+
+def decode_body(body: bytes) -> object:
+    """A request body parsed as JSON; APIError 400 for one that is not UTF-8, not JSON, nested too
+    deeply, holds a non-finite number (NaN, Infinity, 1e999: not JSON, though Python's parser takes
+    them) or a string with a lone surrogate ("\\ud800": no text can be made of it), naming the field."""
+    try:
+        payload = json.loads(body.decode("utf-8-sig"), parse_float=_finite, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not UTF-8") from None
+    except _NonFinite as e:
+        raise APIError(
+            400, f"the request body holds the number {e}, which is not finite", code="invalid_json"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except (ValueError, RecursionError):
+        raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
+    for field, value in payload.items() if isinstance(payload, dict) else [("body", payload)]:
+        if _has_lone_surrogate(value):
+            raise InvalidParameter(field, f"{field}: a string holds a lone UTF-16 surrogate (not text)")
+    return payload
+
+
+def _has_lone_surrogate(value) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def parse_completion(body: object, served: ServedModel) -> CompletionRequest:
