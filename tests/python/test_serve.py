@@ -388,3 +388,34 @@ def test_refused_fields_get_400_naming_the_field(server, field, value):
     default = {"n": 1, "best_of": 1, "logprobs": None, "logit_bias": {}, "suffix": ""}.get(field, 0)
     out = complete(server, prompt="hi", max_tokens=2, ignore_eos=True, **{field: default})
     assert out["usage"]["completion_tokens"] == 2
+
+
+def test_tokenizer_endpoints_as_vllm_and_lm_eval_read_them(server, tokenizer):
+    """/tokenize, /detokenize and /tokenizer_info in vLLM's shapes, read by lm-evaluation-harness's own
+    RemoteTokenizer (tokenizer_backend=remote): the ids of the served tokenizer, and back."""
+    text = "To be, or not to be: that is the question."
+    ids = tokenizer.encode(text)
+    status, _, data = request(server, path="/tokenize", body={"prompt": text, "add_special_tokens": False})
+    assert status == 200 and data == {"count": len(ids), "max_model_len": 64, "tokens": ids}
+    status, _, data = request(server, path="/tokenize", body={"prompt": text, "return_token_strs": True})
+    assert data["token_strs"] == [tokenizer.decode([t]) for t in ids]
+    assert request(server, path="/detokenize", body={"tokens": ids})[2] == {"prompt": tokenizer.decode(ids)}
+    status, _, info = request(server, "GET", "/tokenizer_info")
+    assert status == 200 and info["eos_token_id"] == tokenizer.eod_id and info["model_max_length"] == 64
+    if info["eos_token"] is not None:  # its text tokenizes to exactly the eod id, as lm-eval needs
+        assert tokenizer.encode(info["eos_token"]) == [tokenizer.eod_id]
+    for path, body, param in [
+        ("/tokenize", {}, "prompt"),
+        ("/tokenize", {"prompt": 5}, "prompt"),
+        ("/tokenize", {"prompt": "hi", "lang": "en"}, "lang"),
+        ("/detokenize", {"tokens": [1, "a"]}, "tokens"),
+        ("/detokenize", {"tokens": [10**6]}, "tokens"),
+    ]:
+        status, _, err = request(server, path=path, body=body)
+        assert status == 400 and err["error"]["param"] == param, (path, body, err)
+    assert request(server, "GET", "/tokenize")[0] == 405
+
+    remote_tokenizer = pytest.importorskip("lm_eval.utils").RemoteTokenizer
+    remote = remote_tokenizer(server.url + "/v1/completions", timeout=30)
+    assert remote.encode(text) == ids and remote.decode(ids) == tokenizer.decode(ids)
+    assert remote.tokenizer_info["eos_token_id"] == tokenizer.eod_id

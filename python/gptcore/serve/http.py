@@ -18,13 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from gptcore.serve import protocol
+from gptcore.serve import protocol, tokenizer_api
 from gptcore.serve.protocol import APIError
 from gptcore.serve.scheduler import Job
 
 log = logging.getLogger("gptcore.serve")
 
 COMPLETIONS, HEALTH, MODELS = "/v1/completions", "/health", "/v1/models"
+TOKENIZE, DETOKENIZE, TOKENIZER_INFO = "/tokenize", "/detokenize", "/tokenizer_info"  # vLLM's
 
 
 class App(Protocol):
@@ -32,6 +33,7 @@ class App(Protocol):
 
     model_name: str
     max_body_bytes: int
+    served: protocol.ServedModel
 
     def health(self) -> dict: ...
     def model_card(self) -> dict: ...
@@ -78,7 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gptcore"
     timeout = 120  # seconds a connection may sit idle, or block one read or write
-    routes = {HEALTH: ("GET",), MODELS: ("GET",), COMPLETIONS: ("POST",)}
+    routes = {
+        HEALTH: ("GET",), MODELS: ("GET",), COMPLETIONS: ("POST",),
+        TOKENIZE: ("POST",), DETOKENIZE: ("POST",), TOKENIZER_INFO: ("GET",),
+    }  # fmt: skip
 
     @property
     def app(self) -> App:
@@ -134,6 +139,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if name != self.app.model_name:
                     raise APIError(404, f"the model {name!r} does not exist", code="model_not_found")
                 self._send_json(200, self.app.model_card())
+            elif path == TOKENIZER_INFO:
+                self._send_json(200, tokenizer_api.tokenizer_info(self.app.served))
+            elif path in (TOKENIZE, DETOKENIZE):
+                answer = tokenizer_api.tokenize if path == TOKENIZE else tokenizer_api.detokenize
+                self._send_json(200, answer(protocol.decode_body(self._read_body()), self.app.served))
             else:
                 self._completions()
         except APIError as e:
