@@ -17,13 +17,19 @@ def _fields(body: object, allowed: frozenset, served: ServedModel) -> _Fields:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidParameter(unknown[0], f"unknown field {unknown[0]!r}; supported: {', '.join(sorted(allowed))}")
-    if served.tokenizer is None:
-        raise APIError(400, "this server has no tokenizer (serve it with --tokenizer)", code="no_tokenizer")
+    _tokenizer(served)
     f = _Fields(body)
     model = f.string("model")
     if model is not None and model != served.name:
         raise APIError(404, f"the model {model!r} does not exist; this server serves {served.name!r}", "model")
     return f
+
+
+def _tokenizer(served: ServedModel):
+    """The served tokenizer; APIError 400 when the server has none."""
+    if served.tokenizer is None:
+        raise APIError(400, "this server has no tokenizer (serve it with --tokenizer)", code="no_tokenizer")
+    return served.tokenizer
 
 
 def tokenize(body: object, served: ServedModel) -> dict:
@@ -58,9 +64,7 @@ def detokenize(body: object, served: ServedModel) -> dict:
 def tokenizer_info(served: ServedModel) -> dict:
     """The tokenizer's special tokens and limits. eos_token is the end-of-document token's text, such
     that /tokenize of it gives exactly its id (lm-eval finds the eos id so); no bos or pad token."""
-    if served.tokenizer is None:
-        raise APIError(400, "this server has no tokenizer (serve it with --tokenizer)", code="no_tokenizer")
-    tokenizer = served.tokenizer
+    tokenizer = _tokenizer(served)
     eos = next(
         (t for t in EOD_TOKENS if tokenizer.eod_id is not None and tokenizer.encode(t) == [tokenizer.eod_id]), None
     )
