@@ -15,6 +15,14 @@ CUDA graph per batch-size bucket.
 Sampling follows HF's order: repetition penalty, temperature, top-k, top-p, then one draw from
 the request's own generator (seeded by `seed`), so a prompt gets the same tokens alone or in any
 batch. temperature 0 is greedy.
+
+Scores (`logprobs`, `prompt_logprobs`: vLLM's names) are the model's own log-probabilities,
+log_softmax in float32 of the logits that generate (before repetition penalty, temperature, top-k
+and top-p, as vLLM's default), with the k most likely tokens. A request that asks for them runs
+every forward alone (its prefill and each decode step over its own cache slot), so its scores and
+tokens are bitwise the same alone or in any batch: no matrix product it takes part in has a shape
+that depends on the other requests. Prompts are scored from the prefill itself; `max_new_tokens=0`
+with `prompt_logprobs` scores a prompt without generating.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import torch
 
 from gptcore.model import GPT
 
+MAX_LOGPROBS = 20  # the most alternatives a token's score lists (OpenAI's and vLLM's limit)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -39,6 +49,8 @@ class SamplingParams:
     stop_ids: tuple[int, ...] = ()  # generation ends at any of these (not included in the output)
     stop: tuple[str, ...] = ()  # ... or when the text contains one of these (text cut before it)
     seed: int | None = None  # None: a fresh random seed
+    logprobs: int | None = None  # score each generated token, with this many alternatives (None: off)
+    prompt_logprobs: int | None = None  # score each prompt token after the first, alike (None: off)
 
     def __post_init__(self):
         for name in ("stop_ids", "stop"):  # lists from JSON or argparse are fine
@@ -46,8 +58,15 @@ class SamplingParams:
 
     def check(self, vocab_size: int) -> None:
         """ValueError naming the bad parameter and its valid range."""
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < (self.prompt_logprobs is None):
+            raise ValueError(
+                f"max_new_tokens must be a positive integer (0 only to score a prompt, with prompt_logprobs),"
+                f" got {self.max_new_tokens!r}"
+            )
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and not (isinstance(k, int) and 0 <= k <= MAX_LOGPROBS):
+                raise ValueError(f"{name} must be an integer in [0, {MAX_LOGPROBS}] or None (off), got {k!r}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
         if not isinstance(self.top_k, int) or not 0 <= self.top_k <= vocab_size:
@@ -62,6 +81,21 @@ class SamplingParams:
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {list(self.stop)!r}")
 
+    @property
+    def scored(self) -> bool:
+        """Whether the request asks for scores (and so runs its forwards alone)."""
+        return self.logprobs is not None or self.prompt_logprobs is not None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's score: its log-probability under the model and the `top` most likely tokens at
+    that position as (id, logprob), most likely first (the token itself may be among them)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
 
 @dataclass
 class Chunk:
@@ -71,6 +105,7 @@ class Chunk:
     token: int | None
     text: str
     finish_reason: str | None = None  # "stop" (stop id or string) or "length"
+    logprob: TokenLogprob | None = None  # the step's token scored (a stop id too), when asked for
 
 
 @dataclass
@@ -79,6 +114,8 @@ class GenerationResult:
     text: str | None  # decoded continuation, cut before a stop string; None without a tokenizer
     finish_reason: str
     prompt_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # each generated token's (the stop id's too), when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # each prompt token's (None for the first)
 
 
 class KVCache:
@@ -113,22 +150,22 @@ class KVCache:
 
         return attend
 
-    def decode_attend(self, n: int):
-        """attend(layer, q, k, v) for one new token [n, H, 1, D] per slot 0..n-1 at self.positions[:n],
-        with self.lens[:n] = positions + 1."""
+    def decode_attend(self, stop: int, start: int = 0):
+        """attend(layer, q, k, v) for one new token [stop - start, H, 1, D] per slot start..stop-1 at
+        self.positions[start:stop], with self.lens[start:stop] = positions + 1."""
         slots, H, max_len, D = self.k[0].shape
-        heads = self.heads
-        lens = self.lens[:n]
+        heads, span = self.heads, slice(start, stop)
+        lens = self.lens[span]
         rows = []
 
         def attend(layer, q, k, v):
             if layer == 0:  # computed inside the forward, so a CUDA graph of it reads the current positions
                 # Row (b, h, positions[b]) of a layer's cache viewed as [slots * H * max_len, D]: one
                 # index_copy_ per layer (advanced-index assignment is ~50x slower on the CPU).
-                rows[:] = [((self.rows[:n, None] * H + heads) * max_len + self.positions[:n]).reshape(-1)]
+                rows[:] = [((self.rows[span, None] * H + heads) * max_len + self.positions[span]).reshape(-1)]
             self.k[layer].view(-1, D).index_copy_(0, rows[0], k.reshape(-1, D))
             self.v[layer].view(-1, D).index_copy_(0, rows[0], v.reshape(-1, D))
-            return self.ops.attention_decode(q, self.k[layer][:n], self.v[layer][:n], lens)
+            return self.ops.attention_decode(q, self.k[layer][span], self.v[layer][span], lens)
 
         return attend
 
@@ -192,6 +229,8 @@ class Request:
     params: SamplingParams
     on_chunk: object = None
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # set by the prefill when asked for
     result: GenerationResult | None = None
     slot: int = -1
     generator: torch.Generator | None = None
@@ -260,36 +299,40 @@ class Engine:
             self.slots[slot] = request
             self.seen[slot] = False
             self.seen[slot, request.prompt] = True
-        by_length: dict[int, list[Request]] = {}
+        groups: dict[object, list[Request]] = {}  # prompts of one length in one forward; a scored one alone
         for request in requests:
-            by_length.setdefault(len(request.prompt), []).append(request)
-        for length, group in by_length.items():
-            with torch.no_grad():
-                idx = torch.tensor([r.prompt for r in group], dtype=torch.long, device=self.device)
-                positions = torch.arange(length, device=self.device)
-                slots = [r.slot for r in group]
-                logits = self.model.forward_cached(idx, positions, self.cache.prefill_attend(slots))
-            self._advance(group, logits)
+            groups.setdefault(("alone", request.slot) if request.params.scored else len(request.prompt), []).append(
+                request
+            )
+        for group in groups.values():
+            self._prefill(group)
 
     def cancel(self, request: Request) -> None:
         """Drop an unfinished request (a client went away); its slot is free for the next one."""
         if request.result is None and 0 <= request.slot < len(self.slots) and self.slots[request.slot] is request:
             self.slots[request.slot] = None
-            request.result = GenerationResult(list(request.tokens), None, "cancelled", len(request.prompt))
+            request.result = self._result(request, None, "cancelled")
 
     def step(self) -> None:
-        """One decode step for every active slot."""
+        """One decode step for every active slot: the slots that are not scored together, then each
+        scored one alone."""
         active = self.active
-        if not active:
-            return
-        n = max(r.slot for r in active) + 1
-        tokens = torch.zeros(n, 1, dtype=torch.long)
-        positions = torch.zeros(n, 1, dtype=torch.long)
+        shared = [r for r in active if not r.params.scored]
+        if shared:
+            n = max(r.slot for r in shared) + 1
+            tokens = torch.zeros(n, 1, dtype=torch.long)
+            positions = torch.zeros(n, 1, dtype=torch.long)
+            # A scored slot below n gets its own token and position too: the row its cache receives
+            # here is written again by its own forward below, not left as garbage at position 0.
+            for r in active:
+                if r.slot < n:
+                    tokens[r.slot, 0] = r.tokens[-1]
+                    positions[r.slot, 0] = len(r.prompt) + len(r.tokens) - 1
+            logits = self._decode(n, tokens, positions)
+            self._advance(shared, logits[[r.slot for r in shared]])
         for r in active:
-            tokens[r.slot, 0] = r.tokens[-1]
-            positions[r.slot, 0] = len(r.prompt) + len(r.tokens) - 1
-        logits = self._decode(n, tokens, positions)
-        self._advance(active, logits[[r.slot for r in active]])
+            if r.params.scored:
+                self._advance([r], self._decode_alone(r))
 
     def run(self, requests: Sequence[Request]) -> None:
         """Generate all requests to the end, admitting waiting ones as slots free up."""
@@ -339,32 +382,88 @@ class Engine:
             logits = self.model.forward_cached(*args)
         return graph, logits
 
+    def _decode_alone(self, r: Request) -> torch.Tensor:
+        """One decode step of a scored request over its own slot: logits [1, vocab_size]."""
+        cache, slot = self.cache, r.slot
+        position = len(r.prompt) + len(r.tokens) - 1
+        self._tokens[slot, 0] = r.tokens[-1]
+        cache.positions[slot, 0] = position
+        cache.lens[slot] = position + 1
+        with torch.no_grad():
+            tokens, positions = self._tokens[slot : slot + 1], cache.positions[slot : slot + 1]
+            return self.model.forward_cached(tokens, positions, cache.decode_attend(slot + 1, slot))
+
+    def _prefill(self, group: list[Request]) -> None:
+        """Prompts of one length (or one scored prompt) into their slots in one forward, then each one's
+        first token; a scored prompt gets its prompt_logprobs from the same forward."""
+        scored = group[0].params.prompt_logprobs is not None  # then the group is that one request
+        with torch.no_grad():
+            idx = torch.tensor([r.prompt for r in group], dtype=torch.long, device=self.device)
+            positions = torch.arange(idx.shape[1], device=self.device)
+            attend = self.cache.prefill_attend([r.slot for r in group])
+            logits = self.model.forward_cached(idx, positions, attend, every_position=scored)
+        if scored:
+            r = group[0]
+            r.prompt_logprobs = [None, *score_tokens(logits[0, :-1], r.prompt[1:], r.params.prompt_logprobs)]
+            logits = logits[:, -1]
+            if r.params.max_new_tokens == 0:  # scoring the prompt only
+                self._finish(r, Chunk(None, "", "length"))
+                return
+        self._advance(group, logits)
+
     def _advance(self, requests: list[Request], logits: torch.Tensor) -> None:
         rows = [r.slot for r in requests]
         next_ids = sample_logits(
             logits, [r.params for r in requests], [r.generator for r in requests], self.seen[rows]
         ).tolist()
         self.seen[rows, next_ids] = True
-        for r, token in zip(requests, next_ids):
-            self._emit(r, token)
+        for i, (r, token) in enumerate(zip(requests, next_ids)):
+            k = r.params.logprobs
+            self._emit(r, token, None if k is None else score_tokens(logits[i : i + 1], [token], k)[0])
 
-    def _emit(self, r: Request, token: int) -> None:
+    def _emit(self, r: Request, token: int, scored: TokenLogprob | None) -> None:
         params = r.params
+        if scored is not None:
+            r.logprobs.append(scored)
         if token in params.stop_ids:
-            chunk = Chunk(None, r.text.flush() if r.text else "", "stop")
+            chunk = Chunk(None, r.text.flush() if r.text else "", "stop", scored)
         else:
             r.tokens.append(token)
             text, stopped = r.text.push(token) if r.text else ("", False)
             reason = "stop" if stopped else "length" if len(r.tokens) >= params.max_new_tokens else None
             if reason == "length" and r.text:
                 text += r.text.flush()
-            chunk = Chunk(token, text, reason)
+            chunk = Chunk(token, text, reason, scored)
         if chunk.finish_reason:
-            text = r.text.text if r.text else None
-            r.result = GenerationResult(list(r.tokens), text, chunk.finish_reason, len(r.prompt))
-            self.slots[r.slot] = None
+            self._finish(r, chunk)
+        elif r.on_chunk is not None:
+            r.on_chunk(chunk)
+
+    def _finish(self, r: Request, chunk: Chunk) -> None:
+        """r's last chunk: its result set, its slot freed, the chunk delivered."""
+        r.result = self._result(r, r.text.text if r.text else None, chunk.finish_reason)
+        self.slots[r.slot] = None
         if r.on_chunk is not None:
             r.on_chunk(chunk)
+
+    @staticmethod
+    def _result(r: Request, text: str | None, finish_reason: str) -> GenerationResult:
+        logprobs = None if r.params.logprobs is None else list(r.logprobs)
+        return GenerationResult(list(r.tokens), text, finish_reason, len(r.prompt), logprobs, r.prompt_logprobs)
+
+
+def score_tokens(logits: torch.Tensor, tokens: Sequence[int], k: int) -> list[TokenLogprob]:
+    """Each row of logits [R, V] scored: log_softmax in float32, the logprob of tokens[r] and the k
+    most likely tokens of row r."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
+    if k == 0:
+        return [TokenLogprob(t, lp) for t, lp in zip(tokens, chosen)]
+    values, ids = logprobs.topk(k, dim=-1)
+    return [
+        TokenLogprob(t, lp, tuple(zip(row_ids, row_values)))
+        for t, lp, row_ids, row_values in zip(tokens, chosen, ids.tolist(), values.tolist())
+    ]
 
 
 def sample_logits(

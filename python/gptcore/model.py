@@ -365,13 +365,18 @@ class GPT(nn.Module):
         LM head reads, and what task heads pool (gptcore.finetune.classify)."""
         return self.final_norm(self.blocks(self.embed(idx, self._positions(idx))))
 
-    def forward_cached(self, idx: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+    def forward_cached(
+        self, idx: torch.Tensor, positions: torch.Tensor, attend, every_position: bool = False
+    ) -> torch.Tensor:
         """Generation: idx [B, T] at positions (broadcastable to [B, T]) -> logits [B, vocab_size] of
-        each row's last token. attend(layer, q, k, v) -> y does each layer's attention over a KV
-        cache (gptcore.generate.KVCache); no dropout, no recompute."""
+        each row's last token, or [B, T, vocab_size] of every token with every_position (scoring a
+        prompt). attend(layer, q, k, v) -> y does each layer's attention over a KV cache
+        (gptcore.generate.KVCache); no dropout, no recompute."""
         t = self.transformer
-        x = t.wte(idx) + t.wpe(positions)
-        x = self.blocks(x, attend)[:, -1:].contiguous()  # the next-token logits only
+        x = self.blocks(t.wte(idx) + t.wpe(positions), attend)
+        if every_position:
+            return self.head(self.final_norm(x))[0]
+        x = x[:, -1:].contiguous()  # the next-token logits only
         return self.head(self.final_norm(x))[0][:, -1]
 
     def _positions(self, idx: torch.Tensor) -> torch.Tensor:
