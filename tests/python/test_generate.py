@@ -2,6 +2,7 @@
 batched against one prompt at a time, sampling statistics, stops, streaming, argument errors
 and the `gptcore generate` command."""
 
+import dataclasses
 import io
 import json
 
@@ -243,6 +244,8 @@ def test_stream_yields_tokens_as_they_are_produced(hf):
         (dict(top_k=VOCAB + 1), "top_k must be an integer in"),
         (dict(repetition_penalty=0), "repetition_penalty must be > 0"),
         (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+        (dict(logprobs=21), r"logprobs must be an integer in \[0, 20\]"),
+        (dict(prompt_logprobs=-1), r"prompt_logprobs must be an integer in \[0, 20\]"),
         (dict(max_new_tokens=60), "exceeds the model's 64 positions"),
         (dict(stop_ids=[VOCAB]), "outside the vocabulary"),
         (dict(nucleus=0.9), "unknown generation parameter 'nucleus'"),
@@ -423,3 +426,33 @@ def test_text_stream_holds_back_partial_characters_and_possible_stop_strings():
     stream = _TextStream(ByteTokenizer(), [1], ())
     out = "".join(stream.push(b)[0] for b in b"x\xff\xfe") + stream.flush()
     assert out == "x\ufffd\ufffd"
+
+
+def test_scores_against_float64_and_the_same_in_any_batch(hf):
+    """prompt_logprobs and logprobs against HF's float64 forward of the same tokens; the scored prompts
+    of a Generator batch (prefilled together when unscored: two of PROMPTS have one length) equal
+    each one alone, bitwise; max_new_tokens=0 scores the prompt without generating."""
+    model = convert.from_hf(hf).eval()
+    gen = Generator(model)
+    kwargs = dict(max_new_tokens=5, temperature=0.9, seed=3, logprobs=3, prompt_logprobs=2)
+    batch = gen.generate(PROMPTS, **kwargs)
+    alone = [gen.generate([p], **kwargs)[0] for p in PROMPTS]
+    assert batch == alone
+    reference = hf.double()
+    try:
+        for prompt, out in zip(PROMPTS, batch):
+            ids = prompt + out.tokens
+            with torch.no_grad():
+                logprobs = torch.log_softmax(reference(torch.tensor([ids])).logits[0], -1)
+            want = [logprobs[t - 1, ids[t]].item() for t in range(1, len(ids))]
+            got = [s.logprob for s in out.prompt_logprobs[1:] + out.logprobs]
+            assert out.prompt_logprobs[0] is None and got == pytest.approx(want, abs=2e-5)
+            top = [[t for t, _ in s.top] for s in out.prompt_logprobs[1:]]
+            assert top == logprobs[: len(prompt) - 1].topk(2, dim=-1).indices.tolist()
+    finally:
+        hf.float()
+    scored = gen.generate(PROMPTS[:2], max_new_tokens=0, prompt_logprobs=0)
+    assert [s.tokens for s in scored] == [[], []] and [s.finish_reason for s in scored] == ["length"] * 2
+    assert [s.prompt_logprobs for s in scored] == [
+        [None] + [dataclasses.replace(s, top=()) for s in out.prompt_logprobs[1:]] for out in batch[:2]
+    ]

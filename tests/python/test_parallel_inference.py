@@ -225,7 +225,8 @@ def test_cli_serve_tp2(checkpoint):
         port = int(line.rsplit(":", 1)[1].split("/")[0])
         greedy = dict(prompt=PROMPTS[0], max_tokens=10, temperature=0, return_token_ids=True)
         sampled = dict(prompt=PROMPTS[1], max_tokens=10, seed=11, return_token_ids=True, **SAMPLED)
-        answers = [_post(port, body)["choices"][0] for body in (greedy, sampled)]
+        scored = dict(prompt=PROMPTS[0], max_tokens=3, temperature=0, logprobs=2, echo=True)
+        answers = [_post(port, body)["choices"][0] for body in (greedy, sampled, scored)]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -241,8 +242,13 @@ def test_cli_serve_tp2(checkpoint):
         generator.generate(PROMPTS[0], max_new_tokens=10, temperature=0)[0],
         generator.generate(PROMPTS[1], max_new_tokens=10, seed=11, **SAMPLED)[0],
     ]
-    assert [a["token_ids"] for a in answers] == [r.tokens for r in expected]
-    assert [a["text"] for a in answers] == [r.text for r in expected]
+    assert [a["token_ids"] for a in answers[:2]] == [r.tokens for r in expected]
+    assert [a["text"] for a in answers[:2]] == [r.text for r in expected]
+    # Scored on two processes (the echoed prompt and the generated tokens) as on one, to float32 rounding.
+    one = generator.generate(PROMPTS[0], max_new_tokens=3, temperature=0, logprobs=2, prompt_logprobs=2)[0]
+    logprobs = answers[2]["logprobs"]["token_logprobs"]
+    assert logprobs[0] is None and len(logprobs) == len(one.prompt_logprobs) + len(one.logprobs)
+    assert logprobs[1:] == pytest.approx([s.logprob for s in one.prompt_logprobs[1:] + one.logprobs], abs=1e-5)
 
 
 def test_cli_model_that_does_not_split(checkpoint):

@@ -4,7 +4,6 @@ SentencePiece tokenizer; answers compared with generate.Generator."""
 from __future__ import annotations
 
 import http.client
-import inspect
 import json
 import os
 import signal
@@ -16,82 +15,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
+from serve_client import complete, generator, model, request, server, stream, tokenizer, tokenizer_file
 
 import gptcore
 from gptcore import cli
 from gptcore.checkpoint import save_model
-from gptcore.data import load_tokenizer, train_sentencepiece
-from gptcore.generate import Generator
-from gptcore.model import GPT, GPTConfig
 from gptcore.serve import Server
 
 PROMPTS = ["def main(", "import json\n", "class Server:"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory):
-    root = tmp_path_factory.mktemp("spm")
-    sources = (inspect.getsource(m) for m in (json, http.client))
-    lines = [line for text in sources for line in text.splitlines() if line.strip() and line.isascii()]
-    (root / "text.txt").write_text("\n".join(lines) + "\n")
-    return train_sentencepiece([root / "text.txt"], root / "spm", vocab_size=400)  # >= 356: ASCII + 256 bytes
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_file):
-    return load_tokenizer(tokenizer_file)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_positions=64, n_layer=2, n_head=2, n_embd=64)).eval()
-
-
-@pytest.fixture(scope="module")
-def generator(model, tokenizer):
-    return Generator(model, tokenizer)
-
-
-@pytest.fixture(scope="module")
-def server(model, tokenizer):
-    with Server(model, tokenizer, port=0, max_batch=4, max_queue=8, max_prompt_tokens=40) as s:
-        yield s
-
-
-def request(server, method="POST", path="/v1/completions", body=None, headers=None, timeout=60):
-    """(status, headers, parsed JSON or raw bytes) of one request on a fresh connection."""
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
-    try:
-        if body is not None and not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.getheader("Content-Type", "").startswith("application/json"):
-            data = json.loads(data)
-        return resp.status, resp, data
-    finally:
-        conn.close()
-
-
-def complete(server, **body):
-    status, _, data = request(server, body=body)
-    assert status == 200, data
-    return data
-
-
-def stream(server, **body):
-    """The parsed events of a streaming completion, and whether it ended with [DONE]."""
-    status, resp, data = request(server, body=dict(body, stream=True))
-    assert status == 200, data
-    assert resp.getheader("Content-Type").startswith("text/event-stream")
-    blocks = data.decode().split("\n\n")
-    assert blocks[-1] == "" and all(b.startswith("data: ") for b in blocks[:-1]), data
-    payloads = [b.removeprefix("data: ") for b in blocks[:-1]]
-    assert payloads[-1] == "[DONE]"
-    return [json.loads(p) for p in payloads[:-1]]
 
 
 def expected(generator, prompt, max_tokens=16, **kwargs):
@@ -226,8 +157,11 @@ BAD = [
     ({"prompt": "hi", "stop": [""]}, 400, "stop strings must be non-empty", "stop"),
     ({"prompt": "hi", "stop_token_ids": [999]}, 400, "outside the vocabulary", "stop_token_ids"),
     ({"prompt": "hi", "seed": 2**70}, 400, "seed must be", "seed"),
-    ({"prompt": "hi", "n": 2}, 400, "only n=1", "n"),
-    ({"prompt": "hi", "logprobs": 2}, 400, "logprobs are not supported", "logprobs"),
+    ({"prompt": "hi", "n": 0}, 400, "n must be a positive integer", "n"),
+    ({"prompt": "hi", "n": 2, "best_of": 3}, 400, "best_of must equal n", "best_of"),
+    ({"prompt": "hi", "logprobs": 21}, 400, "logprobs must be an integer in [0, 20]", "logprobs"),
+    ({"prompt": "hi", "logprobs": True}, 400, "logprobs must be an integer", "logprobs"),
+    ({"prompt": ["hi"] * 3, "n": 3}, 400, "3 prompts x n=3", "n"),
     ({"prompt": "hi", "presence_penalty": 0.5}, 400, "not supported", "presence_penalty"),
     ({"prompt": "hi", "max_tokns": 5}, 400, "unknown field 'max_tokns'", "max_tokns"),
     ({"prompt": "hi", "model": "gpt-4"}, 404, "does not exist", "model"),
@@ -370,9 +304,7 @@ def test_top_k_zero_and_minus_one_are_off(server, generator, tokenizer):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("n", 2),
         ("best_of", 3),
-        ("logprobs", 1),
         ("presence_penalty", 0.5),
         ("frequency_penalty", -0.5),
         ("logit_bias", {"5": 10}),
@@ -385,7 +317,7 @@ def test_refused_fields_get_400_naming_the_field(server, field, value):
     assert err["error"]["param"] == field and field in err["error"]["message"], err
     assert err["error"]["type"] == "invalid_request_error"
     # their default values are accepted
-    default = {"n": 1, "best_of": 1, "logprobs": None, "logit_bias": {}, "suffix": ""}.get(field, 0)
+    default = {"best_of": 1, "logit_bias": {}, "suffix": ""}.get(field, 0)
     out = complete(server, prompt="hi", max_tokens=2, ignore_eos=True, **{field: default})
     assert out["usage"]["completion_tokens"] == 2
 

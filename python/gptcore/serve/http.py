@@ -230,10 +230,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, job: Job) -> None:
         for _ in self._events(job):
             pass
-        choices = [
-            _choice(job, i, job.request.echo_texts[i] + (r.result.text or ""), r.result.finish_reason, r.result.tokens)
-            for i, r in enumerate(job.requests)
-        ]
+        choices = []
+        for i, r in enumerate(job.requests):
+            result = r.result
+            scored = _prompt_scores(job, i) + [(s.token, s) for s in result.logprobs or ()]
+            text = _echo_text(job, i) + (result.text or "")
+            choices.append(self._choice(job, i, text, result.finish_reason, result.tokens, scored))
         self._send_json(200, self._completion(job, choices, usage=_usage(job)))
 
     def _stream(self, job: Job) -> None:
@@ -245,18 +247,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_sent = True
         request = job.request
         usage = {"usage": None} if request.include_usage else {}
-        if request.echo:
-            for i, text in enumerate(request.echo_texts):
-                self._event(self._completion(job, [_choice(job, i, text, None, [])], **usage))
         token_ids = [[] for _ in job.requests]
+        scored = [[] for _ in job.requests]  # a delta's scored tokens, its text possibly still held back
+        offsets = [0] * len(job.requests)  # each choice's text offset so far
+        echoed = [not request.echo] * len(job.requests)
+        per_token = request.return_token_ids or request.logprobs is not None
         try:
             for i, chunk in self._events(job):
+                if not echoed[i]:  # after the prefill, which scored the prompt
+                    echoed[i] = True
+                    echo = self._choice(job, i, _echo_text(job, i), None, [], _prompt_scores(job, i), offsets)
+                    self._event(self._completion(job, [echo], **usage))
                 if chunk.token is not None:
                     token_ids[i].append(chunk.token)
-                if chunk.text or chunk.finish_reason or (request.return_token_ids and token_ids[i]):
-                    delta = _choice(job, i, chunk.text, chunk.finish_reason, token_ids[i])
+                if chunk.logprob is not None:
+                    scored[i].append((chunk.logprob.token, chunk.logprob))
+                if chunk.text or chunk.finish_reason or (per_token and (token_ids[i] or scored[i])):
+                    delta = self._choice(job, i, chunk.text, chunk.finish_reason, token_ids[i], scored[i], offsets)
                     self._event(self._completion(job, [delta], **usage))
-                    token_ids[i] = []
+                    token_ids[i], scored[i] = [], []
         except APIError as e:
             self._event(e.body())
         else:
@@ -264,6 +273,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event(self._completion(job, [], usage=_usage(job)))
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
+
+    def _choice(
+        self,
+        job: Job,
+        index: int,
+        text: str,
+        finish_reason: str | None,
+        token_ids: list[int],
+        scored: list,
+        offsets: list[int] | None = None,
+    ) -> dict:
+        """A choice, or a streamed delta (offsets[index]: its choice's text offset so far, moved past it)."""
+        request, logprobs = job.request, None
+        if request.logprobs is not None:
+            start = offsets[index] if offsets else 0
+            logprobs, end = protocol.logprobs(scored, self.app.served.tokenizer, start)
+            if offsets:
+                offsets[index] = end
+        return protocol.choice(index, text, finish_reason, token_ids if request.return_token_ids else None, logprobs)
 
     def _completion(self, job: Job, choices: list, **extra) -> dict:
         return protocol.completion(job.id, job.created, self.app.model_name, choices, **extra)
@@ -310,8 +338,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _usage(job: Job) -> dict:
-    return protocol.usage(sum(len(r.prompt) for r in job.requests), sum(len(r.result.tokens) for r in job.requests))
+    """Each prompt counted once (as OpenAI and vLLM do with n > 1), every choice's tokens."""
+    prompt_tokens = sum(len(p) for p in job.request.prompts)
+    return protocol.usage(prompt_tokens, sum(len(r.result.tokens) for r in job.requests))
 
 
-def _choice(job: Job, index: int, text: str, finish_reason: str | None, token_ids: list[int]) -> dict:
-    return protocol.choice(index, text, finish_reason, token_ids if job.request.return_token_ids else None)
+def _echo_text(job: Job, index: int) -> str:
+    return job.request.echo_texts[index // job.request.n]
+
+
+def _prompt_scores(job: Job, index: int) -> list:
+    """The echoed prompt's (token, score) pairs of choice index (the first unscored), when logprobs are asked for."""
+    request, r = job.request, job.requests[index]
+    if not request.echo or request.logprobs is None:
+        return []
+    return list(zip(r.prompt, r.prompt_logprobs))

@@ -4,11 +4,12 @@ chunk and usage objects. No sockets and no threads: the HTTP layer and the sched
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
 
-from gptcore.generate import SamplingParams, check_prompt
+from gptcore.generate import MAX_LOGPROBS, SamplingParams, TokenLogprob, check_prompt
 
 FIELDS = frozenset(
     {
@@ -74,15 +75,25 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """A checked /v1/completions request: one token-id prompt per choice, all sampled with `params`."""
+    """A checked /v1/completions request: token-id prompts, n choices each (choice i is prompt i // n),
+    all sampled with `params` (choice j of a prompt seeded seed + j: see choice_params)."""
 
     prompts: list[list[int]]
-    echo_texts: list[str]  # what each choice's text starts with ("" without echo)
+    echo_texts: list[str]  # what each prompt's choices' text starts with ("" without echo)
     params: SamplingParams
     stream: bool = False
     echo: bool = False
     include_usage: bool = False
     return_token_ids: bool = False
+    n: int = 1
+    logprobs: int | None = None  # alternatives listed per token (None: no logprobs object)
+
+    def choice_params(self, j: int) -> SamplingParams:
+        """The sampling parameters of a prompt's choice j: seed + j (mod 2**64), so n samples of one
+        prompt differ and each is reproducible; a request without a seed draws a fresh one per choice."""
+        if j == 0 or self.params.seed is None:
+            return self.params
+        return dataclasses.replace(self.params, seed=(self.params.seed + j) % 2**64)
 
 
 class _NonFinite(ValueError):
@@ -161,10 +172,16 @@ def parse_completion(body: object, served: ServedModel) -> CompletionRequest:
     f.string("user")
     stream = f.boolean("stream", False)
     include_usage = _include_usage(f.get("stream_options"))
-    params = _sampling_params(f, served)
     echo = f.boolean("echo", False)
+    logprobs = _logprobs(f)
+    params = _sampling_params(f, served, echo, logprobs)
+    n = _n(f)
     return_token_ids = f.boolean("return_token_ids", served.tokenizer is None)
     prompts = _prompts(f.get("prompt"), served)
+    if len(prompts) * n > served.max_prompts:
+        raise InvalidParameter(
+            "n", f"{len(prompts)} prompts x n={n} choices; this server takes at most {served.max_prompts} a request"
+        )
     ids, echo_texts = [], []
     for i, prompt in enumerate(prompts):
         tokens = prompt if isinstance(prompt, list) else served.tokenizer.encode(prompt)
@@ -177,16 +194,31 @@ def parse_completion(body: object, served: ServedModel) -> CompletionRequest:
             text = served.tokenizer.decode(tokens) if served.tokenizer else ""
         ids.append(tokens)
         echo_texts.append(text)
-    return CompletionRequest(ids, echo_texts, params, stream, echo, include_usage and stream, return_token_ids)
+    return CompletionRequest(
+        ids, echo_texts, params, stream, echo, include_usage and stream, return_token_ids, n, logprobs
+    )
+
+
+def _n(f: _Fields) -> int:
+    n = f.integer("n", 1)
+    if n < 1:
+        raise InvalidParameter("n", f"n must be a positive integer, got {n}")
+    best_of = f.integer("best_of", n)
+    if best_of != n:
+        raise InvalidParameter(
+            "best_of", f"best_of must equal n (it is {best_of}, n is {n}): ranking extra samples is not supported"
+        )
+    return n
+
+
+def _logprobs(f: _Fields) -> int | None:
+    k = f.integer("logprobs", None)
+    if k is not None and not 0 <= k <= MAX_LOGPROBS:
+        raise InvalidParameter("logprobs", f"logprobs must be an integer in [0, {MAX_LOGPROBS}] or null, got {k}")
+    return k
 
 
 def _refuse_unsupported(f: _Fields) -> None:
-    if f.integer("n", 1) != 1:
-        raise InvalidParameter("n", "only n=1 is supported (send several prompts for several completions)")
-    if f.integer("best_of", 1) != 1:
-        raise InvalidParameter("best_of", "only best_of=1 is supported")
-    if f.get("logprobs") is not None:
-        raise InvalidParameter("logprobs", "logprobs are not supported", code="unsupported_parameter")
     for name in ("presence_penalty", "frequency_penalty"):
         if f.number(name, 0.0) != 0:
             message = f"{name} is not supported; use repetition_penalty"
@@ -209,10 +241,11 @@ def _include_usage(options) -> bool:
     return include_usage
 
 
-def _sampling_params(f: _Fields, served: ServedModel) -> SamplingParams:
+def _sampling_params(f: _Fields, served: ServedModel, echo: bool, logprobs: int | None) -> SamplingParams:
     max_tokens = f.integer("max_tokens", 16)
-    if max_tokens < 1:
-        raise InvalidParameter("max_tokens", f"max_tokens must be a positive integer, got {max_tokens}")
+    if max_tokens < 0 or (max_tokens == 0 and not echo):
+        message = f"max_tokens must be a positive integer (0 only with echo: the prompt alone), got {max_tokens}"
+        raise InvalidParameter("max_tokens", message)
     top_k = f.integer("top_k", 0)
     stop = f.get("stop")
     if isinstance(stop, str):
@@ -238,6 +271,9 @@ def _sampling_params(f: _Fields, served: ServedModel) -> SamplingParams:
         stop_ids=tuple(dict.fromkeys(eod + stop_ids)),
         stop=tuple(stop or ()),
         seed=seed,
+        logprobs=logprobs,
+        # the echoed prompt's scores come from the prefill; max_tokens 0 is the prefill alone
+        prompt_logprobs=logprobs if echo and logprobs is not None else 0 if max_tokens == 0 else None,
     )
     # Each field checked on its own (the others left at their valid defaults), so a failure names its field.
     for param, name in _SAMPLING_FIELDS:
@@ -288,12 +324,49 @@ def _check_prompt(ids: list[int], index: int | None, params: SamplingParams, ser
 
 
 # ---- responses ------------------------------------------------------------------------------------
-def choice(index: int, text: str, finish_reason: str | None, token_ids: list[int] | None = None) -> dict:
+def choice(
+    index: int, text: str, finish_reason: str | None, token_ids: list[int] | None = None, logprobs: dict | None = None
+) -> dict:
     """One choice of a response, or one streamed delta; token_ids only when the request asked for them."""
-    out = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    out = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
     if token_ids is not None:
         out["token_ids"] = list(token_ids)
     return out
+
+
+def logprobs(scored: list[tuple[int, TokenLogprob | None]], tokenizer, offset: int = 0) -> tuple[dict, int]:
+    """OpenAI's logprobs object of a choice (or of a streamed delta) for (token id, its score) pairs
+    (None: the first prompt token, which nothing predicts), and the text offset after them.
+
+    tokens: each token's text (vLLM's "token_id:N" without a tokenizer); token_logprobs; top_logprobs:
+    {text: logprob} of the k most likely tokens and the token itself (up to k + 1 entries; of two
+    tokens with one text, the more likely); text_offset: where each token's text starts, from
+    `offset`, counting the texts of the tokens before it (a streamed choice passes on the last end)."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for token, score in scored:
+        text = _token_text(token, tokenizer)
+        out["tokens"].append(text)
+        out["text_offset"].append(offset)
+        offset += len(text)
+        if score is None:
+            out["token_logprobs"].append(None)
+            out["top_logprobs"].append(None)
+            continue
+        top = {}
+        for alternative, value in sorted((*score.top, (token, score.logprob)), key=lambda t: -t[1]):
+            top.setdefault(_token_text(alternative, tokenizer), _json_logprob(value))
+        out["token_logprobs"].append(_json_logprob(score.logprob))
+        out["top_logprobs"].append(top)
+    return out, offset
+
+
+def _token_text(token: int, tokenizer) -> str:
+    return tokenizer.decode([token]) if tokenizer is not None else f"token_id:{token}"
+
+
+def _json_logprob(value: float) -> float:
+    """-inf (a token of probability 0 in float32) as vLLM writes it: -9999.0, since JSON has no infinity."""
+    return max(value, -9999.0)
 
 
 def completion(id: str, created: int, model: str, choices: list[dict], **extra) -> dict:

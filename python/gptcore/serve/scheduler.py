@@ -23,8 +23,8 @@ log = logging.getLogger("gptcore.serve")
 
 @dataclass(eq=False)
 class Job:
-    """One completion request: an engine request per prompt, and the queue their chunks arrive on as
-    (choice index, Chunk) or an APIError."""
+    """One completion request: an engine request per choice (n a prompt, in prompt order), and the
+    queue their chunks arrive on as (choice index, Chunk) or an APIError."""
 
     request: CompletionRequest
     requests: list[Request] = field(init=False)
@@ -33,8 +33,12 @@ class Job:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self):
-        params = self.request.params
-        self.requests = [Request(ids, params, on_chunk=_Sink(self, i)) for i, ids in enumerate(self.request.prompts)]
+        request = self.request
+        self.requests = [
+            Request(ids, request.choice_params(j), on_chunk=_Sink(self, i * request.n + j))
+            for i, ids in enumerate(request.prompts)
+            for j in range(request.n)
+        ]
 
 
 class _Sink:
