@@ -225,24 +225,31 @@ def test_lm_eval_harness_against_the_model(served, server_url, tmp_path):
     reference = load_model(model_path, use_gptcore_ops=False).double().eval()
     samples = sorted(read_samples(folder, "gptcore_mc"), key=lambda s: s["doc_id"])
     assert [s["doc"] for s in samples] == MC_DOCS
-    accs, acc_norms = [], []
+    accs, acc_norms, greedy_checked = [], [], []
     for sample in samples:
         doc = sample["doc"]
         lls = []
-        for choice, args, (ll, is_greedy) in zip(doc["choices"], sample["arguments"], sample["resps"], strict=True):
-            args = list(args.values()) if isinstance(args, dict) else args
-            assert args == [doc["context"], " " + choice]
+        # lm-eval logs each choice's request as {"arg_0": context, "arg_1": continuation} and its
+        # (loglikelihood, is_greedy) answer as strings
+        requests = [[a["arg_0"], a["arg_1"]] for a in sample["arguments"].values()]
+        assert requests == [[doc["context"], " " + c] for c in doc["choices"]]
+        for choice, (ll, is_greedy) in zip(doc["choices"], sample["filtered_resps"], strict=True):
             ids, logprobs = continuation_logprobs(reference, tokenizer, doc["context"], " " + choice)
             want = logprobs[torch.arange(len(ids)), ids].sum().item()
             assert abs(float(ll) - want) < 1e-4, (doc, choice, ll, want)
+            assert is_greedy in ("True", "False")
             top2 = logprobs.topk(2, dim=-1).values
             if (top2[:, 0] - top2[:, 1]).min() > NEAR_TIE:
-                assert is_greedy == bool((logprobs.argmax(-1) == torch.tensor(ids)).all()), (doc, choice)
+                assert is_greedy == str(bool((logprobs.argmax(-1) == torch.tensor(ids)).all())), (doc, choice)
+                greedy_checked.append(is_greedy)
             lls.append(want)
         lengths = [len(c) for c in doc["choices"]]
         accs.append(float(max(range(len(lls)), key=lls.__getitem__) == doc["label"]))
         acc_norms.append(float(max(range(len(lls)), key=lambda i: lls[i] / lengths[i]) == doc["label"]))
         assert sample["acc"] == accs[-1] and sample["acc_norm"] == acc_norms[-1], sample
+
+    assert {"True", "False"} <= set(greedy_checked) and len(greedy_checked) > len(MC_DOCS)  # not vacuous
+    assert 0 < sum(accs) < len(accs) and accs != acc_norms
 
     (results_file,) = folder.glob("results_*.json")
     results = json.loads(results_file.read_text())["results"]
@@ -260,3 +267,4 @@ def test_lm_eval_harness_against_the_model(served, server_url, tmp_path):
         matches.append(float(want == sample["doc"]["target"]))
         assert sample["exact_match"] == matches[-1]
     assert math.isclose(results["gptcore_gen"]["exact_match,none"], sum(matches) / len(matches))
+    assert 0 < sum(matches) < len(matches)
