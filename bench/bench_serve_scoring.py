@@ -20,7 +20,9 @@ Validation, before any timing: for every prompt of every length, the server's to
 alternative of each position is the argmax of the direct log-probabilities (or within --atol of it).
 
 Timing: interleaved rounds (direct, then each server mode, in turn within a round), medians; prompt
-tokens/s = B * P / wall time. The goal stated for the server: concurrency 8 at >= 0.8x direct.
+tokens/s = B * P / median wall time; ratio = the median over rounds of (direct's time / the
+candidate's time in the same round), which a shared machine's drift between rounds disturbs less.
+The goal stated for the server: concurrency 8 at >= 0.8x direct.
 
     python bench/bench_serve_scoring.py                         # CPU: C 768, 4 layers, vocab 50257,
                                                                 # B 8, P 128 and 256, c 1 and 8, 5 rounds
@@ -222,16 +224,21 @@ def main() -> None:
             times = round_times(fns, args.warmup, args.rounds)
             medians = {name: statistics.median(ts) for name, ts in times.items()}
             rate = {name: B * P / t for name, t in medians.items()}
-            rows.append(dict(prompt_len=P, seconds=times, median_seconds=medians, tokens_per_s=rate))
+            # each round's direct time over the candidate's in that round: robust to the machine's
+            # speed drifting between rounds (a shared host), as the candidates run side by side
+            ratios = {name: statistics.median(d / t for d, t in zip(times["direct"], ts)) for name, ts in times.items()}
+            rows.append(
+                dict(prompt_len=P, seconds=times, median_seconds=medians, tokens_per_s=rate, ratio_to_direct=ratios)
+            )
 
     names = list(rows[0]["tokens_per_s"])
-    print(f"\nprompt tokens/s (median of {args.rounds} rounds; ratio = candidate / direct)")
+    print(f"\nprompt tokens/s, median of {args.rounds} rounds (ratio: median over rounds of direct time / candidate's)")
     print("| P | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for r in rows:
-        direct = r["tokens_per_s"]["direct"]
         cells = [
-            f"{v:,.0f}" if n == "direct" else f"{v:,.0f} ({v / direct:.2f}x)" for n, v in r["tokens_per_s"].items()
+            f"{r['tokens_per_s'][n]:,.0f}" + ("" if n == "direct" else f" ({r['ratio_to_direct'][n]:.2f}x)")
+            for n in names
         ]
         print(f"| {r['prompt_len']} | " + " | ".join(cells) + " |")
 
