@@ -8,6 +8,8 @@ tokenizer. For each prompt length P, B random prompts of P token ids (seeded). C
   gather of each next token's log-probability: [B, P - 1] scores, what scoring needs;
 - direct, one prompt at a time: B forwards of 1 x P (what the server's engine does: it runs every
   scored request's forward alone), to tell the cost of not batching from the server's own;
+- engine (no HTTP): `Generator.generate` of the B prompts with prompt_logprobs=1 on an engine of
+  its own (what the server runs, without HTTP, JSON and the scheduler thread);
 - server, concurrency c: an in-process `gptcore.serve.Server` on a free port, the B prompts sent as
   B requests `{"prompt": [ids], "max_tokens": 0, "echo": true, "logprobs": 1, "temperature": 0}` by
   c client threads (standard-library HTTP, a fresh connection per request, as lm-eval's aiohttp
@@ -50,6 +52,7 @@ import torch
 import gptcore
 from bench_generate import cpu_model
 from bench_ops import _MALLOC_ENV, pin_threads
+from gptcore.generate import Generator
 from gptcore.model import GPT, GPTConfig
 from gptcore.serve import Server
 
@@ -206,6 +209,9 @@ def main() -> None:
     print(f"model: {shape}, {cfg.num_parameters / 1e6:.1f}M params, fp32; B {B}, max_tokens {args.max_tokens}")
 
     rows, validations = [], {}
+    generator = Generator(model, max_batch=B)  # its own engine: the server's runs on the server's thread
+    engine_kwargs = dict(max_new_tokens=args.max_tokens, temperature=0, prompt_logprobs=1)
+    engine_kwargs["logprobs"] = 1 if args.max_tokens else None
     with Server(model, None, port=0, max_batch=max(args.concurrency + [B]), max_queue=4 * B) as server:
         for P, ids in batches.items():
             validations[P] = validate(server, model, ids, args.max_tokens, args.atol)
@@ -217,6 +223,7 @@ def main() -> None:
             fns = {
                 "direct": lambda ids=ids: direct_scores(model, ids),
                 "direct 1 prompt each": lambda ids=ids: [direct_scores(model, row[None]) for row in ids],
+                "engine (no HTTP)": lambda p=prompts: generator.generate(p, **engine_kwargs),
             }
             for c in args.concurrency:
                 fns[f"server c{c}"] = lambda c=c, p=prompts: score_concurrently(server, p, c, args.max_tokens)
