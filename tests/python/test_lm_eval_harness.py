@@ -136,27 +136,25 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server_url(served):
-    """`gptcore serve` as a subprocess on a free port, on CPU in float32; its /v1/completions URL."""
+def server_url(served, tmp_path_factory):
+    """`gptcore serve` as a subprocess on a free port, on CPU in float32; its /v1/completions URL.
+    Its log goes to a file (a pipe nobody reads could fill and stall it)."""
     model_path, tokenizer_dir = served
-    args = [
-        sys.executable,
-        "-m",
-        "gptcore",
-        "serve",
-        "--checkpoint",
-        str(model_path),
-        "--tokenizer",
-        str(tokenizer_dir),
-    ]
-    args += ["--device", "cpu", "--dtype", "fp32", "--port", "0", "--model-name", "tiny", "--max-batch", "4"]
+    args = [sys.executable, "-m", "gptcore", "serve", "--checkpoint", str(model_path)]
+    args += ["--tokenizer", str(tokenizer_dir), "--device", "cpu", "--dtype", "fp32", "--port", "0"]
+    args += ["--model-name", "tiny", "--max-batch", "4"]
     package_root = str(Path(gptcore.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=package_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = tmp_path_factory.mktemp("serve_log") / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)  # it prints its URL once it listens
         line = proc.stdout.readline() if ready else ""
-        assert " at http://127.0.0.1:" in line, line + proc.stderr.read()
+        if " at http://127.0.0.1:" not in line:
+            proc.kill()
+            proc.wait(30)
+            pytest.fail(f"gptcore serve did not start: {line!r}\n{log.read_text()[-4000:]}")
         yield line.split(" at ")[-1].strip()
     finally:
         proc.send_signal(signal.SIGINT)
