@@ -160,7 +160,8 @@ def run_mc(args) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     docs = multiple_choice.load_docs(args.data, args.context_key, args.choices_key, args.label_key, args.limit)
     model, tokenizer = source.load(args, need_tokenizer=True)
-    generator = Generator(model, tokenizer)
+    # A scored prompt's prefill runs alone and, generating nothing, frees its cache slot: one slot is enough.
+    generator = Generator(model, tokenizer, max_batch=1)
     metrics, samples = multiple_choice.evaluate_multiple_choice(generator, docs, args.target_delimiter)
     param = next(model.parameters())
     result = dict(task="mc", model=str(args.checkpoint), data=str(args.data)) | metrics
