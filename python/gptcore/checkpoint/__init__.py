@@ -1,11 +1,13 @@
 """gptcore's on-disk format: every file name and the step folders (names), writing and finding
-checkpoints (folders), the model file (model_file), the tokenizer copy (tokenizer), the tensor /
-pipeline layout (layout) and the per-rank model files (sharded), LoRA adapter files (adapters),
-and any model source to a GPT (resolve). It may use gptcore.convert (HF GPT-2 folders), never the
-reverse; training, finetuning, evaluation, serving and the CLI read and write checkpoints here."""
+checkpoints (folders), verifying them (integrity), the model file (model_file), the tokenizer copy
+(tokenizer), the tensor / pipeline layout (layout) and the per-rank model files (sharded), LoRA
+adapter files (adapters), and any model source to a GPT (resolve). It may use gptcore.convert (HF
+GPT-2 folders), never the reverse; training, finetuning, evaluation, serving and the CLI read and
+write checkpoints here."""
 
 from gptcore.checkpoint.adapters import read_adapters, save_adapter_file
-from gptcore.checkpoint.folders import complete_checkpoints, find_checkpoint, write_checkpoint
+from gptcore.checkpoint.folders import complete_checkpoints, find_checkpoint, verify_checkpoints, write_checkpoint
+from gptcore.checkpoint.integrity import Verdict, verify
 from gptcore.checkpoint.layout import read_layout, write_layout
 from gptcore.checkpoint.model_file import load_model, read_model_metadata, save_model, save_model_state
 from gptcore.checkpoint.names import (
@@ -39,6 +41,7 @@ __all__ = [
     "MODEL_FILE",
     "TOKENIZER_DIR",
     "TRAINER_STATE_FILE",
+    "Verdict",
     "adapter_file_name",
     "complete_checkpoints",
     "copy_tokenizer",
@@ -62,6 +65,8 @@ __all__ = [
     "save_model_state",
     "step_dir_name",
     "tokenizer_of",
+    "verify",
+    "verify_checkpoints",
     "write_checkpoint",
     "write_layout",
 ]

@@ -465,7 +465,7 @@ def finetune_classifier(
     def loss_of(batch):
         return classifier(*batch)[1]
 
-    resume = find_checkpoint(checkpoints) if checkpoints is not None else None
+    resume = find_checkpoint(checkpoints, log) if checkpoints is not None else None
     first_epoch = 1
     if resume is not None:
         saved = _load_epoch(resume, classifier, step, order)

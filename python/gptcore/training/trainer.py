@@ -132,7 +132,10 @@ class Trainer:
             raise ConfigError(f"tokenizer: {e}") from None
 
         source = cfg.load or cfg.save
-        self.resume_folder = find_checkpoint(source) if source is not None else None
+        try:  # the newest intact checkpoint: a damaged one is named in the log and an older one taken
+            self.resume_folder = find_checkpoint(source, self.log) if source is not None else None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.resume_folder is None and cfg.load is not None:
             raise ConfigError(f"load: no complete checkpoint in {cfg.load}")
         self.checkpoints = checkpoints_for(self.processes)
