@@ -6,7 +6,13 @@ GPT-2 folders), never the reverse; training, finetuning, evaluation, serving and
 write checkpoints here."""
 
 from gptcore.checkpoint.adapters import read_adapters, save_adapter_file
-from gptcore.checkpoint.folders import complete_checkpoints, find_checkpoint, verify_checkpoints, write_checkpoint
+from gptcore.checkpoint.folders import (
+    complete_checkpoints,
+    crash_point,
+    find_checkpoint,
+    verify_checkpoints,
+    write_checkpoint,
+)
 from gptcore.checkpoint.integrity import Verdict, verify
 from gptcore.checkpoint.layout import read_layout, write_layout
 from gptcore.checkpoint.model_file import load_model, read_model_metadata, save_model, save_model_state
@@ -45,6 +51,7 @@ __all__ = [
     "adapter_file_name",
     "complete_checkpoints",
     "copy_tokenizer",
+    "crash_point",
     "find_checkpoint",
     "load_any",
     "load_for_inference",

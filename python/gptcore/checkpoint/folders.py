@@ -6,7 +6,9 @@ damaged, says which file and takes the newest intact one; nothing damaged is eve
 goes inside: gptcore.checkpoint.names.)
 
 GPTCORE_CRASH_AT=<point> kills the process with SIGKILL at that point (`crash_point`): how the tests
-interrupt a save at its worst moments."""
+interrupt a run at its worst moments. Points: save-N:files-written (step N's files written, no marker
+yet), save-N:renamed (renamed into place, `latest` not yet moved), step-N (inside step N, its
+gradients computed, before its update)."""
 
 from __future__ import annotations
 
@@ -78,13 +80,13 @@ def write_checkpoint(
             if file.is_file():
                 with open(file, "rb+") as f:
                     os.fsync(f.fileno())
-        crash_point("save:files-written")
+        crash_point(f"save-{step}:files-written")
         _write_atomic(tmp / COMPLETE, json.dumps(build_manifest(tmp, step), indent=1) + "\n")
         if final.exists():  # a re-save of the same step (a resumed run saving again)
             _replace(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-        crash_point("save:renamed")
+        crash_point(f"save-{step}:renamed")
         _write_atomic(root / LATEST, final.name + "\n")
         older = [p for p in complete_checkpoints(root) if step_of(p) < step]
         for old in older[: max(len(older) - (keep_last - 1), 0)]:

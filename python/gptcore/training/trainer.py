@@ -40,6 +40,7 @@ from gptcore.checkpoint import (
     TOKENIZER_DIR,
     TRAINER_STATE_FILE,
     copy_tokenizer,
+    crash_point,
     find_checkpoint,
     load_any,
     resolve,
@@ -293,6 +294,7 @@ class Trainer:
 
         def run_backward(scale: float) -> float:
             loss = self.placement.forward_backward(batches, counts, max(total, 1), scale)
+            crash_point(f"step-{self.step + 1}")
             # Every tp rank of the last stage holds the loss; the dp ranks hold parts of it.
             return processes.all_reduce([loss])[0] / processes.layout.tp
 
