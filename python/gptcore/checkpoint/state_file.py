@@ -89,7 +89,7 @@ class _Encoder:
         array = np.asarray(value)
         if not _NUMPY_DTYPE.fullmatch(array.dtype.str):
             raise TypeError(f"{self.stem}: {path} is a numpy {array.dtype} value; it holds plain numbers only")
-        raw = torch.frombuffer(bytearray(np.ascontiguousarray(array).tobytes()), dtype=torch.uint8)
+        raw = torch.from_numpy(np.ascontiguousarray(array).reshape(-1).view(np.uint8).copy())
         shape = None if isinstance(value, np.generic) else list(array.shape)
         return {"$ndarray": self.tensor(raw), "dtype": array.dtype.str, "shape": shape}
 
