@@ -25,6 +25,7 @@ from gptcore.checkpoint import (
     save_state,
     write_layout,
 )
+from gptcore.parallel.testing import run_distributed
 from gptcore.training import LossScaler, Trainer, load_config
 from gptcore.training.checkpointing import rng_state, set_rng_state
 
@@ -299,6 +300,21 @@ def test_an_older_distributed_checkpoint_resumes_exactly(corpus, tmp_path):  # n
     resumed = Trainer(load_config(None, cfg | {"save": str(tmp_path / "b")}), log=lines.append)
     assert resumed.step == 3 and not any("fresh AdamW" in line for line in lines)
     assert losses(part + resumed.train()) == losses(whole)
+
+
+def _save_run(rank, world, cfg, steps):
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
+    return losses(trainer.train(max_steps=steps)), trainer.step
+
+
+def test_an_older_zero_checkpoint_resumes_exactly(corpus, tmp_path):  # noqa: F811
+    """dp=2 with ZeRO 1: trainer.pt and every rank's rank_NNNNN.pt (its optimizer shard) as pickles."""
+    cfg = small(corpus, train_steps=4, zero_stage=1, dropout=0.0, attn_dropout=0.0)
+    whole, _ = run_distributed(_save_run, 2, cfg | {"save": str(tmp_path / "a")}, 4)[0]
+    part, _ = run_distributed(_save_run, 2, cfg | {"save": str(tmp_path / "b")}, 2)[0]
+    _to_legacy(tmp_path / "b" / "step_00000002", ranks=[0, 1])
+    rest, step = run_distributed(_save_run, 2, cfg | {"save": str(tmp_path / "b")}, 2)[0]
+    assert step == 4 and part + rest == whole
 
 
 def test_numpy_1_pickles_read(tmp_path):
