@@ -234,7 +234,7 @@ def test_a_malicious_trainer_pt_is_refused_without_running_it(kind, tmp_path):
         load_trainer_state(tmp_path)
     message = str(raised.value)
     assert message.startswith(f"{tmp_path / 'trainer.pt'}: ") and "\n" not in message
-    assert f"init_from={tmp_path}" in message
+    assert f"init_from={tmp_path}" in message and message.endswith(f"'{tmp_path / 'trainer_state'}')")
     assert not pwned.exists()
     _write_malicious(kind, tmp_path / "rank_00003.pt", pwned)
     with pytest.raises(ValueError, match="rank_00003.pt: "):

@@ -249,12 +249,13 @@ def _numpy_globals() -> list:
     ]
 
 
-def _legacy_load(path: Path, what: str) -> dict:
-    """An older gptcore's torch.save file, through torch.load(weights_only=True)."""
+def _legacy_load(path: Path, stem: Path, what: str) -> dict:
+    """An older gptcore's torch.save file, through torch.load(weights_only=True); `stem` is the state
+    file that replaces it."""
     refusal = (
         f"resume from its weights alone with init_from={path.parent} (fresh optimizer state), or, if you trust"
         f" where it came from, re-save it without pickle: gptcore.checkpoint.state_file.save_state("
-        f"torch.load('{path}', weights_only=False), '{path.with_suffix('')}')"
+        f"torch.load('{path}', weights_only=False), '{stem}')"
     )
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
@@ -285,7 +286,7 @@ def load_trainer_state(folder: str | os.PathLike) -> dict:
     """A checkpoint's trainer state: trainer_state.json + .safetensors, or an older trainer.pt."""
     folder = Path(folder)
     if not state_exists(folder / TRAINER_STATE) and (folder / LEGACY_TRAINER_STATE_FILE).is_file():
-        return _legacy_load(folder / LEGACY_TRAINER_STATE_FILE, "trainer state")
+        return _legacy_load(folder / LEGACY_TRAINER_STATE_FILE, folder / TRAINER_STATE, "trainer state")
     return _as_dict(load_state(folder / TRAINER_STATE), json_path(folder / TRAINER_STATE))
 
 
@@ -303,7 +304,7 @@ def load_rank_state(folder: str | os.PathLike, rank: int) -> dict:
     folder = Path(folder)
     stem = folder / rank_state_name(rank)
     if not state_exists(stem) and (folder / legacy_rank_file_name(rank)).is_file():
-        return _legacy_load(folder / legacy_rank_file_name(rank), "rank state")
+        return _legacy_load(folder / legacy_rank_file_name(rank), stem, "rank state")
     return _as_dict(load_state(stem), json_path(stem))
 
 
