@@ -299,7 +299,8 @@ def test_checkpoint_layout_keep_last_and_latest(corpus, tmp_path):
     assert sorted(p.name for p in save.iterdir() if p.name.startswith("step_")) == ["step_00000004", "step_00000006"]
     assert (save / "latest").read_text().strip() == "step_00000006"
     final = save / "step_00000006"
-    expected = {"model.safetensors", "trainer.pt", "config.yaml", "tokenizer", "COMPLETE"}
+    expected = {"model.safetensors", "trainer_state.json", "trainer_state.safetensors", "config.yaml", "tokenizer"}
+    expected |= {"COMPLETE"}
     assert {p.name for p in final.iterdir()} == expected
     from gptcore.data import load_tokenizer
 
@@ -315,7 +316,7 @@ def test_incomplete_checkpoint_is_not_resumed(corpus, tmp_path):
     # A crash while writing step 4: its folder exists without the marker, latest still names step 2.
     broken = save / "step_00000004"
     broken.mkdir()
-    (broken / "trainer.pt").write_bytes(b"partial")
+    (broken / "trainer_state.json").write_bytes(b"partial")
     assert find_checkpoint(save).name == "step_00000002"
     with pytest.raises(ValueError, match="incomplete"):
         find_checkpoint(broken)

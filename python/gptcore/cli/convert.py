@@ -65,7 +65,7 @@ def add_parser(commands) -> None:
         help="a training checkpoint's weights -> another tensor x pipeline parallel layout",
         description="Write the weights of a training checkpoint (a step_N/ folder, or a save folder: its newest"
         " checkpoint) split for --tensor-parallel x --pipeline-parallel ranks (1 x 1: one model.safetensors) as"
-        " OUT/step_N, with layout.json, trainer.pt without optimizer and RNG state, config.yaml and tokenizer/."
+        " OUT/step_N, with layout.json, the trainer state without optimizer and RNG state, config.yaml and tokenizer/."
         " Per-rank optimizer state is not carried over.",
     )
     res.add_argument("--checkpoint", required=True, help="step_N/ folder or save folder")

@@ -2,15 +2,16 @@
 and the step folders are gptcore.checkpoint's).
 
 `OneFileCheckpoints` (a world of one): model.safetensors (or a LoRA run's adapters.safetensors),
-and in trainer.pt the optimizer state and the RNG states. `ShardedCheckpoints` (several processes):
-one model file per (tp, pp) shard, written by dp rank 0; layout.json; rank_NNNNN.pt per process
-(its RNG states, and its optimizer state: every rank's ZeRO shard, or without ZeRO the dp rank 0
-copy). Either loads the other's checkpoints: the weights are resharded on load; the optimizer
-state comes back when it fits (same tp and pp, and same dp under ZeRO), else training goes on
-from the weights with fresh AdamW moments.
+and in the trainer state the optimizer state and the RNG states. `ShardedCheckpoints` (several
+processes): one model file per (tp, pp) shard, written by dp rank 0; layout.json; a rank state
+file per process (rank_NNNNN.json + .safetensors: its RNG states, and its optimizer state: every
+rank's ZeRO shard, or without ZeRO the dp rank 0 copy). Either loads the other's checkpoints: the
+weights are resharded on load; the optimizer state comes back when it fits (same tp and pp, and
+same dp under ZeRO), else training goes on from the weights with fresh AdamW moments.
 
 Both are driven by the Trainer (`trainer` below): they read its model, optimizer, config and
-processes, and `trainer.write_shared` writes trainer.pt, config.yaml and the tokenizer.
+processes, and `trainer.write_shared` writes the trainer state, config.yaml and the tokenizer. Every
+state goes through gptcore.checkpoint's state files, never pickle.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import torch.distributed as dist
 from gptcore.checkpoint import (
     MODEL_FILE,
     adapter_file_name,
+    has_rank_state,
     load_full_state,
+    load_rank_state,
     load_shard_for,
-    rank_file_name,
     read_layout,
     save_model,
     save_model_shard,
+    save_rank_state,
     write_checkpoint,
     write_layout,
 )
@@ -51,10 +54,6 @@ def set_rng_state(rng: dict) -> None:
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 class OneFileCheckpoints:
@@ -92,10 +91,9 @@ class OneFileCheckpoints:
             return trainer_state["optimizer"], trainer_state["rng"]
         layout = read_layout(folder)
         unsplit = (layout["tensor_parallel"], layout["pipeline_parallel"], layout["zero_stage"]) == (1, 1, 0)
-        rank0 = folder / rank_file_name(0)
-        if not (unsplit and rank0.is_file()):
+        if not (unsplit and has_rank_state(folder, 0)):
             return None, None
-        return _load(rank0)["optimizer"], None
+        return load_rank_state(folder, 0)["optimizer"], None
 
 
 class ShardedCheckpoints:
@@ -133,7 +131,7 @@ class ShardedCheckpoints:
             own = {"rng": rng_state()}
             if cfg.zero_stage or coords.dp == 0:
                 own["optimizer"] = trainer.optimizer.state_dict()
-            torch.save(own, folder / rank_file_name(processes.rank))
+            save_rank_state(own, folder, processes.rank)
             if processes.is_main:
                 write_layout(folder, layout.tp, layout.pp, layout.dp, cfg.zero_stage)
                 trainer.write_shared(folder, {})
@@ -149,20 +147,19 @@ class ShardedCheckpoints:
             saved |= {"data_parallel": 1, "zero_stage": 0}
         same_split = (saved["tensor_parallel"], saved["pipeline_parallel"]) == (layout.tp, layout.pp)
         same_world = same_split and (saved["data_parallel"], saved["zero_stage"]) == (layout.dp, cfg.zero_stage)
-
-        def load(rank: int) -> dict:
-            return _load(folder / rank_file_name(rank))
-
-        rng = (trainer_state["rng"] if one_process else load(processes.rank)["rng"]) if same_world else None
+        own = None  # this process's own state: only where the world is the same
+        if same_world:
+            own = trainer_state if one_process else load_rank_state(folder, processes.rank)
+        rng = None if own is None else own["rng"]
         if not same_split or saved["zero_stage"] is None:  # another split, or weights only
             return None, rng
         if cfg.zero_stage or saved["zero_stage"]:  # shards of the optimizer state: only the same ones fit
-            return (load(processes.rank)["optimizer"] if same_world else None), rng
+            return (own["optimizer"] if same_world else None), rng
         if one_process:
             return trainer_state["optimizer"], rng
         # Without ZeRO every dp rank holds the same optimizer state: any dp size reads dp rank 0's.
         old = ParallelLayout(layout.tp * layout.pp * saved["data_parallel"], layout.tp, layout.pp)
-        return load(old.rank(0, coords.tp, coords.pp))["optimizer"], rng
+        return load_rank_state(folder, old.rank(0, coords.tp, coords.pp))["optimizer"], rng
 
 
 def checkpoints_for(processes) -> OneFileCheckpoints | ShardedCheckpoints:

@@ -38,12 +38,13 @@ import gptcore
 from gptcore.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_DIR,
-    TRAINER_STATE_FILE,
     copy_tokenizer,
     crash_point,
     find_checkpoint,
     load_any,
+    load_trainer_state,
     resolve,
+    save_trainer_state,
 )
 from gptcore.checkpoint.tokenizer import tokenizer_beside
 from gptcore.data import default_dataset, load_tokenizer
@@ -328,7 +329,7 @@ class Trainer:
         return self.checkpoints.write(self)
 
     def write_shared(self, folder: Path, extra: dict) -> None:
-        """trainer.pt (step counters, loss scaler, config and `extra`), config.yaml and the tokenizer."""
+        """The trainer state (step counters, loss scaler, config and `extra`), config.yaml and the tokenizer."""
         cfg = self.cfg
         trainer_state = {
             "step": self.step,
@@ -338,7 +339,7 @@ class Trainer:
             "config": cfg.to_dict(),
             **extra,
         }
-        torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+        save_trainer_state(trainer_state, folder)
         (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         copy_tokenizer(self.tokenizer_path, folder / TOKENIZER_DIR)
 
@@ -348,7 +349,7 @@ class Trainer:
         when it fits (checkpointing's docstring), otherwise training goes on from the weights with
         fresh AdamW moments (said in the log)."""
         self.checkpoints.load_weights(self, folder)
-        state = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_trainer_state(folder)
         optimizer_state, rng = self.checkpoints.saved_state(self, folder, state)
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
