@@ -250,6 +250,7 @@ def _to_legacy(folder, ranks=()):
     for name in ["trainer_state", *(f"rank_{r:05d}" for r in ranks)]:
         for suffix in (".json", ".safetensors"):
             (folder / (name + suffix)).unlink()
+    (folder / "COMPLETE").write_text(f"{int(folder.name.split('_')[1])}\n")  # its marker then: the step, no manifest
 
 
 def test_a_malicious_trainer_pt_in_a_run_is_refused_by_train_and_the_cli(corpus, tmp_path, capsys):  # noqa: F811

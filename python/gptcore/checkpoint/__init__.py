@@ -1,7 +1,7 @@
 """gptcore's on-disk format: every file name and the step folders (names), writing and finding
-checkpoints (folders), verifying them (integrity), the pickle-free state files of step counters, optimizer and RNG states
-(state_file), the model file (model_file), the tokenizer copy (tokenizer), the tensor /
-pipeline layout (layout) and the per-rank model files (sharded), LoRA adapter files (adapters),
+checkpoints (folders), verifying them (integrity), the pickle-free state files of step counters,
+optimizer and RNG states (state_file), the model file (model_file), the tokenizer copy (tokenizer),
+the tensor / pipeline layout (layout) and the per-rank model files (sharded), LoRA adapter files (adapters),
 and any model source to a GPT (resolve). It may use gptcore.convert (HF GPT-2 folders), never the
 reverse; training, finetuning, evaluation, serving and the CLI read and write checkpoints here."""
 
