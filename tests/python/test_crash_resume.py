@@ -20,7 +20,9 @@ from gptcore.checkpoint import verify
 STEPS, SAVE_EVERY = 6, 2
 
 
-def train(corpus, save: Path, crash_at: str | None = None, processes: int = 1) -> subprocess.CompletedProcess:
+def train(
+    corpus, save: Path, crash_at: str | None = None, processes: int = 1, *extra: str
+) -> subprocess.CompletedProcess:
     prefix, tokenizer = corpus
     args = [sys.executable, "-m", "gptcore", "train"]
     if processes > 1:
@@ -33,6 +35,7 @@ def train(corpus, save: Path, crash_at: str | None = None, processes: int = 1) -
     ]
     if processes > 1:
         args += ["zero_stage=1"]
+    args += extra
     package_root = str(Path(gptcore.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=package_root + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     env.pop("GPTCORE_CRASH_AT", None)
@@ -74,4 +77,18 @@ def test_killed_then_resumed_equals_the_uninterrupted_run(corpus, tmp_path, unin
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Traceback" not in resumed.stderr
     assert losses(save) == whole  # bit for bit
+    assert all(verify(p).intact for p in save.glob("step_*"))
+
+
+@pytest.mark.parametrize("crash_at", ["save-4:files-written", "save-4:renamed"])
+def test_killed_in_a_background_save_then_resumed(corpus, tmp_path, uninterrupted, crash_at):
+    """async_save: the save of step 4 runs on a thread while steps 5 and 6 train; a SIGKILL in it
+    leaves the checkpoints as a synchronous save would, and the resumed run the same losses."""
+    processes, whole = uninterrupted
+    save = tmp_path / "run"
+    killed = train(corpus, save, crash_at, processes, "async_save=true")
+    assert killed.returncode != 0, killed.stdout
+    resumed = train(corpus, save, None, processes, "async_save=true")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert losses(save) == whole
     assert all(verify(p).intact for p in save.glob("step_*"))

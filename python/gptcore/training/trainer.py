@@ -25,6 +25,7 @@ each part does what one process does:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import resource
 import signal
@@ -45,12 +46,13 @@ from gptcore.checkpoint import (
     load_trainer_state,
     resolve,
     save_trainer_state,
+    step_dir_name,
 )
 from gptcore.checkpoint.tokenizer import tokenizer_beside
 from gptcore.data import default_dataset, load_tokenizer
 from gptcore.finetune.lora import apply_lora, load_adapters, load_lora_state_dict
 from gptcore.model import DTYPES, GPT
-from gptcore.training.checkpointing import checkpoints_for, set_rng_state
+from gptcore.training.checkpointing import BackgroundSaves, checkpoints_for, set_rng_state
 from gptcore.training.config import ConfigError, TrainConfig, check_device
 from gptcore.training.datasets import build_datasets, steps_for_epochs
 from gptcore.training.placement import place
@@ -140,7 +142,8 @@ class Trainer:
             raise ConfigError(str(e)) from None
         if self.resume_folder is None and cfg.load is not None:
             raise ConfigError(f"load: no complete checkpoint in {cfg.load}")
-        self.checkpoints = checkpoints_for(self.processes)
+        self.checkpoints = checkpoints_for(self.processes, background=cfg.async_save)
+        self.saves = BackgroundSaves()
 
         torch.manual_seed(cfg.seed)
         model = (
@@ -324,14 +327,21 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Save a checkpoint of this step: written now, or with async_save copied to host memory now and
+        written by a background thread (`saves.wait()` for it). Returns its folder."""
         if self.cfg.save is None:
             raise ConfigError("save is not set: no folder to write checkpoints to")
-        return self.checkpoints.write(self)
+        write = self.checkpoints.capture(self)
+        publish = functools.partial(self.checkpoints.publish, self, self.step, write)
+        if not self.cfg.async_save:
+            return publish()
+        self.saves.submit(publish)
+        return Path(self.cfg.save) / step_dir_name(self.step)
 
-    def write_shared(self, folder: Path, extra: dict) -> None:
-        """The trainer state (step counters, loss scaler, config and `extra`), config.yaml and the tokenizer."""
+    def shared_state(self, extra: dict) -> dict:
+        """The trainer state as of now (step counters, loss scaler, config) with `extra`."""
         cfg = self.cfg
-        trainer_state = {
+        return {
             "step": self.step,
             "updates": self.updates,
             "consumed_samples": self.step * cfg.global_batch_size,
@@ -339,6 +349,10 @@ class Trainer:
             "config": cfg.to_dict(),
             **extra,
         }
+
+    def write_shared(self, folder: Path, trainer_state: dict) -> None:
+        """trainer_state (shared_state's), config.yaml and the tokenizer."""
+        cfg = self.cfg
         save_trainer_state(trainer_state, folder)
         (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         copy_tokenizer(self.tokenizer_path, folder / TOKENIZER_DIR)
@@ -424,14 +438,24 @@ class Trainer:
                 stopping = self._stop_requested()
                 periodic = cfg.save_interval and self.step % cfg.save_interval == 0
                 if cfg.save and (stopping or periodic or self.step == end):
-                    report.write(f"saved {self.save_checkpoint()}")
+                    self._save(report)
                 if stopping:
                     if not cfg.save:
                         report.write(
                             f"{self._stop_signal}: stopped at step {self.step}; nothing saved (save is not set)"
                         )
                     break
+            if cfg.async_save and self.saves.wait() is not None:  # the last save finished before returning
+                report.write(f"saved {self.saves.last}")
         return self.history
+
+    def _save(self, report) -> None:
+        if not self.cfg.async_save:
+            report.write(f"saved {self.save_checkpoint()}")
+            return
+        before = self.saves.wait()  # the previous background save, finished (or its error raised)
+        folder = self.save_checkpoint()
+        report.write(f"saving {folder} in the background" + (f" (saved {before})" if before else ""))
 
     def _trainable(self) -> str:
         if not self.cfg.lora_rank:
