@@ -13,7 +13,14 @@ ROOT = Path(__file__).resolve().parents[2] / "python" / "gptcore"
 LAYERS = [
     ("gptcore.cli", "gptcore.__main__"),
     ("gptcore.serve", "gptcore.training", "gptcore.finetune"),
-    ("gptcore.generate", "gptcore.evaluate", "gptcore.parallel", "gptcore.checkpoint", "gptcore.convert"),
+    (
+        "gptcore.generate",
+        "gptcore.evaluate",
+        "gptcore.multiple_choice",
+        "gptcore.parallel",
+        "gptcore.checkpoint",
+        "gptcore.convert",
+    ),
     ("gptcore.model", "gptcore.optim", "gptcore.data"),
     ("gptcore.ops",),
 ]

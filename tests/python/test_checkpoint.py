@@ -4,7 +4,7 @@ files, folders and loaders: test_sharded_checkpoint, test_training)."""
 import pytest
 import torch
 
-from gptcore.checkpoint import adapter_file_name, rank_file_name, save_model, step_dir_name
+from gptcore.checkpoint import adapter_file_name, rank_state_name, save_model, step_dir_name
 from gptcore.checkpoint.names import step_of
 from gptcore.cli.source import load_model as load_model_source
 from gptcore.finetune.lora import LoRAConfig, apply_adapters, apply_lora, save_adapters
@@ -16,7 +16,7 @@ CONFIG = dict(vocab_size=256, n_positions=32, n_layer=2, n_head=2, n_embd=64, us
 def test_names():
     assert step_dir_name(100) == "step_00000100" and step_of(step_dir_name(100)) == 100
     assert step_of("latest") is None and step_of("step_x") is None
-    assert rank_file_name(3) == "rank_00003.pt"
+    assert rank_state_name(3) == "rank_00003"
     assert adapter_file_name(0, 0, 1, 1) == "adapters.safetensors"
     assert adapter_file_name(1, 2, 2, 4) == "adapters_tp01_pp02.safetensors"
 

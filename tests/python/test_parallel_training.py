@@ -83,9 +83,10 @@ def test_resume_is_exact(corpus, tmp_path):  # noqa: F811
         "layout.json",
         "model_tp00_pp00.safetensors",
         "model_tp00_pp01.safetensors",
-        *[f"rank_{r:05d}.pt" for r in range(4)],
+        *[f"rank_{r:05d}.{suffix}" for r in range(4) for suffix in ("json", "safetensors")],
         "tokenizer",
-        "trainer.pt",
+        "trainer_state.json",
+        "trainer_state.safetensors",
     ]
 
 

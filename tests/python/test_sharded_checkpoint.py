@@ -12,11 +12,13 @@ from gptcore.checkpoint import (
     COMPLETE,
     LATEST,
     LAYOUT_FILE,
+    has_trainer_state,
     load_any,
     load_for_inference,
     load_full_state,
     load_model_shards,
     load_shard_for,
+    load_trainer_state,
     model_file_name,
     read_layout,
     read_model_metadata,
@@ -24,6 +26,7 @@ from gptcore.checkpoint import (
     resolve,
     save_model_shard,
     save_model_state,
+    save_trainer_state,
     write_layout,
 )
 from gptcore.model import GPT, GPTConfig
@@ -58,7 +61,7 @@ def _write_sharded(folder, full, tp, pp, trainer_state=None):
         save_model_shard(state, CONFIG, folder, t, p, tp, pp)
     write_layout(folder, tp, pp, dp=2, zero_stage=1)
     if trainer_state is not None:
-        torch.save(trainer_state, folder / "trainer.pt")
+        save_trainer_state(trainer_state, folder)
     (folder / "config.yaml").write_text("lr: 0.001\n")
     (folder / COMPLETE).write_text("7\n")
     return folder
@@ -77,7 +80,7 @@ def _write_tokenizer(folder):
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, full):
-    """save/step_00000007 in tp=2 x pp=2, with trainer.pt, config.yaml, tokenizer/, COMPLETE, latest."""
+    """save/step_00000007 in tp=2 x pp=2, with the trainer state, config.yaml, tokenizer/, COMPLETE, latest."""
     save = tmp_path_factory.mktemp("sharded") / "save"
     state = {"step": 7, "updates": 7, "consumed_samples": 56, "optimizer": {"x": 1}, "rng": {"y": 2}, "config": {}}
     folder = _write_sharded(save / STEP, full, 2, 2, trainer_state=state)
@@ -237,7 +240,7 @@ def test_cli_reshard_chain_keeps_logits(sharded, model, tmp_path, capsys):
         }
         names = sorted(p.name for p in folder.glob("model*.safetensors"))
         assert names == sorted(model_file_name(t, p, tp, pp) for t in range(tp) for p in range(pp))
-        trainer_state = torch.load(folder / "trainer.pt", weights_only=False)
+        trainer_state = load_trainer_state(folder)
         assert trainer_state == {"step": 7, "updates": 7, "consumed_samples": 56, "config": {}}
         assert (folder / "config.yaml").read_text() == "lr: 0.001\n"
         assert (folder / "tokenizer" / "tokenizer.json").is_file()
@@ -250,7 +253,7 @@ def test_reshard_checkpoint_without_trainer_state(tmp_path, full, model):
     source = _write_sharded(tmp_path / "src" / STEP, full, 1, 2)
     folder = reshard_checkpoint(source, tmp_path / "dst", 2, 1)
     assert folder == tmp_path / "dst" / STEP
-    assert not (folder / "trainer.pt").exists() and not (folder / "tokenizer").exists()
+    assert not has_trainer_state(folder) and not (folder / "tokenizer").exists()
     assert torch.equal(_logits(load_any(folder, **TORCH_OPS)), _logits(model))
 
 

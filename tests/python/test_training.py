@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import corpus, quiet, small
 
 import gptcore
 from gptcore import cli
@@ -25,52 +26,6 @@ from gptcore.training import ConfigError, LossScaler, Trainer, load_config, lr_a
 from gptcore.training.config import CONFIG_DIRS
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """(dataset prefix, tokenizer) of ~150 KB of Python source, a 512-piece BPE: seconds to build."""
-    root = tmp_path_factory.mktemp("corpus")
-    import argparse
-    import collections
-    import dataclasses
-    import json as json_module
-    import pathlib
-
-    modules = (argparse, collections, dataclasses, json_module, pathlib, inspect)
-    lines = [line for m in modules for line in inspect.getsource(m).splitlines() if line.strip()]
-    (root / "text.txt").write_text("\n".join(lines) + "\n")
-    model = train_sentencepiece([root / "text.txt"], root / "spm", vocab_size=512)
-    preprocess([root / "text.txt"], root / "data", model, append_eod=True, progress=False)
-    return str(root / "data_text_document"), str(model)
-
-
-def small(corpus, **overrides) -> dict:
-    prefix, tokenizer = corpus
-    base = dict(
-        model="tiny",
-        n_positions=64,
-        n_embd=64,
-        n_head=2,
-        seq_len=32,
-        micro_batch_size=2,
-        global_batch_size=4,
-        train_steps=6,
-        lr=1e-2,
-        min_lr=1e-3,
-        warmup_steps=2,
-        eval_interval=0,
-        log_interval=1,
-        progress=False,
-        device="cpu",
-        data_path=prefix,
-        tokenizer=tokenizer,
-    )
-    return base | overrides
-
-
-def quiet(cfg: dict) -> Trainer:
-    return Trainer(load_config(None, cfg), log=lambda line: None)
 
 
 # ---- schedule and loss scaler -----------------------------------------------------------------
@@ -344,7 +299,8 @@ def test_checkpoint_layout_keep_last_and_latest(corpus, tmp_path):
     assert sorted(p.name for p in save.iterdir() if p.name.startswith("step_")) == ["step_00000004", "step_00000006"]
     assert (save / "latest").read_text().strip() == "step_00000006"
     final = save / "step_00000006"
-    expected = {"model.safetensors", "trainer.pt", "config.yaml", "tokenizer", "COMPLETE"}
+    expected = {"model.safetensors", "trainer_state.json", "trainer_state.safetensors", "config.yaml", "tokenizer"}
+    expected |= {"COMPLETE"}
     assert {p.name for p in final.iterdir()} == expected
     from gptcore.data import load_tokenizer
 
@@ -360,7 +316,7 @@ def test_incomplete_checkpoint_is_not_resumed(corpus, tmp_path):
     # A crash while writing step 4: its folder exists without the marker, latest still names step 2.
     broken = save / "step_00000004"
     broken.mkdir()
-    (broken / "trainer.pt").write_bytes(b"partial")
+    (broken / "trainer_state.json").write_bytes(b"partial")
     assert find_checkpoint(save).name == "step_00000002"
     with pytest.raises(ValueError, match="incomplete"):
         find_checkpoint(broken)

@@ -1,14 +1,36 @@
-"""Checkpoint folders: one per step, written under a temporary name, completed by a marker file and
-renamed into place; `latest` names the newest complete one and is replaced atomically, so a crash at
-any moment leaves the previous checkpoint usable. (What goes inside: gptcore.checkpoint.names.)"""
+"""Checkpoint folders: one per step, written under a temporary name, completed by a marker file (the
+manifest of every file: gptcore.checkpoint.integrity) and renamed into place; `latest` names the
+newest complete one and is replaced atomically, so a crash at any moment leaves the previous
+checkpoint usable. Resuming verifies a checkpoint against its manifest and, when the newest is
+damaged, says which file and takes the newest intact one; nothing damaged is ever deleted. (What
+goes inside: gptcore.checkpoint.names.)
+
+GPTCORE_CRASH_AT=<point> kills the process with SIGKILL at that point (`crash_point`): how the tests
+interrupt a run at its worst moments. Points: save-N:files-written (step N's files written, no marker
+yet), save-N:renamed (renamed into place, `latest` not yet moved), step-N (inside step N, its
+gradients computed, before its update)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
-from gptcore.checkpoint.names import COMPLETE, LATEST, STEP_DIR, step_dir_name
+from gptcore.checkpoint.integrity import Verdict, build_manifest, verify, verify_file
+from gptcore.checkpoint.names import COMPLETE, LATEST, STEP_DIR, step_dir_name, step_of
+
+log = logging.getLogger("gptcore.checkpoint")
+CRASH_ENV = "GPTCORE_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process here when GPTCORE_CRASH_AT names this point (fault injection for tests)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -32,9 +54,10 @@ def _write_atomic(path: Path, text: str) -> None:
 def write_checkpoint(
     save: str | os.PathLike, step: int, write_files, keep_last: int, rank: int = 0, barrier=None
 ) -> Path:
-    """Create <save>/step_<step>: `write_files(folder)` fills a temporary folder, then the marker is
-    written, the folder renamed, `latest` moved to it and checkpoints beyond the newest `keep_last`
-    removed. Returns the checkpoint folder.
+    """Create <save>/step_<step>: `write_files(folder)` fills a temporary folder, then the marker (the
+    manifest) is written, the folder renamed, `latest` moved to it and older checkpoints beyond the
+    newest `keep_last` removed (never one of a later step, e.g. left by a run resumed from an earlier
+    one; a damaged one of this step is moved aside, not deleted). Returns the checkpoint folder.
 
     Several processes (a distributed run, on one shared file system): every rank calls it with its
     rank and a `barrier()` over all of them; each writes its own files into the one temporary
@@ -57,13 +80,16 @@ def write_checkpoint(
             if file.is_file():
                 with open(file, "rb+") as f:
                     os.fsync(f.fileno())
-        _write_atomic(tmp / COMPLETE, f"{step}\n")
-        if final.exists():  # a re-save of the same step (resumed run saving again): replace it
-            shutil.rmtree(final)
+        crash_point(f"save-{step}:files-written")
+        _write_atomic(tmp / COMPLETE, json.dumps(build_manifest(tmp, step), indent=1) + "\n")
+        if final.exists():  # a re-save of the same step (a resumed run saving again)
+            _replace(final)
         os.replace(tmp, final)
         _fsync_dir(root)
+        crash_point(f"save-{step}:renamed")
         _write_atomic(root / LATEST, final.name + "\n")
-        for old in complete_checkpoints(root)[:-keep_last]:
+        older = [p for p in complete_checkpoints(root) if step_of(p) < step]
+        for old in older[: max(len(older) - (keep_last - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
     if barrier is not None:
         barrier()
@@ -79,22 +105,70 @@ def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_checkpoint(path: str | os.PathLike) -> Path | None:
+def _replace(final: Path) -> None:
+    """Make way for a new checkpoint of final's step: an intact one is removed, a damaged one moved
+    aside (final.damaged, .damaged2, ...), never deleted."""
+    if verify(final).intact:
+        shutil.rmtree(final)
+        return
+    n = 1
+    while (aside := final.with_name(f"{final.name}.damaged{n if n > 1 else ''}")).exists():
+        n += 1
+    os.replace(final, aside)
+    log.warning("%s was damaged; moved aside to %s", final, aside.name)
+
+
+def find_checkpoint(path: str | os.PathLike, on_damaged: Callable[[str], None] | None = None) -> Path | None:
     """The checkpoint to resume from: `path` itself if it is a checkpoint folder, else the one its
-    `latest` names, else its newest complete one; None if it holds none. An incomplete checkpoint
-    named explicitly is an error, not a silent fallback."""
+    `latest` names, else its newest complete one; None if it holds none. Each is verified against its
+    manifest first: a damaged one is reported through on_damaged (default: the log) and the next
+    older one tried. A checkpoint named explicitly must be intact (ValueError naming the bad file);
+    so must one of a save folder's (ValueError listing what is wrong with each)."""
     path = Path(path)
     if STEP_DIR.match(path.name) and path.is_dir():
-        if not (path / COMPLETE).is_file():
-            raise ValueError(
-                f"{path}: checkpoint is incomplete (no {COMPLETE} marker; the run stopped while saving it);"
-                " point `load` at an earlier checkpoint or at the save folder"
-            )
+        verdict = verify(path)
+        if not verdict.intact:
+            raise ValueError(f"{verdict.describe()}; point `load` at an earlier checkpoint or at the save folder")
         return path
+    candidates = complete_checkpoints(path)[::-1]
     latest = path / LATEST
     if latest.is_file():
-        named = path / latest.read_text().strip()
-        if (named / COMPLETE).is_file():
-            return named
-    found = complete_checkpoints(path)
-    return found[-1] if found else None
+        named = path / latest.read_text(errors="replace").strip()
+        if named in candidates:  # first, in case step numbers went back (a run resumed from an earlier one)
+            candidates.remove(named)
+            candidates.insert(0, named)
+    damaged = []
+    for folder in candidates:
+        verdict = verify(folder)
+        if verdict.intact:
+            return folder
+        damaged.append(verdict.describe())
+        (on_damaged or log.warning)(f"{damaged[-1]}; trying an older checkpoint")
+    if damaged:
+        raise ValueError(f"{path}: no intact checkpoint: " + "; ".join(damaged))
+    return None
+
+
+def verify_checkpoints(path: str | os.PathLike) -> tuple[list[Verdict], Path | None]:
+    """(a verdict for each checkpoint under path, oldest first, or for path itself when it is one;
+    the checkpoint a resume from path would take, None when none is intact). A model file gets its
+    safetensors framing checked. ValueError for a path that holds no checkpoint."""
+    path = Path(path)
+    if path.is_file():
+        return [verify_file(path)], None
+    if STEP_DIR.match(path.name) and path.is_dir():
+        verdict = verify(path)
+        return [verdict], path if verdict.intact else None
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such file or folder")
+    folders = sorted((p for p in path.iterdir() if STEP_DIR.match(p.name) and p.is_dir()), key=step_of)
+    if not folders:
+        raise ValueError(
+            f"{path}: no checkpoint (step_N folder) in it; name a save folder, a step_N folder or a model file"
+        )
+    verdicts = [verify(f) for f in folders]
+    try:
+        chosen = find_checkpoint(path, on_damaged=lambda line: None)
+    except ValueError:
+        chosen = None
+    return verdicts, chosen

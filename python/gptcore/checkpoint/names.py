@@ -7,12 +7,18 @@
     adapters.safetensors               a LoRA run: its adapters instead of the model
     adapters_tp{t:02d}_pp{p:02d}.safetensors   (adapter_file_name)
     layout.json                        a distributed run's tp x pp (x dp, ZeRO stage) layout
-    trainer.pt                         step counters, loss scaler, config (+ optimizer, RNG: one process)
-    rank_{r:05d}.pt                    a distributed run: one process's optimizer shard and RNG states
+    trainer_state.json                 step counters, loss scaler, config (+ optimizer, RNG: one process),
+    trainer_state.safetensors          as a state file: its tensors, and the rest as JSON (TRAINER_STATE)
+    rank_{r:05d}.json                  a distributed run: one process's optimizer shard and RNG states,
+    rank_{r:05d}.safetensors           a state file too (rank_state_name)
     config.yaml                        the training config
     tokenizer/                         a copy of the tokenizer
     COMPLETE                           written last
 <save>/latest                          "step_00000100"
+
+State files (checkpoint.state_file) hold no pickle. Older gptcore wrote trainer.pt and
+rank_{r:05d}.pt with torch.save (LEGACY_TRAINER_STATE_FILE, legacy_rank_file_name): still read, with
+torch.load(weights_only=True), when a folder has no state file in their place.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import re
 from pathlib import Path
 
 MODEL_FILE = "model.safetensors"
-TRAINER_STATE_FILE = "trainer.pt"
+TRAINER_STATE = "trainer_state"  # a state file: trainer_state.json + trainer_state.safetensors
+LEGACY_TRAINER_STATE_FILE = "trainer.pt"  # an older gptcore's pickle, read only
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 LAYOUT_FILE = "layout.json"
@@ -48,8 +55,14 @@ def step_of(folder: str | os.PathLike) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def rank_file_name(rank: int) -> str:
-    """A distributed checkpoint's file of one process's own state (optimizer shard, RNG states)."""
+def rank_state_name(rank: int) -> str:
+    """A distributed checkpoint's state file of one process's own state (optimizer shard, RNG
+    states): rank_{rank:05d}.json + rank_{rank:05d}.safetensors."""
+    return f"rank_{rank:05d}"
+
+
+def legacy_rank_file_name(rank: int) -> str:
+    """What an older gptcore wrote in place of rank_state_name(rank), with pickle: read only."""
     return f"rank_{rank:05d}.pt"
 
 

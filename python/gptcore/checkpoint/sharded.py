@@ -33,11 +33,11 @@ from gptcore.checkpoint.names import (
     SHARD_FILE,
     SHARD_KEYS,
     TOKENIZER_DIR,
-    TRAINER_STATE_FILE,
     check_parallel_sizes,
     model_file_name,
     step_of,
 )
+from gptcore.checkpoint.state_file import has_trainer_state, load_trainer_state, save_trainer_state
 from gptcore.model import GPTConfig
 from gptcore.parallel.pipeline import stage_state_dict
 from gptcore.parallel.reshard import Shards, _expected_state, check_layout, check_state, merge, split
@@ -179,7 +179,7 @@ def reshard_checkpoint(source, out, tp: int, pp: int) -> Path:
     """Write the weights of checkpoint `source` (a step_N folder, or a save folder: its newest
     complete checkpoint) in a tp x pp layout as out/step_N (same step; completed and made `latest`
     as training does), with layout.json (data_parallel and zero_stage null: weights only),
-    trainer.pt holding the source's global state without "optimizer" and "rng", and config.yaml and
+    the trainer state file holding the source's global state without "optimizer" and "rng", and config.yaml and
     tokenizer/ copied when present. Per-rank optimizer state is not carried over. Returns out/step_N."""
     check_parallel_sizes(tp, pp)
     found = find_checkpoint(source)
@@ -201,18 +201,15 @@ def reshard_checkpoint(source, out, tp: int, pp: int) -> Path:
     shards = split(full, config, tp, pp)
     del full
     trainer_state = None
-    if (found / TRAINER_STATE_FILE).is_file():
-        trainer_state = torch.load(found / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
-        if not isinstance(trainer_state, dict):
-            raise ValueError(f"{found / TRAINER_STATE_FILE}: not a trainer state (a dict)")
-        trainer_state = {k: v for k, v in trainer_state.items() if k not in ("optimizer", "rng")}
+    if has_trainer_state(found):
+        trainer_state = {k: v for k, v in load_trainer_state(found).items() if k not in ("optimizer", "rng")}
 
     def write(folder: Path) -> None:
         for (t, p), state in sorted(shards.items(), key=lambda item: (item[0][1], item[0][0])):
             save_model_shard(state, config, folder, t, p, tp, pp)
         write_layout(folder, tp, pp)
         if trainer_state is not None:
-            torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+            save_trainer_state(trainer_state, folder)
         if (found / CONFIG_FILE).is_file():
             shutil.copy2(found / CONFIG_FILE, folder / CONFIG_FILE)
         if (found / TOKENIZER_DIR).is_dir():

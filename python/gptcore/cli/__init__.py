@@ -2,7 +2,7 @@
 parser, whose `run(args)` default runs it), and one error boundary.
 
 `info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export|reshard|merge-lora`, `train`,
-`finetune [sft]|cls`, `generate`, `eval [ppl]|cls`, `serve`."""
+`finetune [sft]|cls`, `generate`, `eval [ppl]|cls|mc`, `serve`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`gptcore convert hf-import|hf-export|merge-lora|reshard|megatron-import|megatron-export|paddle-data`:
+"""`gptcore convert hf-import|hf-export|merge-lora|reshard|verify|megatron-import|megatron-export|paddle-data`:
 models to and from Hugging Face GPT-2 and Megatron-LM, LoRA adapters merged in, training checkpoints
-resharded, PaddleNLP token data as Megatron's. Each model written gets the tokenizer it came with (or
+resharded or verified, PaddleNLP token data as Megatron's. Each model written gets the tokenizer it came with (or
 --tokenizer) beside it: in the HF folder, or a tokenizer/ folder beside a model file."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from gptcore.checkpoint import (
     reshard_checkpoint,
     save_model,
     tokenizer_of,
+    verify_checkpoints,
 )
 from gptcore.cli.source import merge_adapters
 from gptcore.data import convert_paddle_data, load_tokenizer
@@ -64,7 +65,7 @@ def add_parser(commands) -> None:
         help="a training checkpoint's weights -> another tensor x pipeline parallel layout",
         description="Write the weights of a training checkpoint (a step_N/ folder, or a save folder: its newest"
         " checkpoint) split for --tensor-parallel x --pipeline-parallel ranks (1 x 1: one model.safetensors) as"
-        " OUT/step_N, with layout.json, trainer.pt without optimizer and RNG state, config.yaml and tokenizer/."
+        " OUT/step_N, with layout.json, the trainer state without optimizer and RNG state, config.yaml and tokenizer/."
         " Per-rank optimizer state is not carried over.",
     )
     res.add_argument("--checkpoint", required=True, help="step_N/ folder or save folder")
@@ -82,6 +83,15 @@ def add_parser(commands) -> None:
     pad.add_argument("--output-prefix", required=True, metavar="OUT", help="writes OUT.bin and OUT.idx")
     pad.add_argument("--tokenizer", metavar="PATH", help="check every token id against this tokenizer's vocabulary")
     pad.set_defaults(run=run_paddle_data)
+    ver = conv.add_parser(
+        "verify",
+        help="check a checkpoint (single or sharded), a save folder's checkpoints, or a model file",
+        description="Read every file of a checkpoint back against the manifest in its COMPLETE marker (sizes and"
+        " SHA-256; older checkpoints: each safetensors file's header and length) and print what is intact. For a"
+        " save folder, each step_N/ and the one a resume would take. Exit status 1 when something is damaged.",
+    )
+    ver.add_argument("path", help="a step_N/ folder, a save folder, or a .safetensors model file")
+    ver.set_defaults(run=run_verify)
     add_megatron_parsers(conv)
 
 
@@ -161,6 +171,17 @@ def run_reshard(args) -> None:
         f" {len(files)} model file{'s' if len(files) != 1 else ''} ({files[0]}"
         f"{f' ... {files[-1]}' if len(files) > 1 else ''})"
     )
+
+
+def run_verify(args) -> int:
+    verdicts, chosen = verify_checkpoints(args.path)
+    for verdict in verdicts:
+        print(verdict.describe())
+        for name, what in verdict.problems[1:]:
+            print(f"    {name}: {what}")
+    if len(verdicts) > 1 or Path(args.path).is_dir():
+        print(f"a resume from {args.path} takes {chosen}" if chosen else f"no intact checkpoint in {args.path}")
+    return 0 if all(v.intact for v in verdicts) else 1
 
 
 def run_paddle_data(args) -> None:

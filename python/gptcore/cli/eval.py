@@ -1,4 +1,5 @@
-"""`gptcore eval [ppl]|cls`: a model's perplexity on text or an indexed dataset, or a classifier's accuracy."""
+"""`gptcore eval [ppl]|cls|mc`: a model's perplexity on text or an indexed dataset, a classifier's accuracy,
+or a model's zero-shot multiple-choice accuracy (lm-evaluation-harness's acc and acc_norm)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,22 @@ import json
 import sys
 from pathlib import Path
 
-from gptcore import evaluate
+from gptcore import evaluate, multiple_choice
 from gptcore.cli import source
 from gptcore.cli.arguments import add_classification_keys
 from gptcore.finetune import classify
+from gptcore.generate import Generator
 
-TASKS, DEFAULT_TASK = ("ppl", "cls"), "ppl"
+TASKS, DEFAULT_TASK = ("ppl", "cls", "mc"), "ppl"
 
 
 def add_parser(commands) -> None:
     ev = commands.add_parser(
         "eval",
         help="evaluate a model: perplexity on a text file or an indexed dataset (task `ppl`, the default),"
-        " or a classifier's accuracy (`cls`)",
+        " a classifier's accuracy (`cls`), or multiple-choice accuracy as lm-evaluation-harness scores it (`mc`)",
         description="Evaluate a model. Tasks: ppl (the default: `gptcore eval --checkpoint ...` is"
-        " `gptcore eval ppl --checkpoint ...`) and cls.",
+        " `gptcore eval ppl --checkpoint ...`), cls and mc.",
     )
     tasks = ev.add_subparsers(dest="eval_task", required=True)
     ppl = tasks.add_parser(
@@ -66,6 +68,30 @@ def add_parser(commands) -> None:
     cls.add_argument("--batch-size", type=int, default=32, help="texts a forward (default 32)")
     cls.add_argument("--json", action="store_true", help="print the results as one JSON object")
     cls.set_defaults(run=run_cls)
+    mc = tasks.add_parser(
+        "mc",
+        help="zero-shot multiple-choice accuracy (acc, acc_norm) as lm-evaluation-harness computes it",
+        description="Zero-shot multiple-choice accuracy on a .jsonl file of {context, choices, label} documents,"
+        " scored as lm-evaluation-harness's multiple_choice tasks are: each choice's loglikelihood after the"
+        " context (target delimiter in front), acc by the highest loglikelihood and acc_norm by the highest"
+        " loglikelihood per character of the choice. The numbers equal lm-eval's local-completions model"
+        " run through `gptcore serve` with max_length set to the model's n_positions.",
+    )
+    source.add_model_source(mc)
+    source.add_processes(mc)
+    mc.add_argument(
+        "--data", required=True, metavar="FILE", help=f".jsonl, one document a line: {multiple_choice.EXAMPLE}"
+    )
+    mc.add_argument("--context-key", default="context", help="the context's key (default: context)")
+    mc.add_argument("--choices-key", default="choices", help="the choices' key (default: choices)")
+    mc.add_argument("--label-key", default="label", help="the right choice's index's key (default: label, else gold)")
+    mc.add_argument(
+        "--target-delimiter", default=" ", help="put between the context and each choice (default: one space)"
+    )
+    mc.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N documents")
+    mc.add_argument("--output", metavar="JSON", help="write the results and every document's scores here as JSON")
+    mc.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    mc.set_defaults(run=run_mc)
 
 
 def run_ppl(args) -> int | None:
@@ -125,3 +151,32 @@ def run_cls(args) -> None:
     else:
         correct = round(result["accuracy"] * result["n"])
         print(f"{args.data}: accuracy {result['accuracy']:.4f} ({correct}/{result['n']}), loss {result['loss']:.4f}")
+
+
+def run_mc(args) -> None:
+    if args.nproc_per_node != 1 or args.tensor_parallel not in (None, 1):
+        raise ValueError("eval mc runs in one process: --nproc-per-node and --tensor-parallel are for eval ppl")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    docs = multiple_choice.load_docs(args.data, args.context_key, args.choices_key, args.label_key, args.limit)
+    model, tokenizer = source.load(args, need_tokenizer=True)
+    # A scored prompt's prefill runs alone and, generating nothing, frees its cache slot: one slot is enough.
+    generator = Generator(model, tokenizer, max_batch=1)
+    metrics, samples = multiple_choice.evaluate_multiple_choice(generator, docs, args.target_delimiter)
+    param = next(model.parameters())
+    result = dict(task="mc", model=str(args.checkpoint), data=str(args.data)) | metrics
+    result |= dict(device=str(param.device), dtype=str(param.dtype).removeprefix("torch."))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(results=result, samples=samples), indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return
+    where = f"{result['dtype']} on {result['device']}"
+    print(f"{args.data}: {result['n']} documents, {result['requests']} choices scored ({where})")
+    for name in ("acc", "acc_norm"):
+        stderr = result[f"{name}_stderr"]
+        print(f"{name:<8} {result[name]:.4f}" + ("" if stderr is None else f" ± {stderr:.4f}"))
+    if args.output:
+        print(f"results: {args.output}")

@@ -42,11 +42,12 @@ from safetensors.torch import load_file, save_file
 from gptcore.checkpoint import (
     MODEL_FILE,
     TOKENIZER_DIR,
-    TRAINER_STATE_FILE,
     copy_tokenizer,
     find_checkpoint,
     load_for_inference,
+    load_trainer_state,
     save_model,
+    save_trainer_state,
     write_checkpoint,
 )
 from gptcore.finetune.lora import LoRALinear, apply_lora, merge_and_unload
@@ -465,7 +466,7 @@ def finetune_classifier(
     def loss_of(batch):
         return classifier(*batch)[1]
 
-    resume = find_checkpoint(checkpoints) if checkpoints is not None else None
+    resume = find_checkpoint(checkpoints, log) if checkpoints is not None else None
     first_epoch = 1
     if resume is not None:
         saved = _load_epoch(resume, classifier, step, order)
@@ -508,7 +509,7 @@ def finetune_classifier(
 
 def _save_epoch(save, number: int, classifier, step: OptimizerStep, order, progress: dict, kept_state) -> Path:
     """An epoch's checkpoint: the weights (and keep="best"'s kept ones) as safetensors, the rest as
-    the trainer's trainer.pt holds it (optimizer, loss scaler, RNG states), plus the data order."""
+    the trainer's state file holds it (optimizer, loss scaler, RNG states), plus the data order."""
     names = {id(p): name for name, p in classifier.named_parameters()}
 
     def write(folder: Path) -> None:
@@ -522,7 +523,7 @@ def _save_epoch(save, number: int, classifier, step: OptimizerStep, order, progr
             "rng": rng_state(),
             "order": order.get_state(),
         }
-        torch.save(state, folder / TRAINER_STATE_FILE)
+        save_trainer_state(state, folder)
 
     return write_checkpoint(save, number, write, keep_last=1)
 
@@ -531,7 +532,7 @@ def _load_epoch(folder: Path, classifier, step: OptimizerStep, order) -> dict:
     """Restore what _save_epoch wrote; returns its progress with "kept_state" (by parameter id)."""
     device = classifier.score.weight.device
     classifier.load_state_dict(load_file(folder / STATE_FILE, device=str(device)))
-    state = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_trainer_state(folder)
     step.optimizer.load_state_dict(state["optimizer"])
     step.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])

@@ -99,6 +99,7 @@ class TrainConfig:
     save: str | None = None  # checkpoint folder
     save_interval: int = 0  # 0: save only at the end (and on SIGTERM)
     keep_last: int = 3
+    async_save: bool = False  # copy the state to host memory at the step boundary, write it on a background thread
     load: str | None = None  # resume from this folder's latest checkpoint; None: from `save` if it has one
     tensorboard_dir: str | None = None
     log_file: str | None = None  # JSONL metrics; None: <save>/metrics.jsonl when saving

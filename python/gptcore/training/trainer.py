@@ -25,6 +25,7 @@ each part does what one process does:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import resource
 import signal
@@ -38,17 +39,20 @@ import gptcore
 from gptcore.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_DIR,
-    TRAINER_STATE_FILE,
     copy_tokenizer,
+    crash_point,
     find_checkpoint,
     load_any,
+    load_trainer_state,
     resolve,
+    save_trainer_state,
+    step_dir_name,
 )
 from gptcore.checkpoint.tokenizer import tokenizer_beside
 from gptcore.data import default_dataset, load_tokenizer
 from gptcore.finetune.lora import apply_lora, load_adapters, load_lora_state_dict
 from gptcore.model import DTYPES, GPT
-from gptcore.training.checkpointing import checkpoints_for, set_rng_state
+from gptcore.training.checkpointing import BackgroundSaves, checkpoints_for, set_rng_state
 from gptcore.training.config import ConfigError, TrainConfig, check_device
 from gptcore.training.datasets import build_datasets, steps_for_epochs
 from gptcore.training.placement import place
@@ -132,10 +136,14 @@ class Trainer:
             raise ConfigError(f"tokenizer: {e}") from None
 
         source = cfg.load or cfg.save
-        self.resume_folder = find_checkpoint(source) if source is not None else None
+        try:  # the newest intact checkpoint: a damaged one is named in the log and an older one taken
+            self.resume_folder = find_checkpoint(source, self.log) if source is not None else None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.resume_folder is None and cfg.load is not None:
             raise ConfigError(f"load: no complete checkpoint in {cfg.load}")
-        self.checkpoints = checkpoints_for(self.processes)
+        self.checkpoints = checkpoints_for(self.processes, background=cfg.async_save)
+        self.saves = BackgroundSaves()
 
         torch.manual_seed(cfg.seed)
         model = (
@@ -290,6 +298,7 @@ class Trainer:
 
         def run_backward(scale: float) -> float:
             loss = self.placement.forward_backward(batches, counts, max(total, 1), scale)
+            crash_point(f"step-{self.step + 1}")
             # Every tp rank of the last stage holds the loss; the dp ranks hold parts of it.
             return processes.all_reduce([loss])[0] / processes.layout.tp
 
@@ -318,14 +327,21 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Save a checkpoint of this step: written now, or with async_save copied to host memory now and
+        written by a background thread (`saves.wait()` for it). Returns its folder."""
         if self.cfg.save is None:
             raise ConfigError("save is not set: no folder to write checkpoints to")
-        return self.checkpoints.write(self)
+        write = self.checkpoints.capture(self)
+        publish = functools.partial(self.checkpoints.publish, self, self.step, write)
+        if not self.cfg.async_save:
+            return publish()
+        self.saves.submit(publish)
+        return Path(self.cfg.save) / step_dir_name(self.step)
 
-    def write_shared(self, folder: Path, extra: dict) -> None:
-        """trainer.pt (step counters, loss scaler, config and `extra`), config.yaml and the tokenizer."""
+    def shared_state(self, extra: dict) -> dict:
+        """The trainer state as of now (step counters, loss scaler, config) with `extra`."""
         cfg = self.cfg
-        trainer_state = {
+        return {
             "step": self.step,
             "updates": self.updates,
             "consumed_samples": self.step * cfg.global_batch_size,
@@ -333,7 +349,11 @@ class Trainer:
             "config": cfg.to_dict(),
             **extra,
         }
-        torch.save(trainer_state, folder / TRAINER_STATE_FILE)
+
+    def write_shared(self, folder: Path, trainer_state: dict) -> None:
+        """trainer_state (shared_state's), config.yaml and the tokenizer."""
+        cfg = self.cfg
+        save_trainer_state(trainer_state, folder)
         (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         copy_tokenizer(self.tokenizer_path, folder / TOKENIZER_DIR)
 
@@ -343,7 +363,7 @@ class Trainer:
         when it fits (checkpointing's docstring), otherwise training goes on from the weights with
         fresh AdamW moments (said in the log)."""
         self.checkpoints.load_weights(self, folder)
-        state = torch.load(folder / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_trainer_state(folder)
         optimizer_state, rng = self.checkpoints.saved_state(self, folder, state)
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
@@ -418,14 +438,24 @@ class Trainer:
                 stopping = self._stop_requested()
                 periodic = cfg.save_interval and self.step % cfg.save_interval == 0
                 if cfg.save and (stopping or periodic or self.step == end):
-                    report.write(f"saved {self.save_checkpoint()}")
+                    self._save(report)
                 if stopping:
                     if not cfg.save:
                         report.write(
                             f"{self._stop_signal}: stopped at step {self.step}; nothing saved (save is not set)"
                         )
                     break
+            if cfg.async_save and self.saves.wait() is not None:  # the last save finished before returning
+                report.write(f"saved {self.saves.last}")
         return self.history
+
+    def _save(self, report) -> None:
+        if not self.cfg.async_save:
+            report.write(f"saved {self.save_checkpoint()}")
+            return
+        before = self.saves.wait()  # the previous background save, finished (or its error raised)
+        folder = self.save_checkpoint()
+        report.write(f"saving {folder} in the background" + (f" (saved {before})" if before else ""))
 
     def _trainable(self) -> str:
         if not self.cfg.lora_rank:
