@@ -459,7 +459,10 @@ def score_tokens(logits: torch.Tensor, tokens: Sequence[int], k: int) -> list[To
     chosen = logprobs.gather(-1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
     if k == 0:
         return [TokenLogprob(t, lp) for t, lp in zip(tokens, chosen)]
-    values, ids = logprobs.topk(k, dim=-1)
+    if k == 1:  # a max is cheaper than a top-k (lm-eval's is_greedy asks for this one)
+        values, ids = (t[:, None] for t in logprobs.max(dim=-1))
+    else:
+        values, ids = logprobs.topk(k, dim=-1)
     return [
         TokenLogprob(t, lp, tuple(zip(row_ids, row_values)))
         for t, lp, row_ids, row_values in zip(tokens, chosen, ids.tolist(), values.tolist())
