@@ -254,6 +254,22 @@ def test_lm_eval_harness_against_the_model(served, server_url, tmp_path):
     assert math.isclose(results["gptcore_mc"]["acc,none"], sum(accs) / len(accs))
     assert math.isclose(results["gptcore_mc"]["acc_norm,none"], sum(acc_norms) / len(acc_norms))
 
+    # `gptcore eval mc` in process on the same documents: the same loglikelihoods (bitwise: the same
+    # tokens through the same prefill, summed in the same order) and so the same acc and acc_norm.
+    mc = tmp_path / "eval_mc.json"
+    args = [sys.executable, "-m", "gptcore", "eval", "mc", "--checkpoint", str(model_path)]
+    args += ["--tokenizer", str(tokenizer_dir), "--data", str(tmp_path / "tasks" / "mc.jsonl")]
+    args += ["--device", "cpu", "--dtype", "fp32", "--output", str(mc)]
+    package_root = str(Path(gptcore.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=package_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    in_process = json.loads(mc.read_text())
+    harness_lls = [[float(ll) for ll, _ in s["filtered_resps"]] for s in samples]
+    assert [s["lls"] for s in in_process["samples"]] == harness_lls
+    assert in_process["results"]["acc"] == results["gptcore_mc"]["acc,none"]
+    assert in_process["results"]["acc_norm"] == results["gptcore_mc"]["acc_norm,none"]
+
     generator = Generator(load_model(model_path).eval(), tokenizer)
     samples = sorted(read_samples(folder, "gptcore_gen"), key=lambda s: s["doc_id"])
     assert [s["doc"] for s in samples] == GEN_DOCS
