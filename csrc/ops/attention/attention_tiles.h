@@ -145,10 +145,11 @@ GC_HD constexpr FwdSmem fwd_smem(int Dp, int elem_bytes) {
 //   k, v [kTileK][Dp + kPadT] T; q, dout [kTileQ][Dp + kPadT] T of the current query tile;
 //   st, dpt [kTileK][kTileQ + kPadF] float: S^T and (dout V^T)^T, later a warp's staging area;
 //   pt, dst [kTileK][kTileQ + kPadT] T: dropped probabilities and dS, transposed;
-//   lse, dsum [kTileQ] float of the current query tile.
+//   lse, dsum [kTileQ] float of the current query tile; key_begin [kTileQ] int32, the first key
+//   each of its queries sees (its document's start; 0 without packed documents).
 struct BwdSmem {
   int ld_t, ld_f, ld_h;
-  int k, v, q, dout, st, dpt, pt, dst, lse, dsum, bytes;
+  int k, v, q, dout, st, dpt, pt, dst, lse, dsum, key_begin, bytes;
 };
 
 GC_HD constexpr BwdSmem bwd_smem(int Dp, int elem_bytes) {
@@ -166,7 +167,8 @@ GC_HD constexpr BwdSmem bwd_smem(int Dp, int elem_bytes) {
   m.dst = m.pt + align128(kTileK * m.ld_h * elem_bytes);
   m.lse = m.dst + align128(kTileK * m.ld_h * elem_bytes);
   m.dsum = m.lse + align128(kTileQ * 4);
-  m.bytes = m.dsum + align128(kTileQ * 4);
+  m.key_begin = m.dsum + align128(kTileQ * 4);
+  m.bytes = m.key_begin + align128(kTileQ * 4);
   return m;
 }
 
