@@ -157,9 +157,17 @@ TEST(documents_equal_separate_calls) {
     q[i] = std::sin(0.7 * i), k[i] = std::cos(0.3 * i), v[i] = std::sin(0.2 * i + 1), dout[i] = std::cos(0.9 * i);
   std::vector<int32_t> cu{0, 3, 3, 5};
   const int64_t cu_shape[2] = {1, n}, lse_shape[3] = {1, 1, T};
-  gc_attention_fwd_params f{view4(q.data(), 1, 1, T, D), view4(k.data(), 1, 1, T, D), view4(v.data(), 1, 1, T, D),
-                            view4(out.data(), 1, 1, T, D), gc_make_tensor(lse.data(), GC_FLOAT32, GC_CPU, 0, 3, lse_shape),
-                            0.3f, 1, 0.f, 0, 0, gc_make_tensor(cu.data(), GC_INT32, GC_CPU, 0, 2, cu_shape)};
+  gc_attention_fwd_params f{view4(q.data(), 1, 1, T, D),
+                            view4(k.data(), 1, 1, T, D),
+                            view4(v.data(), 1, 1, T, D),
+                            view4(out.data(), 1, 1, T, D),
+                            gc_make_tensor(lse.data(), GC_FLOAT32, GC_CPU, 0, 3, lse_shape),
+                            0.3f,
+                            1,
+                            0.f,
+                            0,
+                            0,
+                            gc_make_tensor(cu.data(), GC_INT32, GC_CPU, 0, 2, cu_shape)};
   CHECK(gc_attention_fwd(&f, nullptr) == GC_OK);
   const gc_attention_bwd_params b{f.q, f.k, f.v, f.out, view4(dout.data(), 1, 1, T, D), f.lse,
                                   view4(dq.data(), 1, 1, T, D), view4(dk.data(), 1, 1, T, D),
