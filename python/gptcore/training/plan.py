@@ -85,7 +85,8 @@ class StageMemory:
     optimizer: int
     activations: int
     logits: int
-    buffers: int
+    buffers: int  # while the backward runs
+    update_buffers: int  # while the optimizer step runs (the activations are gone by then)
     overhead: int
 
     @property
@@ -95,8 +96,9 @@ class StageMemory:
 
     @property
     def dynamic(self) -> int:
-        """What a step adds at its peak: activations, logits, buffers and working memory."""
-        return self.activations + self.logits + self.buffers
+        """What a step adds at its peak: activations, logits, buffers and working memory in the
+        backward, or the optimizer step's buffers."""
+        return max(self.activations + self.logits + self.buffers, self.update_buffers)
 
     @property
     def total(self) -> int:
@@ -144,7 +146,7 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2][:1].lower()])
 
 
-def load_plan_config(config: str, overrides: list[str]) -> tuple[TrainConfig, GPTConfig]:
+def load_plan_config(config: str | None, overrides: list[str] | dict) -> tuple[TrainConfig, GPTConfig]:
     """The training config and model a plan is made for; zero_stage=3 (being designed) is taken."""
     values = config_values(config, overrides)
     zero = values.get("zero_stage", 0)
@@ -203,7 +205,11 @@ def stage_memory(cfg: TrainConfig, model: GPTConfig, layout: Layout, stage: int,
     gradients = 4 * P // (dp if zero >= 2 else 1)
     optimizer = 12 * P // dp if zero else (8 + (4 if e < 4 else 0)) * P
     buckets = min(P, int(cfg.ddp_bucket_mb * 2**18) + largest)  # a DataParallel bucket's elements
-    buffers = {0: 0, 1: e * buckets, 2: e * buckets + 4 * P, 3: 2 * e * P // (model.n_layer // pp) + 4 * buckets}[zero]
+    # ZeRO-2's grad buckets are whole through the backward; ZeRO-3 gathers a layer's params (and the
+    # next one's) and reduce-scatters a bucket of grads; ZeRO 1 and 2 gather the updated params a
+    # bucket at a time after the update.
+    buffers = {0: 0, 1: 0, 2: 4 * P, 3: 2 * e * P // (model.n_layer // pp) + 4 * buckets}[zero]
+    update_buffers = e * buckets if zero in (1, 2) else 0
     if not alone or e < 4:
         buffers += e * largest  # a param's fresh .grad before it is added into the float32 main_grad
 
@@ -214,9 +220,9 @@ def stage_memory(cfg: TrainConfig, model: GPTConfig, layout: Layout, stage: int,
     if not last:
         per_micro += int(e * sbh * r)  # the stage's output, kept for its backward
     activations = in_flight * per_micro
-    # The backward's working memory: the recomputed block (recompute), the MLP's activation grads
-    # and the incoming and outgoing grads of the residual stream.
-    working = int(e * sbh * (8 / tp + 2 * r))
+    # The backward's working memory: the recomputed block (recompute), the grad of the MLP's [s, b, 4h]
+    # activation and the incoming and outgoing grads of the residual stream.
+    working = int(e * sbh * (4 / tp + 2 * r))
     if layout.recompute != "none":
         working += layer_activations(model, dataclasses.replace(layout, recompute="none"), s, e)
     if not last and pp > 1:
@@ -231,7 +237,9 @@ def stage_memory(cfg: TrainConfig, model: GPTConfig, layout: Layout, stage: int,
         logits = int(e * sbh * (r + 1)) + 2 * e * s * b * rows + 16 * s * b
         if tp > 1:
             logits += (8 if e < 4 else 4) * s * b * rows
-    return StageMemory(stage, in_flight, parameters, gradients, optimizer, activations, logits, buffers, FRAMEWORK_OVERHEAD)
+    return StageMemory(
+        stage, in_flight, parameters, gradients, optimizer, activations, logits, buffers, update_buffers, FRAMEWORK_OVERHEAD
+    )
 
 
 def step_seconds(cfg: TrainConfig, model: GPTConfig, layout: Layout, micro_batches: int, peak_tflops: float) -> float:
