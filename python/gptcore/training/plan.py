@@ -139,7 +139,7 @@ class Plan:
 
 
 def parse_size(text: str) -> int:
-    """"80GB", "80GiB", "80G", "80" -> bytes. GB is read as GiB: an "80GB" GPU has 81920 MiB."""
+    """ "80GB", "80GiB", "80G", "80" -> bytes. GB is read as GiB: an "80GB" GPU has 81920 MiB."""
     match = _SIZE.fullmatch(str(text))
     if match is None or float(match[1]) <= 0:
         raise ValueError(f"--gpu-memory: {text!r} is not a size like 80GB, 40GiB or 24G")
@@ -238,7 +238,16 @@ def stage_memory(cfg: TrainConfig, model: GPTConfig, layout: Layout, stage: int,
         if tp > 1:
             logits += (8 if e < 4 else 4) * s * b * rows
     return StageMemory(
-        stage, in_flight, parameters, gradients, optimizer, activations, logits, buffers, update_buffers, FRAMEWORK_OVERHEAD
+        stage,
+        in_flight,
+        parameters,
+        gradients,
+        optimizer,
+        activations,
+        logits,
+        buffers,
+        update_buffers,
+        FRAMEWORK_OVERHEAD,
     )
 
 
@@ -246,14 +255,14 @@ def step_seconds(cfg: TrainConfig, model: GPTConfig, layout: Layout, micro_batch
     """The throughput model (a ranking, not a promise): the step's 6 N tokens FLOPs over the GPUs'
     peak, times (1 + the extra forward of recompute / 3) (full: a whole forward; selective: qkv and
     attention, (6 h + 2 s) / (24 h + 4 s) of one), the 1F1B bubble (1 + (pp - 1) / m), tensor
-    parallelism's all-reduces (1 + 0.05 (tp - 1)), ZeRO-3's parameter gathers (x 1.05) and the GEMM
+    parallelism's all-reduces (1 + 0.05 (tp - 1)), ZeRO-3's parameter gathers (x 1.2) and the GEMM
     efficiency of small micro batches (1 + 512 / (micro batch x seq))."""
     gpus = layout.tp * layout.pp * layout.dp
     s, h = cfg.seq_len, model.n_embd
     compute = 6 * model.num_parameters * cfg.global_batch_size * s / (gpus * peak_tflops * 1e12)
     extra = {"none": 0.0, "selective": (6 * h + 2 * s) / (24 * h + 4 * s), "full": 1.0}[layout.recompute]
     factor = (1 + extra / 3) * (1 + (layout.pp - 1) / micro_batches) * (1 + 0.05 * (layout.tp - 1))
-    factor *= (1.05 if layout.zero_stage == 3 else 1.0) * (1 + 512 / (layout.micro_batch_size * s))
+    factor *= (1.2 if layout.zero_stage == 3 else 1.0) * (1 + 512 / (layout.micro_batch_size * s))
     return compute * factor
 
 
@@ -262,7 +271,9 @@ def plan(cfg: TrainConfig, model: GPTConfig, gpus: int, gpu_memory: int, peak_tf
     tp, pp = cfg.tensor_parallel, cfg.pipeline_parallel
     if gpus < 1 or gpus % (tp * pp):
         raise ConfigError(f"--gpus ({gpus}) must be a multiple of tensor_parallel x pipeline_parallel = {tp * pp}")
-    layout = Layout(tp, pp, gpus // (tp * pp), cfg.zero_stage, cfg.recompute, cfg.micro_batch_size, cfg.sequence_parallel)
+    layout = Layout(
+        tp, pp, gpus // (tp * pp), cfg.zero_stage, cfg.recompute, cfg.micro_batch_size, cfg.sequence_parallel
+    )
     problem = layout_problem(cfg, model, layout)
     if problem:
         raise ConfigError(problem)
