@@ -1,7 +1,7 @@
 """The `gptcore` console script: a table of commands, a module each (`add_parser(commands)` adds its
 parser, whose `run(args)` default runs it), and one error boundary.
 
-`info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export|reshard|merge-lora`, `train`,
+`info`, `tokenizer train`, `preprocess`, `convert hf-import|hf-export|reshard|merge-lora`, `train`, `plan`,
 `finetune [sft]|cls`, `generate`, `eval [ppl]|cls|mc`, `serve`."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gptcore.cli.foreign import split_flags
 from gptcore.parallel.layout import launched_rank
 from gptcore.training.config import check_device, device_name
 
-NAMES = ("info", "tokenizer", "preprocess", "convert", "train", "finetune", "generate", "eval", "serve")
+NAMES = ("info", "tokenizer", "preprocess", "convert", "train", "plan", "finetune", "generate", "eval", "serve")
 COMMANDS = {name: import_module(f"gptcore.cli.{name}") for name in NAMES}  # command -> its module
 
 # What a command raises for bad input, a missing or unreadable file, or a refused model or device:
