@@ -254,16 +254,21 @@ def test_reset_attention_mask_is_in_effect(corpus, one_process):  # noqa: F811
 
 
 LAYOUTS = {
-    "dp2": {},
-    "tp2": {"tensor_parallel": 2},
-    "tp2-sp": {"tensor_parallel": 2, "sequence_parallel": True},
-    "pp2": {"pipeline_parallel": 2},
+    "dp2": (2, {}),
+    "tp2": (2, {"tensor_parallel": 2}),
+    "tp2-sp": (2, {"tensor_parallel": 2, "sequence_parallel": True}),
+    "pp2": (2, {"pipeline_parallel": 2}),
+    "tp2-pp2-sp-recompute": (
+        4,
+        {"tensor_parallel": 2, "pipeline_parallel": 2, "sequence_parallel": True, "recompute": "selective"},
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_one_process(corpus, one_process, name):  # noqa: F811
-    results = run_distributed(_train, 2, _cfg(corpus, **LAYOUTS[name]), STEPS)
+    world, overrides = LAYOUTS[name]
+    results = run_distributed(_train, world, _cfg(corpus, **overrides), STEPS)
     assert all(r == results[0] for r in results)
     for ours, ref in zip(results[0], one_process):
         assert ours["tokens"] == ref["tokens"]
