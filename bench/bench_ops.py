@@ -6,6 +6,8 @@ median of repeated runs; CUDA timings with events) and prints a markdown table o
     python bench/bench_ops.py                      # CPU, rows 8x1024, C 768, V 50257, GPT-2 small params,
                                                    # attention 4x12 heads x 1024 tokens x 64, causal
     python bench/bench_ops.py --device cuda --dtype bfloat16
+    python bench/bench_ops.py --ops attention_varlen   # packed documents (cu_seqlens, documents of
+                                                       # ~T/8 random lengths) against unmasked causal
 """
 
 from __future__ import annotations
@@ -326,6 +328,73 @@ def bench_attention(t: Table, B: int, H: int, T: int, D: int, dtype: torch.dtype
     )
 
 
+def packed_document_bounds(B: int, T: int, mean: int, seed: int = 0) -> torch.Tensor:
+    """cu_seqlens [B, S + 1] (int32) of rows packed with documents of random lengths in
+    [mean / 2, 3 mean / 2] (the last one cut at T; short rows repeat T)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(B):
+        bounds = [0]
+        while bounds[-1] < T:
+            n = int(torch.randint(max(1, mean // 2), 3 * mean // 2 + 1, (1,), generator=g))
+            bounds.append(min(T, bounds[-1] + n))
+        rows.append(bounds)
+    S = max(len(r) for r in rows)
+    return torch.tensor([r + [T] * (S - len(r)) for r in rows], dtype=torch.int32)
+
+
+def bench_attention_varlen(t: Table, B: int, H: int, T: int, D: int, dtype: torch.dtype):
+    """Packed documents of ~T/8 tokens: gptcore with cu_seqlens against gptcore's own unmasked causal
+    attention at the same T (what packing costs, or saves: the speedup column is unmasked / masked
+    time) and against SDPA with the dense document mask."""
+    dev = t.device
+    q, k, v = (torch.randn(B, H, T, D, device=dev, dtype=dtype) for _ in range(3))
+    cu = packed_document_bounds(B, T, max(1, T // 8)).to(dev)
+    mask = ops.reference.document_mask(cu, T)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+
+    def sdpa_masked(q_, k_, v_):
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+
+    want = ops.reference.attention(q.double(), k.double(), v.double(), cu_seqlens=cu)
+    torch.testing.assert_close(ops.attention(q, k, v, cu_seqlens=cu).double(), want, rtol=tol, atol=tol)
+    lengths = cu.diff(dim=1).double()
+    docs = f"{int((lengths > 0).sum())} docs"
+    shape = f"{B}x{H}x{T}x{D} {docs} {str(dtype)[6:]}"
+    tflop = 4 * H * D * float((lengths * (lengths + 1) / 2).sum()) / 1e12  # the visible pairs only
+    baselines = {
+        "gptcore causal, no documents": lambda q_, k_, v_: ops.attention(q_, k_, v_),
+        "F.sdpa(document mask)": sdpa_masked,
+    }
+    with torch.no_grad():
+        t.compare(
+            "attention varlen fwd",
+            shape,
+            lambda: ops.attention(q, k, v, cu_seqlens=cu),
+            {name: (lambda fn=fn: fn(q, k, v)) for name, fn in baselines.items()},
+            tflop,
+            "TFLOP/s",
+        )
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    dout = torch.randn_like(q)
+    ours = torch.autograd.grad(ops.attention(qg, kg, vg, cu_seqlens=cu), (qg, kg, vg), dout)
+    ref = torch.autograd.grad(sdpa_masked(qg, kg, vg), (qg, kg, vg), dout)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=10 * tol, atol=10 * tol)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), dout)
+
+    t.compare(
+        "attention varlen fwd+bwd",
+        shape,
+        fwd_bwd(lambda q_, k_, v_: ops.attention(q_, k_, v_, cu_seqlens=cu)),
+        {name: fwd_bwd(fn) for name, fn in baselines.items()},
+        3.5 * tflop,
+        "TFLOP/s",
+    )
+
+
 def bench_attention_sweep(t: Table, dtype: torch.dtype):
     """The GPU comparison of the issue: 16k tokens per batch, T from 512 to 8192, D 64 and 128,
     model width 2048 (H = 2048 / D), causal."""
@@ -363,7 +432,9 @@ def main() -> None:
     parser.add_argument("--attn", default="4,12,1024,64", help="attention B,H,T,D")
     parser.add_argument("--attn-sweep", action="store_true", help="attention at T 512..8192, D 64/128 (for GPUs)")
     parser.add_argument(
-        "--ops", default="layer_norm,cross_entropy,adamw,linear,attention", help="also: ceilings (CUDA)"
+        "--ops",
+        default="layer_norm,cross_entropy,adamw,linear,attention",
+        help="also: attention_varlen (packed documents, at --attn), ceilings (CUDA)",
     )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=10)
@@ -385,6 +456,7 @@ def main() -> None:
             if args.attn_sweep
             else (lambda: bench_attention(table, *(int(x) for x in args.attn.split(",")), dtype))
         ),
+        "attention_varlen": lambda: bench_attention_varlen(table, *(int(x) for x in args.attn.split(",")), dtype),
     }
     unknown = [name for name in selected if name not in cases]
     if unknown:

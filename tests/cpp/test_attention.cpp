@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "check.h"
@@ -145,6 +146,73 @@ TEST(dropout_uniform_is_deterministic_and_in_range) {
   CHECK_NEAR(sum / 4096, 0.5, 0.02);
   CHECK(gc_dropout_uniform(42, 7, 0) != gc_dropout_uniform(43, 7, 0));
   CHECK(gc_dropout_uniform(42, 7, 4) == gc_dropout_uniform(42, 8, 0));  // offset counts groups of four
+}
+
+// Packed documents: a row of two documents [0, 3) and [3, 5) (plus an empty one) gives, for each
+// document, the plain causal forward and backward of that document alone.
+TEST(documents_equal_separate_calls) {
+  const int64_t T = 5, n = 4;
+  std::vector<float> q(T * D), k(T * D), v(T * D), dout(T * D), out(T * D), lse(T), dq(T * D), dk(T * D), dv(T * D);
+  for (int64_t i = 0; i < T * D; ++i)
+    q[i] = std::sin(0.7 * i), k[i] = std::cos(0.3 * i), v[i] = std::sin(0.2 * i + 1), dout[i] = std::cos(0.9 * i);
+  std::vector<int32_t> cu{0, 3, 3, 5};
+  const int64_t cu_shape[2] = {1, n}, lse_shape[3] = {1, 1, T};
+  gc_attention_fwd_params f{view4(q.data(), 1, 1, T, D),
+                            view4(k.data(), 1, 1, T, D),
+                            view4(v.data(), 1, 1, T, D),
+                            view4(out.data(), 1, 1, T, D),
+                            gc_make_tensor(lse.data(), GC_FLOAT32, GC_CPU, 0, 3, lse_shape),
+                            0.3f,
+                            1,
+                            0.f,
+                            0,
+                            0,
+                            gc_make_tensor(cu.data(), GC_INT32, GC_CPU, 0, 2, cu_shape)};
+  CHECK(gc_attention_fwd(&f, nullptr) == GC_OK);
+  const gc_attention_bwd_params b{f.q, f.k, f.v, f.out, view4(dout.data(), 1, 1, T, D), f.lse,
+                                  view4(dq.data(), 1, 1, T, D), view4(dk.data(), 1, 1, T, D),
+                                  view4(dv.data(), 1, 1, T, D), 0.3f, 1, 0.f, 0, 0, f.cu_seqlens};
+  size_t bytes = 0;
+  CHECK(gc_attention_bwd_workspace_size(&b, &bytes) == GC_OK);
+  std::vector<unsigned char> workspace(bytes);
+  CHECK(gc_attention_bwd(&b, workspace.data(), bytes, nullptr) == GC_OK);
+  for (auto [begin, len] : {std::pair<int64_t, int64_t>{0, 3}, {3, 2}}) {
+    const int64_t o = begin * D, part_lse_shape[3] = {1, 1, len};
+    std::vector<float> out1(len * D), lse1(len), dq1(len * D), dk1(len * D), dv1(len * D);
+    const gc_attention_fwd_params f1{view4(q.data() + o, 1, 1, len, D), view4(k.data() + o, 1, 1, len, D),
+                                     view4(v.data() + o, 1, 1, len, D), view4(out1.data(), 1, 1, len, D),
+                                     gc_make_tensor(lse1.data(), GC_FLOAT32, GC_CPU, 0, 3, part_lse_shape),
+                                     0.3f, 1, 0.f, 0, 0, gc_tensor{}};
+    CHECK(gc_attention_fwd(&f1, nullptr) == GC_OK);
+    const gc_attention_bwd_params b1{f1.q, f1.k, f1.v, f1.out, view4(dout.data() + o, 1, 1, len, D), f1.lse,
+                                     view4(dq1.data(), 1, 1, len, D), view4(dk1.data(), 1, 1, len, D),
+                                     view4(dv1.data(), 1, 1, len, D), 0.3f, 1, 0.f, 0, 0, gc_tensor{}};
+    CHECK(gc_attention_bwd_workspace_size(&b1, &bytes) == GC_OK);
+    std::vector<unsigned char> workspace1(bytes);
+    CHECK(gc_attention_bwd(&b1, workspace1.data(), bytes, nullptr) == GC_OK);
+    for (int64_t i = 0; i < len; ++i) CHECK_NEAR(lse[begin + i], lse1[i], 1e-6);
+    for (int64_t e = 0; e < len * D; ++e) {
+      CHECK_NEAR(out[o + e], out1[e], 1e-6);
+      CHECK_NEAR(dq[o + e], dq1[e], 1e-5);
+      CHECK_NEAR(dk[o + e], dk1[e], 1e-5);
+      CHECK_NEAR(dv[o + e], dv1[e], 1e-5);
+    }
+  }
+
+  cu = {0, 3, 2, 5};  // falls
+  CHECK_FAILS(gc_attention_fwd(&f, nullptr), GC_ERROR_INVALID_ARGUMENT, "'cu_seqlens' row 0 must rise from 0 to T = 5");
+  cu = {0, 3, 3, 4};  // stops short of T
+  CHECK_FAILS(gc_attention_bwd(&b, workspace.data(), workspace.size(), nullptr), GC_ERROR_INVALID_ARGUMENT,
+              "must rise from 0 to T");
+  cu = {0, 3, 3, 5};
+  f.cu_seqlens.dtype = GC_INT64;
+  CHECK_FAILS(gc_attention_fwd(&f, nullptr), GC_ERROR_DTYPE, "'cu_seqlens' has dtype int64");
+  const int64_t wrong_shape[2] = {2, 2};
+  f.cu_seqlens = gc_make_tensor(cu.data(), GC_INT32, GC_CPU, 0, 2, wrong_shape);
+  CHECK_FAILS(gc_attention_fwd(&f, nullptr), GC_ERROR_SHAPE, "'cu_seqlens' has shape [2, 2]; expected [B = 1");
+  f.cu_seqlens = b.cu_seqlens;
+  f.causal = 0;
+  CHECK_FAILS(gc_attention_fwd(&f, nullptr), GC_ERROR_INVALID_ARGUMENT, "needs causal attention with T_q == T_k");
 }
 
 TEST(bad_input) {

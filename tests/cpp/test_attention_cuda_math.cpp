@@ -147,6 +147,33 @@ TEST(head_dims_pad_to_the_wmma_step) {
   }
 }
 
+// Packed documents: doc_begin / doc_end against a scan of the boundaries, with empty documents
+// (repeated boundaries) at the start, middle and end; the forward's first key tile and the
+// backward's query range derived from them cover every visible pair.
+TEST(document_bounds_match_a_scan) {
+  const int32_t rows[][7] = {{0, 0, 3, 3, 4, 130, 130}, {0, 130, 130, 130, 130, 130, 130}, {0, 1, 2, 64, 65, 66, 130}};
+  const int64_t T = 130, n = 7;
+  for (const auto& cu : rows)
+    for (int64_t i = 0; i < T; ++i) {
+      int64_t begin = 0, end = T;
+      for (int64_t m = 0; m + 1 < n; ++m)
+        if (cu[m] <= i && i < cu[m + 1]) begin = cu[m], end = cu[m + 1];
+      CHECK(doc_begin(cu, n, i) == begin);
+      CHECK(doc_end(cu, n, i) == end);
+      // Query i sees exactly keys [begin, i]: within the forward tile walk from doc_begin(q0) and
+      // within the backward query range [j, doc_end(j)) of each such key j.
+      const int64_t q0 = i / kTileQ * kTileQ;
+      CHECK(doc_begin(cu, n, q0) / kTileK * kTileK <= begin);
+      for (int64_t j = begin; j <= i; ++j) CHECK(i < doc_end(cu, n, j));
+    }
+  // Bad rows stay inside the row and keep i in its own document.
+  const int32_t bad[] = {5, -3, 200, 1};
+  for (int64_t i = 0; i < 10; ++i) {
+    CHECK(doc_begin(bad, 4, i) >= 0 && doc_begin(bad, 4, i) <= i);
+    CHECK(doc_end(bad, 4, i) > i);
+  }
+}
+
 // Every region 128-byte aligned and in order, leading dims legal for wmma (multiples of 8 half
 // elements / 4 floats), and the total within sm_80's 163 KB opt-in (sm_90 allows 227 KB).
 TEST(shared_memory_layouts_fit_and_align) {
@@ -165,11 +192,11 @@ TEST(shared_memory_layouts_fit_and_align) {
     CHECK(f.bytes <= kSm80Optin);
 
     const BwdSmem b = bwd_smem(Dp, 2);
-    const int bwd_off[] = {b.k, b.v, b.q, b.dout, b.st, b.dpt, b.pt, b.dst, b.lse, b.dsum, b.bytes};
+    const int bwd_off[] = {b.k, b.v, b.q, b.dout, b.st, b.dpt, b.pt, b.dst, b.lse, b.dsum, b.key_begin, b.bytes};
     const int bwd_size[] = {kTileK * b.ld_t * 2, kTileK * b.ld_t * 2, kTileQ * b.ld_t * 2, kTileQ * b.ld_t * 2,
                             kTileK * b.ld_f * 4, kTileK * b.ld_f * 4, kTileK * b.ld_h * 2, kTileK * b.ld_h * 2,
-                            kTileQ * 4,          kTileQ * 4};
-    for (int r = 0; r < 10; ++r) {
+                            kTileQ * 4,          kTileQ * 4,          kTileQ * 4};
+    for (int r = 0; r < 11; ++r) {
       CHECK(bwd_off[r] % 128 == 0);
       CHECK(bwd_off[r] + bwd_size[r] <= bwd_off[r + 1]);
     }

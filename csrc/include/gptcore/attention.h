@@ -8,6 +8,16 @@
  * flash-attention), which is the usual lower triangle when T_q == T_k. Causal calls need
  * T_q <= T_k (GC_ERROR_SHAPE otherwise), so every query sees at least one key; T_k >= 1.
  *
+ * Packed documents (variable-length attention): with cu_seqlens set, each batch row holds
+ * several documents back to back and a query sees only the earlier keys of its own document.
+ * cu_seqlens is int32 [B, S + 1], contiguous, on q's device; row b is 0 = c_0 <= c_1 <= ... <=
+ * c_S = T, document m being positions [c_m, c_{m+1}) (empty documents allowed; a row of fewer
+ * documents repeats T at the end). Query i sees key j iff c_m <= j <= i for i's document m.
+ * It needs causal and T_q == T_k (GC_ERROR_INVALID_ARGUMENT otherwise). The values are
+ * checked on CPU; on CUDA they are read by the kernels unchecked (bad values give wrong
+ * results, never out-of-bounds accesses). Key tiles outside every document of a query tile
+ * are skipped, so packing costs no extra work. data == NULL: no documents, the plain mask.
+ *
  * The forward keeps lse = log-sum-exp of each query's scaled scores [B, H, T_q] (float32);
  * the backward recomputes the probabilities from it, so no T_q x T_k matrix ever exists in
  * memory.
@@ -43,6 +53,7 @@ typedef struct gc_attention_fwd_params {
   float dropout_p; /* in [0, 1) */
   uint64_t seed;
   uint64_t offset;
+  gc_tensor cu_seqlens; /* optional [B, S + 1] int32 document boundaries (see above); data NULL = none */
 } gc_attention_fwd_params;
 
 gc_status gc_attention_fwd(const gc_attention_fwd_params* params, void* stream);
@@ -57,6 +68,7 @@ typedef struct gc_attention_bwd_params {
   float dropout_p;
   uint64_t seed;
   uint64_t offset;
+  gc_tensor cu_seqlens; /* optional, as in the forward (the same tensor) */
 } gc_attention_bwd_params;
 
 /* Scratch for the backward (e.g. float32 dq accumulators, rowsum(dout * out)).

@@ -74,6 +74,38 @@ gc_status check_dropout(const char* api, float dropout_p) {
   return GC_OK;
 }
 
+// cu_seqlens, when given: int32 [B, S + 1] on q's device, causal with T_q == T_k; on CPU each row
+// rises from 0 to T (CUDA kernels read the values unchecked, safely).
+gc_status check_documents(const char* api, const gc_tensor& cu, const gc_tensor& q, const AttentionShape& s,
+                          int32_t causal) {
+  if (cu.data == nullptr) return GC_OK;
+  if (!causal || s.T_q != s.T_k)
+    return fail(GC_ERROR_INVALID_ARGUMENT,
+                "%s: 'cu_seqlens' (packed documents) needs causal attention with T_q == T_k, got causal = %d, T_q = "
+                "%lld, T_k = %lld",
+                api, causal, (long long)s.T_q, (long long)s.T_k);
+  GC_TRY(check_view(api, cu, "cu_seqlens"));
+  GC_TRY(check_same_device(api, cu, "cu_seqlens", q, "q"));
+  GC_TRY(check_dtype(api, cu, "cu_seqlens", {GC_INT32}));
+  if (cu.ndim != 2 || cu.shape[0] != s.B || cu.shape[1] < 2)
+    return fail(GC_ERROR_SHAPE,
+                "%s: 'cu_seqlens' has shape %s; expected [B = %lld, S + 1 >= 2] (each batch row's document boundaries)",
+                api, shape_string(cu).c_str(), (long long)s.B);
+  if (cu.device_type != GC_CPU) return GC_OK;
+  const int64_t n = cu.shape[1];
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int32_t* c = static_cast<const int32_t*>(cu.data) + b * n;
+    bool rising = c[0] == 0 && c[n - 1] == s.T_q;
+    for (int64_t m = 1; m < n && rising; ++m) rising = c[m - 1] <= c[m];
+    if (!rising)
+      return fail(GC_ERROR_INVALID_ARGUMENT,
+                  "%s: 'cu_seqlens' row %lld must rise from 0 to T = %lld, never down (0 = c_0 <= c_1 <= ... <= c_S = "
+                  "T), got c_0 = %d, c_S = %d",
+                  api, (long long)b, (long long)s.T_q, c[0], c[n - 1]);
+  }
+  return GC_OK;
+}
+
 gc_status check_bwd(const char* api, const gc_attention_bwd_params& p, AttentionShape* s) {
   GC_TRY(check_qkv(api, p.q, p.k, p.v, "k", "v", s));
   GC_TRY(check_like(api, p.out, "out", p.q, "q"));
@@ -83,6 +115,7 @@ gc_status check_bwd(const char* api, const gc_attention_bwd_params& p, Attention
   GC_TRY(check_like(api, p.dk, "dk", p.k, "k"));
   GC_TRY(check_like(api, p.dv, "dv", p.v, "v"));
   GC_TRY(check_options(api, *s, p.scale, p.causal));
+  GC_TRY(check_documents(api, p.cu_seqlens, p.q, *s, p.causal));
   return check_dropout(api, p.dropout_p);
 }
 
@@ -140,6 +173,7 @@ extern "C" gc_status gc_attention_fwd(const gc_attention_fwd_params* params, voi
     GC_TRY(check_like(api, p.out, "out", p.q, "q"));
     GC_TRY(check_lse(api, p.lse, p.q));
     GC_TRY(check_options(api, s, p.scale, p.causal));
+    GC_TRY(check_documents(api, p.cu_seqlens, p.q, s, p.causal));
     GC_TRY(check_dropout(api, p.dropout_p));
     if (empty(s)) return GC_OK;
 #ifdef GPTCORE_WITH_CUDA

@@ -27,7 +27,10 @@
 // Invariants relied on (besides those of the forward, same tile helpers):
 // - lse comes from the forward with the same scale/causal; a row with no visible key (lse =
 //   -inf) has no visible element, so exp(scale * S - lse) is only taken where it is finite.
-// - Invisible elements (i >= T_q, j >= T_k, causal j > i + T_k - T_q) get P = 0 and dS = 0
+// - With packed documents (cu_seqlens) query i also needs j >= doc_begin(i), looked up once per
+//   query tile into shared memory beside lse and dsum (0 without documents); the CTA walks only the query tiles of
+//   [j0, end of its last key's document), the queries that can see its keys.
+// - Invisible elements (i >= T_q, j >= T_k, causal j > i + T_k - T_q, other document) get P = 0 and dS = 0
 //   exactly; padded rows/columns of Q, K, V, dout are zero in shared memory, so they add nothing.
 // - Only warp w writes rows [16w, 16w + 16) of st, dpt, pt, dst; st's rows are reused as the
 //   warp's 16x16 staging area once S^T is consumed. The dQ product reads every warp's dst rows,
@@ -56,7 +59,9 @@ struct BwdArgs {
   bool causal;
   float dropout_p;
   uint64_t seed, offset;
-  bool vec;  // q, k, v, dout 16-byte aligned
+  bool vec;           // q, k, v, dout 16-byte aligned
+  const int32_t* cu;  // packed documents: [B, n_cu] boundaries, or null
+  int64_t n_cu, H;
 };
 
 template <class T>
@@ -102,6 +107,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const BwdArgs<T> a) {
   T* dst = reinterpret_cast<T*>(smem + L.dst);
   float* lse_s = reinterpret_cast<float*>(smem + L.lse);
   float* dsum_s = reinterpret_cast<float*>(smem + L.dsum);
+  int32_t* key_begin_s = reinterpret_cast<int32_t*>(smem + L.key_begin);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* st_w = reinterpret_cast<float*>(smem + L.st) + warp * kWarpRows * L.ld_f;
   float* dpt_w = reinterpret_cast<float*>(smem + L.dpt) + warp * kWarpRows * L.ld_f;
@@ -123,17 +129,24 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const BwdArgs<T> a) {
   }
   const float inv_keep = 1.f / (1.f - a.dropout_p);
   const int64_t first_tile = first_query_seeing(j0, a.T_q, a.T_k, a.causal) / kTileQ;
-  const int64_t num_query_tiles = ceil_div(a.T_q, kTileQ);
+  int64_t query_end = a.T_q;  // with documents: the end of the last key's document
+  if (a.cu) {
+    const int64_t last_key = (j0 + kTileK < a.T_k ? j0 + kTileK : a.T_k) - 1;
+    const int64_t end = doc_end(a.cu + (bh / a.H) * a.n_cu, a.n_cu, last_key);
+    query_end = end < a.T_q ? end : a.T_q;
+  }
+  const int64_t num_query_tiles = ceil_div(query_end, kTileQ);
 
   for (int64_t qt = first_tile; qt < num_query_tiles; ++qt) {
     const int64_t i0 = qt * kTileQ;
-    __syncthreads();  // every warp is done with the previous Q, dout, dS^T, lse, dsum
+    __syncthreads();  // every warp is done with the previous Q, dout, dS^T, lse, dsum, key_begin
     load_tile<T, kTileQ, Dp>(qs, L.ld_t, qg, i0, a.T_q, a.D, a.vec);
     load_tile<T, kTileQ, Dp>(dos, L.ld_t, dog, i0, a.T_q, a.D, a.vec);
     for (int r = threadIdx.x; r < kTileQ; r += kThreads) {
       const bool in = i0 + r < a.T_q;
       lse_s[r] = in ? a.lse[bh * a.T_q + i0 + r] : 0.f;
       dsum_s[r] = in ? a.dsum[bh * a.T_q + i0 + r] : 0.f;
+      key_begin_s[r] = in && a.cu ? static_cast<int32_t>(doc_begin(a.cu + (bh / a.H) * a.n_cu, a.n_cu, i0 + r)) : 0;
     }
     __syncthreads();
 
@@ -187,7 +200,8 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const BwdArgs<T> a) {
       for (int half = 0; half < 2; ++half) {
         const int c = lane + 32 * half;
         const int64_t i = i0 + c;
-        const bool visible = i < a.T_q && j < visible_key_end(i, a.T_q, a.T_k, a.causal);
+        const bool visible =
+            i < a.T_q && j < visible_key_end(i, a.T_q, a.T_k, a.causal) && j >= key_begin_s[c];
         const float p = visible ? __expf(st_w[r * L.ld_f + c] * a.scale - lse_s[c]) : 0.f;
         float pd = p, dp = dpt_w[r * L.ld_f + c];
         if (a.dropout_p > 0.f) {
@@ -321,7 +335,10 @@ gc_status attention_bwd_cuda(const gc_attention_bwd_params& p, const AttentionSh
                        p.dropout_p,
                        p.seed,
                        p.offset,
-                       aligned16(p.q.data) && aligned16(p.k.data) && aligned16(p.v.data) && aligned16(p.dout.data)};
+                       aligned16(p.q.data) && aligned16(p.k.data) && aligned16(p.v.data) && aligned16(p.dout.data),
+                       static_cast<const int32_t*>(p.cu_seqlens.data),
+                       p.cu_seqlens.data ? p.cu_seqlens.shape[1] : 0,
+                       s.H};
     GC_TRY(head_dim_switch(s.D, "gc_attention_bwd",
                            [&](auto dp) { return launch_bwd<T, decltype(dp)::value>(a, BH, st); }));
     if (dq_elems == 0) return GC_OK;

@@ -14,6 +14,7 @@
 #include "common/cpu_math.h"
 #include "common/philox.h"
 #include "ops/attention/attention.h"
+#include "ops/attention/attention_tiles.h"
 
 namespace gc {
 namespace {
@@ -27,6 +28,10 @@ constexpr int64_t kFwdBK = 256;  // keys per forward tile
 // its share of dq into its own float32 copy, summed at the end in a fixed order.
 constexpr int64_t kBwdKeysPerTask = 256;
 constexpr int64_t kBwdMaxSplits = 4;
+// Packed documents: a tile's rows (or a key block's keys) are processed in runs that end at a
+// document boundary once they hold kMinRun rows, so short documents sharing a tile do not pay
+// for each other's keys, while one-token documents do not each cost an sgemm call.
+constexpr int64_t kMinRun = 32;
 // keep[j] = 1 / (1 - p) when dropout element n0 + j is kept, else 0, for j < len: one Philox
 // call per four elements (dropout_keep4, as in the CUDA kernels).
 void dropout_keep(uint64_t seed, uint64_t offset, uint64_t n0, int64_t len, float p, float* keep) {
@@ -40,7 +45,7 @@ void dropout_keep(uint64_t seed, uint64_t offset, uint64_t n0, int64_t len, floa
   }
 }
 
-// One head's tensors and masking rule. Query i sees keys j < key_limit(i).
+// One head's tensors and masking rule. Query i sees keys key_begin(i) <= j < key_limit(i).
 struct Head {
   const float* q;
   const float* k;
@@ -48,11 +53,30 @@ struct Head {
   int64_t T_q, T_k, D;
   bool causal;
   int64_t first_element;  // dropout index n of element (i = 0, j = 0) of this head
+  const int32_t* cu;      // packed documents: this batch row's n_cu boundaries (causal, T_q == T_k); or null
+  int64_t n_cu;
 
   int64_t key_limit(int64_t i) const {
     return causal ? std::min(T_k, std::max<int64_t>(0, i + T_k - T_q + 1)) : T_k;
   }
+  // Both grow with i: the first key of i's document (0 without documents) and the document's end.
+  int64_t key_begin(int64_t i) const { return cu ? attn::doc_begin(cu, n_cu, i) : 0; }
+  int64_t doc_end(int64_t i) const { return cu ? std::min(T_q, attn::doc_end(cu, n_cu, i)) : T_q; }
 };
+
+// Calls fn(begin, count) for runs covering positions [begin, end): the whole range without
+// documents, else runs that end at a document boundary once they hold kMinRun positions.
+template <class Fn>
+void document_runs(const Head& h, int64_t begin, int64_t end, Fn&& fn) {
+  if (!h.cu) return fn(begin, end - begin);
+  while (begin < end) {
+    int64_t stop = begin;
+    do stop = std::min(end, h.doc_end(stop));
+    while (stop < end && stop - begin < kMinRun);
+    fn(begin, stop - begin);
+    begin = stop;
+  }
+}
 
 struct Dropout {
   float p;
@@ -65,10 +89,15 @@ struct FwdScratch {
 };
 
 // One row of a score tile: the online-softmax update of (m, l) and of the output row o (scaled
-// by the change of max), the row turned into (dropped) probabilities for keys j < n, zeros for
-// n <= j < nk. n >= 1.
+// by the change of max), the row turned into (dropped) probabilities for keys lo <= j < n, zeros
+// for the rest of [0, nk). lo < n; keep (when set) holds keys [lo, n).
 GC_CPU_CLONES
-void softmax_row(float* row, int64_t n, int64_t nk, float* o, int64_t D, float& m, float& l, const float* keep) {
+void softmax_row(float* row, int64_t lo, int64_t n, int64_t nk, float* o, int64_t D, float& m, float& l,
+                 const float* keep) {
+  std::fill(row, row + lo, 0.f);
+  row += lo;
+  n -= lo;
+  nk -= lo;
   float row_max = -INFINITY;
 #pragma omp simd reduction(max : row_max)
   for (int64_t j = 0; j < n; ++j) row_max = std::max(row_max, row[j]);
@@ -100,22 +129,24 @@ void fwd_rows(const Head& h, int64_t i0, int64_t mi, float scale, const Dropout&
   std::fill(m, m + mi, -INFINITY);
   std::fill(l, l + mi, 0.f);
   const int64_t key_end = h.key_limit(i0 + mi - 1);
-  for (int64_t j0 = 0; j0 < key_end; j0 += kFwdBK) {
+  for (int64_t j0 = h.key_begin(i0); j0 < key_end; j0 += kFwdBK) {  // no row sees keys before its document
     const int64_t nk = std::min(kFwdBK, key_end - j0);  // no row of the block sees keys >= key_end
     sgemm(false, true, mi, nk, D, scale, h.q + i0 * D, D, h.k + j0 * D, D, 0.f, s, kFwdBK);  // scaled scores
     for (int64_t i = 0; i < mi; ++i) {
       float* row = s + i * kFwdBK;
       const int64_t n = std::clamp<int64_t>(h.key_limit(i0 + i) - j0, 0, nk);
-      if (n == 0) {
+      const int64_t lo = std::clamp<int64_t>(h.key_begin(i0 + i) - j0, 0, nk);
+      if (n <= lo) {
         std::fill(row, row + nk, 0.f);
         continue;
       }
       const float* keep = nullptr;
       if (drop.p > 0.f) {
-        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0, n, drop.p, w.keep.data());
+        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0 + lo, n - lo, drop.p,
+                     w.keep.data());
         keep = w.keep.data();
       }
-      softmax_row(row, n, nk, o + i * D, D, m[i], l[i], keep);
+      softmax_row(row, lo, n, nk, o + i * D, D, m[i], l[i], keep);
     }
     sgemm(false, false, mi, D, nk, 1.f, s, kFwdBK, h.v + j0 * D, D, 1.f, o, D);
   }
@@ -144,9 +175,19 @@ struct BwdHead {
 
 // One row of a key tile in the backward: given the scaled scores in p and dout v^T in ds, p
 // becomes the probabilities, pd the dropped ones (when keep is set) and ds the gradient of the
-// scores; keys n <= j < nk are zero in all three.
+// scores for keys lo <= j < n; the other keys of [0, nk) are zero in all three. lo <= n; keep
+// (when set) holds keys [lo, n).
 GC_CPU_CLONES
-void bwd_row(float* p, float* pd, float* ds, int64_t n, int64_t nk, float lse, float delta, const float* keep) {
+void bwd_row(float* p, float* pd, float* ds, int64_t lo, int64_t n, int64_t nk, float lse, float delta,
+             const float* keep) {
+  std::fill(p, p + lo, 0.f);
+  std::fill(ds, ds + lo, 0.f);
+  if (keep) std::fill(pd, pd + lo, 0.f);
+  p += lo;
+  pd += lo;
+  ds += lo;
+  n -= lo;
+  nk -= lo;
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) p[j] = exp_fast(p[j] - lse);
   if (keep) {
@@ -174,21 +215,25 @@ void bwd_keys(const BwdHead& b, int64_t j0, int64_t nk, float scale, const Dropo
   float* pd = drop.p > 0.f ? w.pd.data() : p;
   std::memset(dk, 0, nk * D * sizeof(float));
   std::memset(dv, 0, nk * D * sizeof(float));
-  // The first query that sees key j0: i + T_k - T_q >= j0 when causal.
+  // The first query that sees key j0: i + T_k - T_q >= j0 when causal. With documents the
+  // queries that see keys [j0, j0 + nk) are exactly [j0, end of the last key's document).
   const int64_t first_query = h.causal ? std::max<int64_t>(0, j0 - (h.T_k - h.T_q)) : 0;
-  for (int64_t i0 = first_query / kBQ * kBQ; i0 < h.T_q; i0 += kBQ) {
-    const int64_t mi = std::min(kBQ, h.T_q - i0);
+  const int64_t q_end = h.doc_end(j0 + nk - 1);
+  for (int64_t i0 = h.cu ? j0 : first_query / kBQ * kBQ; i0 < q_end; i0 += kBQ) {
+    const int64_t mi = std::min(kBQ, q_end - i0);
     const float *q = h.q + i0 * D, *dout = b.dout + i0 * D;
     sgemm(false, true, mi, nk, D, scale, q, D, k, D, 0.f, p, kBK);   // scaled scores
     sgemm(false, true, mi, nk, D, 1.f, dout, D, v, D, 0.f, ds, kBK);  // dout v^T: gradient of pd
     for (int64_t i = 0; i < mi; ++i) {
       const int64_t n = std::clamp<int64_t>(h.key_limit(i0 + i) - j0, 0, nk);
+      const int64_t lo = std::min(n, std::clamp<int64_t>(h.key_begin(i0 + i) - j0, 0, nk));
       const float* keep = nullptr;
       if (drop.p > 0.f) {
-        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0, n, drop.p, w.keep.data());
+        dropout_keep(drop.seed, drop.offset, h.first_element + (i0 + i) * h.T_k + j0 + lo, n - lo, drop.p,
+                     w.keep.data());
         keep = w.keep.data();
       }
-      bwd_row(p + i * kBK, pd + i * kBK, ds + i * kBK, n, nk, b.lse[i0 + i], b.delta[i0 + i], keep);
+      bwd_row(p + i * kBK, pd + i * kBK, ds + i * kBK, lo, n, nk, b.lse[i0 + i], b.delta[i0 + i], keep);
     }
     sgemm(true, false, nk, D, mi, 1.f, pd, kBK, dout, D, 1.f, dv, D);             // dv += pd^T dout
     sgemm(true, false, nk, D, mi, scale, ds, kBK, q, D, 1.f, dk, D);              // dk += scale ds^T q
@@ -213,6 +258,8 @@ gc_status attention_fwd_cpu(const gc_attention_fwd_params& p, const AttentionSha
   const float* v = static_cast<const float*>(p.v.data);
   float* out = static_cast<float*>(p.out.data);
   float* lse = static_cast<float*>(p.lse.data);
+  const int32_t* cu = static_cast<const int32_t*>(p.cu_seqlens.data);
+  const int64_t n_cu = cu ? p.cu_seqlens.shape[1] : 0;
 #pragma omp parallel
   {
     FwdScratch w(s.D);
@@ -221,9 +268,11 @@ gc_status attention_fwd_cpu(const gc_attention_fwd_params& p, const AttentionSha
     for (int64_t t = 0; t < heads * q_blocks; ++t) {
       const int64_t bh = t % heads, qb = q_blocks - 1 - t / heads;
       const Head h{q + bh * s.T_q * s.D, k + bh * s.T_k * s.D, v + bh * s.T_k * s.D, s.T_q, s.T_k, s.D,
-                   p.causal != 0, bh * s.T_q * s.T_k};
-      fwd_rows(h, qb * kBQ, std::min(kBQ, s.T_q - qb * kBQ), p.scale, drop, out + bh * s.T_q * s.D,
-               lse + bh * s.T_q, w);
+                   p.causal != 0, bh * s.T_q * s.T_k, cu ? cu + (bh / s.H) * n_cu : nullptr, n_cu};
+      const int64_t i0 = qb * kBQ;
+      document_runs(h, i0, std::min(s.T_q, i0 + kBQ), [&](int64_t begin, int64_t rows) {
+        fwd_rows(h, begin, rows, p.scale, drop, out + bh * s.T_q * s.D, lse + bh * s.T_q, w);
+      });
     }
   }
   return GC_OK;
@@ -254,6 +303,8 @@ gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionSha
   float* dq = static_cast<float*>(p.dq.data);
   float* dk = static_cast<float*>(p.dk.data);
   float* dv = static_cast<float*>(p.dv.data);
+  const int32_t* cu = static_cast<const int32_t*>(p.cu_seqlens.data);
+  const int64_t n_cu = cu ? p.cu_seqlens.shape[1] : 0;
   float* delta = static_cast<float*>(workspace);
   float* partials = delta + rows;  // [splits - 1, rows, D]
 #pragma omp parallel
@@ -272,11 +323,14 @@ gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionSha
       const int64_t head_q = bh * s.T_q * D, head_k = bh * s.T_k * D;
       float* dq_acc = split == 0 ? dq + head_q : partials + (split - 1) * rows * D + head_q;
       std::memset(dq_acc, 0, s.T_q * D * sizeof(float));
-      const BwdHead b{Head{q + head_q, k + head_k, v + head_k, s.T_q, s.T_k, D, p.causal != 0, bh * s.T_q * s.T_k},
+      const BwdHead b{Head{q + head_q, k + head_k, v + head_k, s.T_q, s.T_k, D, p.causal != 0, bh * s.T_q * s.T_k,
+                           cu ? cu + (bh / s.H) * n_cu : nullptr, n_cu},
                       dout + head_q, lse + bh * s.T_q, delta + bh * s.T_q, dq_acc, dk + head_k, dv + head_k};
       const int64_t kb_end = std::min(k_blocks, (split + 1) * blocks_per_split);
       for (int64_t kb = split * blocks_per_split; kb < kb_end; ++kb)
-        bwd_keys(b, kb * kBK, std::min(kBK, s.T_k - kb * kBK), p.scale, drop, w);
+        document_runs(b.h, kb * kBK, std::min(s.T_k, (kb + 1) * kBK), [&](int64_t j0, int64_t nk) {
+          bwd_keys(b, j0, nk, p.scale, drop, w);
+        });
     }
     if (splits > 1) {
 #pragma omp for schedule(static)
@@ -309,7 +363,7 @@ gc_status attention_decode_cpu(const gc_attention_decode_params& p, const Attent
     for (int64_t bh = 0; bh < heads; ++bh) {
       const int64_t len = lens[bh / s.H];
       const Head h{q + bh * s.T_q * s.D, k + bh * T_max * s.D, v + bh * T_max * s.D, s.T_q, len, s.D,
-                   p.causal != 0, 0};
+                   p.causal != 0, 0, nullptr, 0};
       for (int64_t i0 = 0; i0 < s.T_q; i0 += kBQ)
         fwd_rows(h, i0, std::min(kBQ, s.T_q - i0), p.scale, none, out + bh * s.T_q * s.D, nullptr, w);
     }

@@ -18,8 +18,11 @@
 //   Dp = 16 * ceil(D / 16) with zeros in shared memory, so the padding adds nothing to S or O.
 // - Shared-memory tiles start 128-byte aligned and have leading dims that are multiples of 8
 //   (T) / 4 (float), so every wmma pointer (rows and columns multiples of 16) is 32-byte aligned.
-// - Key j is visible to query i iff i < T_q and j < visible_key_end(i) (bottom-right causal);
-//   invisible scores become -inf before the max, and a row with nothing visible yet keeps
+// - Key j is visible to query i iff i < T_q, j < visible_key_end(i) (bottom-right causal) and,
+//   with packed documents (cu_seqlens), j >= doc_begin(i): lane r holds the first key of the
+//   warp's row r and the row's lanes fetch it with a shuffle. The CTA starts at the key tile of
+//   its first query's document, skipping the tiles before it. Invisible scores become -inf before
+//   the max, and a row with nothing visible yet keeps
 //   m = -inf, P = 0, alpha = 0 (shift 0 avoids -inf - -inf). A row with no visible key at all
 //   (causal, T_q > T_k) gets out = 0 and lse = -inf.
 // - The dropout mask of (bh, i, j) is dropout_uniform(seed, offset, dropout_index(...)) >= p, as
@@ -48,7 +51,9 @@ struct FwdArgs {
   bool causal;
   float dropout_p;
   uint64_t seed, offset;
-  bool vec;  // every tensor 16-byte aligned
+  bool vec;          // every tensor 16-byte aligned
+  const int32_t* cu;  // packed documents: [B, n_cu] boundaries, or null
+  int64_t n_cu, H;
 };
 
 template <class T, int Dp>
@@ -84,12 +89,20 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdArgs<T> a) {
 
   const int64_t q_end = q0 + kTileQ < a.T_q ? q0 + kTileQ : a.T_q;
   const int64_t num_key_tiles = ceil_div(tile_key_end(q_end, a.T_q, a.T_k, a.causal), kTileK);
+  // Packed documents: lane r holds the first visible key of the warp's row r (lane r + 16 too).
+  const int32_t* cu = a.cu ? a.cu + (bh / a.H) * a.n_cu : nullptr;
+  int32_t lane_key_begin = 0;
+  if (cu) {
+    const int64_t i = q0 + warp * kWarpRows + lane % kWarpRows;
+    if (i < a.T_q) lane_key_begin = static_cast<int32_t>(doc_begin(cu, a.n_cu, i));
+  }
+  const int64_t first_key_tile = cu ? doc_begin(cu, a.n_cu, q0) / kTileK : 0;  // earlier keys: other documents
   __syncthreads();  // Q tile in place
   FragA<T, wmma::row_major> qf[kSteps];
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk) wmma::load_matrix_sync(qf[kk], qs + warp * kWarpRows * L.ld_t + kk * 16, L.ld_t);
 
-  for (int64_t kt = 0; kt < num_key_tiles; ++kt) {
+  for (int64_t kt = first_key_tile; kt < num_key_tiles; ++kt) {
     const int64_t k0 = kt * kTileK;
     __syncthreads();  // every warp is done with the previous K and V
     load_tile<T, kTileK, Dp>(ks, L.ld_t, kg, k0, a.T_k, a.D, a.vec);
@@ -127,10 +140,11 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdArgs<T> a) {
 #pragma unroll
     for (int r = 0; r < kWarpRows; ++r) {
       const int64_t i = q0 + warp * kWarpRows + r;
-      const int64_t end = i < a.T_q ? visible_key_end(i, a.T_q, a.T_k, a.causal) : 0;  // keys [0, end) visible
+      const int64_t end = i < a.T_q ? visible_key_end(i, a.T_q, a.T_k, a.causal) : 0;  // keys [begin, end) visible
+      const int64_t begin = cu ? __shfl_sync(0xffffffffu, lane_key_begin, r) : 0;
       const int64_t j0 = k0 + lane, j1 = k0 + lane + 32;
-      const float s0 = j0 < end ? s_w[r * L.ld_s + lane] * a.scale : -INFINITY;
-      const float s1 = j1 < end ? s_w[r * L.ld_s + lane + 32] * a.scale : -INFINITY;
+      const float s0 = j0 < end && j0 >= begin ? s_w[r * L.ld_s + lane] * a.scale : -INFINITY;
+      const float s1 = j1 < end && j1 >= begin ? s_w[r * L.ld_s + lane + 32] * a.scale : -INFINITY;
       const float m_new = fmaxf(row_m[r], warp_max(fmaxf(s0, s1)));
       const float shift = m_new == -INFINITY ? 0.f : m_new;
       float p0 = __expf(s0 - shift), p1 = __expf(s1 - shift);
@@ -214,7 +228,10 @@ gc_status attention_fwd_cuda(const gc_attention_fwd_params& p, const AttentionSh
                        p.dropout_p,
                        p.seed,
                        p.offset,
-                       aligned16(p.q.data) && aligned16(p.k.data) && aligned16(p.v.data)};
+                       aligned16(p.q.data) && aligned16(p.k.data) && aligned16(p.v.data),
+                       static_cast<const int32_t*>(p.cu_seqlens.data),
+                       p.cu_seqlens.data ? p.cu_seqlens.shape[1] : 0,
+                       s.H};
     return head_dim_switch(s.D, "gc_attention_fwd", [&](auto dp) {
       return launch_fwd<T, decltype(dp)::value>(a, BH, as_stream(stream));
     });

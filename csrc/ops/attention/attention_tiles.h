@@ -1,6 +1,7 @@
 // Tile geometry of the CUDA attention kernels, as host + device helpers free of CUDA headers,
 // so that tests/cpp/test_attention_cuda_math.cpp checks the same index math the kernels run:
-// which keys a query sees (bottom-right causal alignment), which key tiles a query tile needs,
+// which keys a query sees (bottom-right causal alignment, packed documents; the CPU kernel uses
+// the document helpers too), which key tiles a query tile needs,
 // which query tiles a key tile needs, the dropout element index, the decode cache split, and the
 // shared-memory layouts.
 #pragma once
@@ -42,6 +43,35 @@ GC_HD int64_t first_query_seeing(int64_t j, int64_t T_q, int64_t T_k, bool causa
   if (!causal) return 0;
   const int64_t i = j - (T_k - T_q);
   return i < 0 ? 0 : (i > T_q ? T_q : i);
+}
+
+// Packed documents: `cu` is one batch row's n = S + 1 boundaries 0 = c_0 <= ... <= c_S = T
+// (cu_seqlens). Position i lies in document [doc_begin, doc_end): the last boundary <= i and the
+// first one > i (the repeated boundaries of empty documents are passed over). Binary searches,
+// so a bad row never reads outside cu; the results are clamped so that i is always inside
+// (doc_begin in [0, i], doc_end >= i + 1) and callers clamp doc_end to T.
+GC_HD int64_t upper_bound_boundary(const int32_t* cu, int64_t n, int64_t i) {
+  int64_t lo = 0, hi = n;  // the first index whose boundary is > i
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (cu[mid] <= i)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+GC_HD int64_t doc_begin(const int32_t* cu, int64_t n, int64_t i) {
+  const int64_t m = upper_bound_boundary(cu, n, i);
+  const int64_t begin = m == 0 ? 0 : cu[m - 1];
+  return begin < 0 ? 0 : (begin > i ? i : begin);
+}
+
+GC_HD int64_t doc_end(const int32_t* cu, int64_t n, int64_t i) {
+  const int64_t m = upper_bound_boundary(cu, n, i);
+  const int64_t end = m == n ? i + 1 : cu[m];
+  return end <= i ? i + 1 : end;
 }
 
 // Row-major index of element (bh, i, j) of [B, H, T_q, T_k]: the dropout draw's n.
@@ -115,10 +145,11 @@ GC_HD constexpr FwdSmem fwd_smem(int Dp, int elem_bytes) {
 //   k, v [kTileK][Dp + kPadT] T; q, dout [kTileQ][Dp + kPadT] T of the current query tile;
 //   st, dpt [kTileK][kTileQ + kPadF] float: S^T and (dout V^T)^T, later a warp's staging area;
 //   pt, dst [kTileK][kTileQ + kPadT] T: dropped probabilities and dS, transposed;
-//   lse, dsum [kTileQ] float of the current query tile.
+//   lse, dsum [kTileQ] float of the current query tile; key_begin [kTileQ] int32, the first key
+//   each of its queries sees (its document's start; 0 without packed documents).
 struct BwdSmem {
   int ld_t, ld_f, ld_h;
-  int k, v, q, dout, st, dpt, pt, dst, lse, dsum, bytes;
+  int k, v, q, dout, st, dpt, pt, dst, lse, dsum, key_begin, bytes;
 };
 
 GC_HD constexpr BwdSmem bwd_smem(int Dp, int elem_bytes) {
@@ -136,7 +167,8 @@ GC_HD constexpr BwdSmem bwd_smem(int Dp, int elem_bytes) {
   m.dst = m.pt + align128(kTileK * m.ld_h * elem_bytes);
   m.lse = m.dst + align128(kTileK * m.ld_h * elem_bytes);
   m.dsum = m.lse + align128(kTileQ * 4);
-  m.bytes = m.dsum + align128(kTileQ * 4);
+  m.key_begin = m.dsum + align128(kTileQ * 4);
+  m.bytes = m.key_begin + align128(kTileQ * 4);
   return m;
 }
 

@@ -24,10 +24,18 @@ def _lse_like(q: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("gptcore::attention_fwd", mutates_args=())
 def attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float, scale: float, rng: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    dropout_p: float,
+    scale: float,
+    rng: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, H, T_q, D], k and v [B, H, T_k, D] -> (out like q, lse [B, H, T_q] float32).
-    rng: int64 CPU tensor [2] holding the dropout (seed, offset)."""
+    rng: int64 CPU tensor [2] holding the dropout (seed, offset). cu_seqlens: None, or int32
+    [B, S + 1] document boundaries on q's device (packed documents; causal, T_q == T_k)."""
     seed, offset = rng.tolist()
     out = torch.empty_like(q)
     lse = _lse_like(q)
@@ -35,13 +43,13 @@ def attention_fwd(
         return out, lse
     _C.attention_fwd(
         view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(lse, "lse"),
-        scale, causal, dropout_p, seed, offset, stream(q),
+        scale, causal, dropout_p, seed, offset, stream(q), view(cu_seqlens, "cu_seqlens"),
     )  # fmt: skip
     return out, lse
 
 
 @attention_fwd.register_fake
-def _(q, k, v, causal, dropout_p, scale, rng):
+def _(q, k, v, causal, dropout_p, scale, rng, cu_seqlens=None):
     return torch.empty_like(q), _lse_like(q)
 
 
@@ -57,6 +65,7 @@ def attention_bwd(
     dropout_p: float,
     scale: float,
     rng: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), recomputing the probabilities from lse and the same dropout mask."""
     seed, offset = rng.tolist()
@@ -67,28 +76,33 @@ def attention_bwd(
         view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"), view(lse, "lse"),
         view(dq, "dq"), view(dk, "dk"), view(dv, "dv"), scale, causal, dropout_p, seed, offset,
     )  # fmt: skip
-    workspace = torch.empty(_C.attention_bwd_workspace_size(*args), dtype=torch.uint8, device=q.device)
-    _C.attention_bwd(*args, workspace.data_ptr(), workspace.numel(), stream(q))
+    documents = view(cu_seqlens, "cu_seqlens")
+    workspace = torch.empty(
+        _C.attention_bwd_workspace_size(*args, cu_seqlens=documents), dtype=torch.uint8, device=q.device
+    )
+    _C.attention_bwd(*args, workspace.data_ptr(), workspace.numel(), stream(q), cu_seqlens=documents)
     return dq, dk, dv
 
 
 @attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, causal, dropout_p, scale, rng):
+def _(dout, q, k, v, out, lse, causal, dropout_p, scale, rng, cu_seqlens=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, dropout_p, scale, rng = inputs
+    q, k, v, causal, dropout_p, scale, rng, cu_seqlens = inputs
     out, lse = output
     ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
     ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse, rng)
+    ctx.save_for_backward(q, k, v, out, lse, rng, cu_seqlens)
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, rng = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(dout.contiguous(), q, k, v, out, lse, ctx.causal, ctx.dropout_p, ctx.scale, rng)
-    return dq, dk, dv, None, None, None, None
+    q, k, v, out, lse, rng, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(
+        dout.contiguous(), q, k, v, out, lse, ctx.causal, ctx.dropout_p, ctx.scale, rng, cu_seqlens
+    )
+    return dq, dk, dv, None, None, None, None, None
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -139,6 +153,7 @@ def attention(
     causal: bool = True,
     dropout_p: float = 0.0,
     scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Like F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=..., scale=...) for
     q [B, H, T_q, D] and k, v [B, H, T_k, D], without a T_q x T_k matrix in memory.
@@ -147,14 +162,46 @@ def attention(
     F.scaled_dot_product_attention's mask when T_q == T_k; causal needs T_q <= T_k. Head dims
     32..128 in steps of 8; float32 on CPU, float16 / bfloat16 on CUDA (float32 on CUDA runs
     PyTorch's SDPA, with a notice). Non-contiguous inputs are copied to contiguous ones.
+
+    cu_seqlens: packed documents (see reference.check_cu_seqlens), an integer [B, S + 1] tensor,
+    each row 0 = c_0 <= ... <= c_S = T: query i sees only the keys j <= i of its own document
+    (reference.document_mask), with no work spent on the others. Needs causal and T_q == T_k.
+    Passed to the kernels as int32 on q's device; its values are checked on CPU only.
     """
+    if cu_seqlens is not None:
+        cu_seqlens = _documents(q, k, causal, cu_seqlens)
     if q.is_cuda and q.dtype == torch.float32:
-        return _float32_on_cuda(q, k, v, causal, dropout_p, scale)
+        return _float32_on_cuda(q, k, v, causal, dropout_p, scale, cu_seqlens)
     rng = draw_dropout_rng() if dropout_p > 0 else torch.zeros(2, dtype=torch.int64)
     out, _ = attention_fwd(
-        q.contiguous(), k.contiguous(), v.contiguous(), causal, float(dropout_p), _default_scale(q, scale), rng
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        causal,
+        float(dropout_p),
+        _default_scale(q, scale),
+        rng,
+        cu_seqlens,
     )
     return out
+
+
+def _documents(q: torch.Tensor, k: torch.Tensor, causal: bool, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens as the kernels take it (int32, contiguous, on q's device), or a ValueError for a
+    call that cannot have packed documents. The values are the kernels' to check (on CPU)."""
+    if not causal or q.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            "attention: cu_seqlens (packed documents) needs causal=True and as many queries as keys, got "
+            f"causal={causal}, T_q={q.shape[-2]}, T_k={k.shape[-2]}"
+        )
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        kind = cu_seqlens.dtype if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
+        raise ValueError(f"attention: cu_seqlens must be an int32 [B, S + 1] tensor, got {kind}")
+    if cu_seqlens.dim() != 2 or cu_seqlens.shape[0] != q.shape[0] or cu_seqlens.shape[1] < 2:
+        raise ValueError(
+            f"attention: cu_seqlens is {list(cu_seqlens.shape)}; it must be [B = {q.shape[0]}, S + 1 >= 2]"
+        )
+    return cu_seqlens.to(q.device, torch.int32).contiguous()
 
 
 def attention_decode(
@@ -185,10 +232,15 @@ def attention_decode(
 _FLOAT32_NOTICE = "gptcore: CUDA attention kernels take float16/bfloat16; float32 attention on CUDA runs PyTorch's SDPA"
 
 
-def _float32_on_cuda(q, k, v, causal: bool, dropout_p: float, scale: float | None) -> torch.Tensor:
+def _float32_on_cuda(
+    q, k, v, causal: bool, dropout_p: float, scale: float | None, cu_seqlens: torch.Tensor | None = None
+) -> torch.Tensor:
     warnings.warn(_FLOAT32_NOTICE, stacklevel=3)
     T_q, T_k = q.shape[-2], k.shape[-2]
-    mask = reference.causal_mask(T_q, T_k, q.device) if causal and T_q != T_k else None
+    if cu_seqlens is not None:
+        mask = reference.document_mask(cu_seqlens, T_q)
+    else:
+        mask = reference.causal_mask(T_q, T_k, q.device) if causal and T_q != T_k else None
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal and mask is None, dropout_p=dropout_p, scale=scale
     )
