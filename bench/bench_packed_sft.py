@@ -13,7 +13,7 @@ Validation, before timing: each example's summed loss over its targets is the sa
 (rel 1e-4), on a fresh model. Timing is interleaved: the modes alternate epoch by epoch, `--rounds`
 times after one warmup epoch each, and the medians are reported.
 
-    python bench/bench_packed_sft.py                    # CPU; gptcore's ops when its attention takes cu_seqlens
+    python bench/bench_packed_sft.py                    # CPU, gptcore's ops
     python bench/bench_packed_sft.py --ops pytorch      # the model's PyTorch path (SDPA with the document mask)
     python bench/bench_packed_sft.py --json packed.json
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import platform
 import statistics
@@ -35,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptcore import ops as gptcore_ops
 from gptcore.data import IndexedDataset, IndexedDatasetBuilder, SFTDataset, loss_mask_prefix
 from gptcore.model import GPT, IGNORE_INDEX, GPTConfig
 from gptcore.optim import AdamW
@@ -107,14 +105,11 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--n-head", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--ops", choices=("auto", "gptcore", "pytorch"), default="auto")
+    parser.add_argument("--ops", choices=("gptcore", "pytorch"), default="gptcore")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    kernel_varlen = "cu_seqlens" in inspect.signature(gptcore_ops.attention).parameters
-    use_gptcore_ops = args.ops == "gptcore" or (args.ops == "auto" and kernel_varlen)
-    if use_gptcore_ops and not kernel_varlen:
-        sys.exit("--ops gptcore: gptcore.ops.attention does not take cu_seqlens in this build")
+    use_gptcore_ops = args.ops == "gptcore"
     config = GPTConfig(
         vocab_size=args.vocab, n_positions=args.seq, n_layer=args.n_layer, n_head=args.n_head,
         n_embd=args.n_embd, use_gptcore_ops=use_gptcore_ops,

@@ -206,10 +206,7 @@ class CausalAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
         ops = op_set(self.use_gptcore_ops, self.head_dim)
-        dropout_p = self.p if self.training else 0.0
-        if cu_seqlens is None:
-            return ops.attention(q, k, v, causal=True, dropout_p=dropout_p)
-        return ops.attention(q, k, v, causal=True, dropout_p=dropout_p, cu_seqlens=cu_seqlens)
+        return ops.attention(q, k, v, causal=True, dropout_p=self.p if self.training else 0.0, cu_seqlens=cu_seqlens)
 
 
 class SelfAttention(nn.Module):

@@ -4,15 +4,12 @@ set and under activation recompute; the boundaries from eod tokens equal Megatro
 reset_attention_mask / reset_position_ids; packed SFT trains each example as unpacked SFT does; the
 trainer's reset_attention_mask under tp, sp, pp and dp equals the one-process trainer."""
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from train_fixtures import corpus, quiet, small  # noqa: F401 (corpus is a fixture)
 
-from gptcore import ops as gptcore_ops
 from gptcore.cli.foreign import translate
 from gptcore.data import (
     IndexedDataset,
@@ -29,12 +26,7 @@ from gptcore.training.batches import DocumentReset, make_batch, model_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# gptcore's fused attention takes cu_seqlens once the varlen kernel is in; until then its path skips.
-KERNEL_VARLEN = "cu_seqlens" in inspect.signature(gptcore_ops.attention).parameters
-OP_SETS = [
-    pytest.param(False, id="pytorch"),
-    pytest.param(True, id="gptcore", marks=pytest.mark.skipif(not KERNEL_VARLEN, reason="no varlen kernel yet")),
-]
+OP_SETS = [pytest.param(False, id="pytorch"), pytest.param(True, id="gptcore")]
 T = 24
 
 
@@ -231,7 +223,7 @@ STEPS = 3
 
 def _cfg(corpus, **overrides) -> dict:  # noqa: F811
     base = dict(dropout=0.0, attn_dropout=0.0, clip_grad=0.5, decay_style="constant", weight_decay=0.1)
-    reset = dict(reset_attention_mask=True, reset_position_ids=True, use_gptcore_ops=KERNEL_VARLEN)
+    reset = dict(reset_attention_mask=True, reset_position_ids=True)
     return small(corpus, **(base | reset | overrides))
 
 
