@@ -120,8 +120,13 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
 
-def _reference_attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
+def _reference_attention(q, k, v, causal=True, dropout_p=0.0, scale=None, cu_seqlens=None):
+    """gptcore.ops.attention on PyTorch's SDPA; with cu_seqlens [B, S + 1] (packed documents, see
+    reference.check_cu_seqlens) each query sees only the earlier keys of its own document."""
+    if cu_seqlens is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
+    mask = reference.document_mask(cu_seqlens, q.shape[-2])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
 REFERENCE_OPS = types.SimpleNamespace(
@@ -191,15 +196,17 @@ class Linear(nn.Linear):
 
 class CausalAttention(nn.Module):
     """Causal softmax attention of q, k, v [B, H, T, D]; in training, dropout p on its weights
-    (inside the fused kernel, or PyTorch's SDPA for heads the kernels do not take)."""
+    (inside the fused kernel, or PyTorch's SDPA for heads the kernels do not take). With cu_seqlens
+    int32 [B, S + 1] (the document boundaries of packed rows: reference.check_cu_seqlens) a token
+    attends only within its own document."""
 
     def __init__(self, p: float, use_gptcore_ops: bool = True, head_dim: int | None = None):
         super().__init__()
         self.p, self.use_gptcore_ops, self.head_dim = p, use_gptcore_ops, head_dim
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
         ops = op_set(self.use_gptcore_ops, self.head_dim)
-        return ops.attention(q, k, v, causal=True, dropout_p=self.p if self.training else 0.0)
+        return ops.attention(q, k, v, causal=True, dropout_p=self.p if self.training else 0.0, cu_seqlens=cu_seqlens)
 
 
 class SelfAttention(nn.Module):
@@ -218,14 +225,14 @@ class SelfAttention(nn.Module):
         """The heads computed here, from c_attn's rows: all of them, or a tensor-parallel rank's share."""
         return self.c_attn.weight.shape[0] // (3 * self.head_dim)
 
-    def heads(self, h: torch.Tensor, attend=None) -> torch.Tensor:
+    def heads(self, h: torch.Tensor, attend=None, cu_seqlens=None) -> torch.Tensor:
         """h [B, T, C] -> attention over the heads, merged [B, T, n_head * head_dim] (before c_proj).
         attend(q, k, v) -> y replaces causal self-attention when given (generation: it writes k, v
-        into a KV cache and attends over the cache)."""
+        into a KV cache and attends over the cache); cu_seqlens: see CausalAttention."""
         qkv = self.c_attn(h)
         B, T, D = qkv.shape[0], qkv.shape[1], self.head_dim
         q, k, v = (t.view(B, T, -1, D).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-        y = self.core(q, k, v) if attend is None else attend(q, k, v)
+        y = self.core(q, k, v, cu_seqlens) if attend is None else attend(q, k, v)
         return y.transpose(1, 2).contiguous().view(B, T, -1)
 
 
@@ -258,17 +265,17 @@ class Block(nn.Module):
             return residual + self.dropout(proj(x))
         return proj(x, residual=residual)
 
-    def attention_sublayer(self, x: torch.Tensor, attend=None) -> torch.Tensor:
+    def attention_sublayer(self, x: torch.Tensor, attend=None, cu_seqlens=None) -> torch.Tensor:
         """The attention of ln_1(x), heads merged (before c_proj): the part `recompute="selective"`
-        recomputes in the backward. attend: see SelfAttention.heads."""
+        recomputes in the backward. attend, cu_seqlens: see SelfAttention.heads."""
         h = self.ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.config.layer_norm_eps)
-        return self.attn.heads(h, attend)
+        return self.attn.heads(h, attend, cu_seqlens)
 
-    def forward(self, x: torch.Tensor, recompute_attention: bool = False, attend=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, recompute_attention: bool = False, attend=None, cu_seqlens=None) -> torch.Tensor:
         if recompute_attention:
-            y = checkpoint(self.attention_sublayer, x, use_reentrant=False)
+            y = checkpoint(self.attention_sublayer, x, None, cu_seqlens, use_reentrant=False)
         else:
-            y = self.attention_sublayer(x, attend)
+            y = self.attention_sublayer(x, attend, cu_seqlens)
         x = self._project_add(y, self.attn.c_proj, x)
         h = self.ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, self.config.layer_norm_eps)
         h = self.mlp.c_fc(h, activation="gelu")
@@ -349,13 +356,25 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ):
         """idx [B, T] token ids -> (logits [B, T, vocab_size], mean cross-entropy against targets
         [B, T] or None); targets equal to -100 are ignored. The logits are a view into a row of
-        padded_vocab_size columns (see tied_logits); .contiguous() makes a dense copy."""
+        padded_vocab_size columns (see tied_logits); .contiguous() makes a dense copy.
+
+        Packed documents: cu_seqlens int32 [B, S + 1], each row's document boundaries
+        (0 = c_0 <= ... <= c_S = T, see gptcore.ops.reference.check_cu_seqlens), keeps every token's
+        attention inside its document; position_ids [B, T] (positions restarting in each document)
+        replace 0..T-1. A stage past the first takes hidden states as idx and the same cu_seqlens
+        (position_ids are the first stage's)."""
         t = self.transformer
-        x = self.embed(idx, self._positions(idx)) if "wpe" in t else idx
-        x = self.blocks(x)
+        x = self.embed(idx, self._positions(idx, position_ids)) if "wpe" in t else idx
+        x = self.blocks(x, cu_seqlens=cu_seqlens)
         if "ln_f" not in t:
             return x
         return self.head(self.final_norm(x), targets)
@@ -379,28 +398,33 @@ class GPT(nn.Module):
         x = x[:, -1:].contiguous()  # the next-token logits only
         return self.head(self.final_norm(x))[0][:, -1]
 
-    def _positions(self, idx: torch.Tensor) -> torch.Tensor:
+    def _positions(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         seq_len = idx.shape[1]
         if seq_len > self.config.n_positions:
             raise ValueError(f"GPT: sequence length {seq_len} exceeds n_positions {self.config.n_positions}")
-        return torch.arange(seq_len, device=idx.device)
+        if position_ids is None:
+            return torch.arange(seq_len, device=idx.device)
+        if position_ids.shape != idx.shape:
+            raise ValueError(f"GPT: position_ids {list(position_ids.shape)} must be the ids' shape {list(idx.shape)}")
+        return position_ids
 
     def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token + position embeddings, with dropout in training."""
         t = self.transformer
         return t.drop(t.wte(idx) + t.wpe(positions))
 
-    def blocks(self, x: torch.Tensor, attend=None) -> torch.Tensor:
-        """The blocks in order, recomputed in the backward as self.recompute says (in training)."""
+    def blocks(self, x: torch.Tensor, attend=None, cu_seqlens=None) -> torch.Tensor:
+        """The blocks in order, recomputed in the backward as self.recompute says (in training);
+        cu_seqlens: the packed documents' boundaries (see forward)."""
         recompute = self.recompute if self.training and torch.is_grad_enabled() and attend is None else "none"
         if recompute not in ("none", "full", "selective"):
             raise ValueError(f"GPT.recompute must be 'none', 'full' or 'selective', got {recompute!r}")
         for i, block in enumerate(self.transformer.h.values()):
             if recompute == "full":
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, False, None, cu_seqlens, use_reentrant=False)
             else:
                 layer_attend = None if attend is None else functools.partial(attend, i)
-                x = block(x, recompute_attention=recompute == "selective", attend=layer_attend)
+                x = block(x, recompute == "selective", layer_attend, cu_seqlens)
         return x
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from test_training import corpus  # noqa: F401 (a fixture)
 from gptcore import cli
 from gptcore.checkpoint import load_model, save_model
 from gptcore.cli.source import load_model as load_model_source
-from gptcore.data import preprocess_sft
+from gptcore.data import preprocess_sft, segment_boundaries
 from gptcore.model import GPT, GPTConfig
 from gptcore.parallel.testing import run_distributed
 from gptcore.training import Trainer, load_config
@@ -79,13 +79,15 @@ def _quiet(cfg: dict) -> Trainer:
 
 
 def test_loss_counts_only_target_tokens(task):
-    """The trainer's first-step loss equals a float64 cross-entropy over the target tokens alone."""
+    """The trainer's first-step loss equals a float64 cross-entropy over the target tokens alone,
+    each packed example attending only to itself, at positions from 0."""
     trainer = _quiet(_cfg(task, sft_packing=True))
     items = [trainer.train_data[i] for i in range(8)]
     model = load_model(task[2], use_gptcore_ops=False).double().requires_grad_(False)
     losses = []
     for item in items:
-        logits = model(item["tokens"][None])[0][0]
+        documents = segment_boundaries(item["segment_ids"][None])
+        logits = model(item["tokens"][None], position_ids=item["position_ids"][None], cu_seqlens=documents)[0][0]
         nll = F.cross_entropy(logits, item["labels"], reduction="none")
         losses.append(nll[item["loss_mask"] > 0])
     direct = torch.cat(losses)

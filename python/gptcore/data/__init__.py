@@ -1,5 +1,6 @@
 """From raw text to training batches: tokenizers, Megatron-compatible indexed datasets, GPT and SFT samples."""
 
+from gptcore.data.documents import document_boundaries, document_positions, segment_boundaries, segment_positions
 from gptcore.data.gpt_dataset import (
     BlendedDataset,
     GPTDataset,
@@ -41,6 +42,8 @@ __all__ = [
     "default_corpus",
     "default_corpus_jsonl",
     "default_dataset",
+    "document_boundaries",
+    "document_positions",
     "expand_inputs",
     "gpt2_bpe_tokenizer",
     "has_loss_mask",
@@ -55,6 +58,8 @@ __all__ = [
     "parse_split",
     "preprocess",
     "preprocess_sft",
+    "segment_boundaries",
+    "segment_positions",
     "read_paddle_data",
     "tokenizer_files",
     "train_sentencepiece",

@@ -12,12 +12,11 @@ flag of labels[t]. Each epoch reads the examples in a seeded order of its own an
 - ``pack=True``: whole examples, in that order, go into sequences of seq_len + 1 tokens (next fit:
   an example that does not fit the open sequence starts the next one), never split; the rest of a
   sequence is pad_id with mask 0, and the first token of every example has mask 0, so nothing is
-  learnt from predicting one example from the one before it. Attention is another matter: gptcore's
-  attention is causal over the whole sequence, with no per-example mask, so a token still attends
-  to the earlier examples packed beside it. That is the trade pack=True makes for throughput (far
-  less padding); ``pack=False`` puts one example in each sequence and has no such contamination.
-  ``return_segments=True`` adds "segment_ids" (1, 2, ... per example, 0 on padding) and
-  "position_ids" (positions within each example) for a model that can mask by segment.
+  learnt from predicting one example from the one before it. ``return_segments=True`` adds
+  "segment_ids" (1, 2, ... per example, 0 on padding) and "position_ids" (positions within each
+  example): the trainer turns them into the model's document boundaries and positions
+  (gptcore.training.batches), so each packed example attends only to itself and trains as it
+  would alone.
 - ``pack=False``: one example a sequence, padded.
 
 An example longer than seq_len + 1 tokens keeps its first seq_len + 1 (``num_truncated`` counts them).

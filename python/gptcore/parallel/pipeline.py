@@ -191,15 +191,16 @@ def activation_shape(stage: GPT, batch: int, seq_len: int) -> tuple[int, ...]:
     return (batch, seq_len // tp.size, stage.config.n_embd)
 
 
-def stage_loss(stage: GPT, x: torch.Tensor, targets: torch.Tensor, num_tokens: int) -> torch.Tensor:
+def stage_loss(stage: GPT, x: torch.Tensor, targets: torch.Tensor, num_tokens: int, **inputs) -> torch.Tensor:
     """The last stage's share of a batch's mean loss: the model's mean over this micro batch's
     target tokens times their count, over the batch's num_tokens (float32). A micro batch without
-    target tokens adds zero (its mean is undefined) and zero grads."""
+    target tokens adds zero (its mean is undefined) and zero grads. inputs: GPT.forward's packed
+    document arguments (cu_seqlens, position_ids)."""
     count = int((targets != IGNORE_INDEX).sum())
     if count == 0:
-        logits, _ = stage(x)
+        logits, _ = stage(x, **inputs)
         return logits.float().sum() * 0.0
-    _, mean = stage(x, targets)
+    _, mean = stage(x, targets, **inputs)
     return mean.float() * (count / num_tokens)
 
 
@@ -284,7 +285,7 @@ def _check_micro_batches(stage: GPT, micro_batches) -> torch.Size:
     if len(micro_batches) == 0:
         raise ValueError("forward_backward_1f1b: no micro batches")
     shape = None
-    for k, (idx, targets) in enumerate(micro_batches):
+    for k, (idx, targets, *_) in enumerate(micro_batches):
         if idx.dim() != 2:
             raise ValueError(
                 f"forward_backward_1f1b: micro batch {k} has ids of shape {list(idx.shape)}; expected [B, T]"
@@ -311,7 +312,7 @@ def _check_micro_batches(stage: GPT, micro_batches) -> torch.Size:
 
 def forward_backward_1f1b(
     stage: GPT,
-    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    micro_batches: Sequence[tuple],
     group: dist.ProcessGroup | None,
     prev_rank: int | None,
     next_rank: int | None,
@@ -325,7 +326,10 @@ def forward_backward_1f1b(
     order schedule_1f1b gives this stage; grads accumulate into the stage's parameters.
 
     micro_batches: the same (ids [B, T], targets [B, T]) list on every stage of the pipeline (the
-    first stage reads the ids, the last the targets, all of them the shape). group: the pipeline's
+    first stage reads the ids, the last the targets, all of them the shape); a micro batch of packed
+    documents is (ids, targets, inputs), inputs GPT.forward's keyword arguments {"cu_seqlens",
+    "position_ids"}, which every stage passes to its part of the model (each stage's attention
+    needs the boundaries). group: the pipeline's
     process group; prev_rank / next_rank: the global ranks of the neighbouring stages, None on the
     first / last stage. The loss is the mean over the batch's target tokens: each micro batch's
     mean times its token count, over num_tokens (stage_loss; default: the targets != -100 over all
@@ -347,7 +351,7 @@ def forward_backward_1f1b(
             f" next_rank={next_rank}; prev_rank is None exactly on the first stage, next_rank on the last"
         )
     if num_tokens is None:
-        num_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro_batches)
+        num_tokens = sum(int((batch[1] != IGNORE_INDEX).sum()) for batch in micro_batches)
     num_tokens = max(num_tokens, 1)
     param = next(stage.parameters())
     shape = activation_shape(stage, B, T)  # checked on every stage before any transfer
@@ -362,13 +366,14 @@ def forward_backward_1f1b(
     with torch.no_grad() if forward_only else contextlib.nullcontext():
         for action, k in order:
             if action == "F":
-                idx, targets = micro_batches[k]
+                idx, targets, *rest = micro_batches[k]
+                inputs = rest[0] if rest else {}
                 x = idx if position.is_first else neighbours.recv_activation().requires_grad_(not forward_only)
                 if position.is_last:
-                    out = stage_loss(stage, x, targets, num_tokens)
+                    out = stage_loss(stage, x, targets, num_tokens, **inputs)
                     losses.append(out.detach())
                 else:
-                    out = stage(x)
+                    out = stage(x, **inputs)
                     neighbours.send_activation(out)
                 if not forward_only:
                     in_flight[k] = (x, out)

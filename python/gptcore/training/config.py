@@ -54,6 +54,8 @@ class TrainConfig:
     split: str = "949,50,1"
     seq_len: int = 128
     eod_mask_loss: bool = False  # no loss on predicting the end-of-document token
+    reset_attention_mask: bool = False  # attention stays inside each document (one ends after its eod)
+    reset_position_ids: bool = False  # positions restart at 0 after each end-of-document token
     data_cache: str | None = None  # sample-index cache folder; None: $GPTCORE_CACHE/indices
 
     # batch and schedule
@@ -110,7 +112,7 @@ class TrainConfig:
 
     # finetuning (`gptcore finetune`): data from `gptcore preprocess --sft` (a loss-mask companion) is
     # read as examples; lora_rank > 0 trains low-rank adapters on the frozen init_from model
-    sft_packing: bool = True  # several examples a sequence (attention may cross them); false: one each
+    sft_packing: bool = True  # several examples a sequence, each attending only to itself; false: one each
     lora_rank: int = 0  # 0: full finetuning
     lora_alpha: float | None = None  # the adapters' scale is lora_alpha / lora_rank; None: lora_rank
     lora_dropout: float = 0.0

@@ -123,7 +123,10 @@ def steps_for_epochs(cfg: TrainConfig, data_path: str, tokenizer, vocab_size: in
 def _sft_dataset(cfg, tokenizer, prefix: str, data: IndexedDataset, documents, count: int, seed: int, log):
     mask = IndexedDataset(loss_mask_prefix(prefix))
     pad = tokenizer.eod_id if tokenizer.eod_id is not None else 0
-    dataset = SFTDataset(data, mask, documents, count, cfg.seq_len, seed, pad, pack=cfg.sft_packing)
+    # Packed examples come with their segment ids: each is then kept apart (training.batches).
+    dataset = SFTDataset(
+        data, mask, documents, count, cfg.seq_len, seed, pad, pack=cfg.sft_packing, return_segments=cfg.sft_packing
+    )
     if dataset.num_truncated:
         log(
             f"{prefix}: {dataset.num_truncated} examples are longer than seq_len + 1 = {cfg.seq_len + 1}"

@@ -35,13 +35,14 @@ from gptcore.parallel.pipeline import (
     pipeline_stage,
 )
 from gptcore.parallel.tensor_parallel import parallelize
+from gptcore.training.batches import model_inputs
 from gptcore.training.config import ConfigError, TrainConfig
 from gptcore.training.processes import Processes
 from gptcore.training.step import LocalGradients, accumulate_in_fp32, forward_backward
 
 
 def _lm_loss(model) -> Callable:
-    return lambda batch: model(batch["tokens"], batch["labels"])[1]
+    return lambda batch: model(batch["tokens"], batch["labels"], **model_inputs(batch))[1]
 
 
 class DataParallelGradients:
@@ -114,7 +115,7 @@ class Placement:
         if self.pipeline is None:
             return forward_backward(_lm_loss(self.model), batches, counts, total, scale, self.grads)
         group, prev, next_ = self.pipeline
-        micro = [(b["tokens"], b["labels"]) for b in batches]
+        micro = [(b["tokens"], b["labels"], model_inputs(b)) for b in batches]
         losses = forward_backward_1f1b(
             self.model, micro, group, prev, next_, num_tokens=total, grad_scale=scale, no_sync=self.grads.no_sync
         )
@@ -123,11 +124,15 @@ class Placement:
 
     def forward_losses(self, batches, counts: list[int]) -> float:
         if self.pipeline is None:
-            return sum(float(self.model(b["tokens"], b["labels"])[1]) * n for b, n in zip(batches, counts) if n)
+            return sum(
+                float(self.model(b["tokens"], b["labels"], **model_inputs(b))[1]) * n
+                for b, n in zip(batches, counts)
+                if n
+            )
         if not batches:
             return 0.0
         group, prev, next_ = self.pipeline
-        micro = [(b["tokens"], b["labels"]) for b in batches]
+        micro = [(b["tokens"], b["labels"], model_inputs(b)) for b in batches]
         return float(sum(forward_backward_1f1b(self.model, micro, group, prev, next_, num_tokens=1, forward_only=True)))
 
 

@@ -52,6 +52,7 @@ from gptcore.checkpoint.tokenizer import tokenizer_beside
 from gptcore.data import default_dataset, load_tokenizer
 from gptcore.finetune.lora import apply_lora, load_adapters, load_lora_state_dict
 from gptcore.model import DTYPES, GPT
+from gptcore.training.batches import DocumentReset, make_batch
 from gptcore.training.checkpointing import BackgroundSaves, checkpoints_for, set_rng_state
 from gptcore.training.config import ConfigError, TrainConfig, check_device
 from gptcore.training.datasets import build_datasets, steps_for_epochs
@@ -134,6 +135,12 @@ class Trainer:
             self.tokenizer = load_tokenizer(tokenizer_path)
         except (ValueError, OSError) as e:
             raise ConfigError(f"tokenizer: {e}") from None
+        if (cfg.reset_attention_mask or cfg.reset_position_ids) and self.tokenizer.eod_id is None:
+            raise ConfigError(
+                "reset_attention_mask / reset_position_ids: the tokenizer has no end-of-document token to split"
+                " documents at"
+            )
+        self.reset = DocumentReset(cfg.reset_attention_mask, cfg.reset_position_ids, self.tokenizer.eod_id)
 
         source = cfg.load or cfg.save
         try:  # the newest intact checkpoint: a damaged one is named in the log and an older one taken
@@ -277,10 +284,7 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------
     def _batch(self, first: int, count: int, data) -> dict[str, torch.Tensor]:
-        items = [data[i] for i in range(first, first + count)]
-        batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
-        labels = batch["labels"].masked_fill(batch["loss_mask"] == 0, -100)
-        return {"tokens": batch["tokens"].to(self.device), "labels": labels.to(self.device)}
+        return make_batch([data[i] for i in range(first, first + count)], self.reset, self.device)
 
     def _step_batches(self) -> list[dict[str, torch.Tensor]]:
         """This process's micro batches of the step's global batch (see the module docstring)."""
