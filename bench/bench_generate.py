@@ -19,9 +19,11 @@ Timing: whole `generate` calls, wall clock (CUDA synchronized), N new tokens and
 medians. tok/s = B * N / t_N (prefill included); decode tok/s = B * (N - 1) / (t_N - t_1).
 gptcore prefills each prompt alone into its cache slot; HF prefills the batch at once.
 
-On a GPU the batch-1 row also gets the memory-bandwidth bound: the bytes of the weights one
-decode step reads (all but the position table and the embedding's padding rows) over the
-measured copy bandwidth of the device (y.copy_(x) of --copy-mib MiB, bytes read + written).
+The batch-1 row also gets the memory-bandwidth bound: the bytes of the weights one decode step
+reads (all but the position table and the embedding's padding rows) over the bandwidth measured in
+the same run: on a GPU the copy bandwidth (y.copy_(x) of --copy-mib MiB, bytes read + written), on a
+CPU the read bandwidth (x.sum() of --copy-mib MiB of float32: a decode step streams its weights
+in, it writes little).
 
     python bench/bench_generate.py                          # CPU, GPT-2 124M shape, batch 1 and 16,
                                                             # P 32, N 64, fp32, 3 rounds
@@ -203,6 +205,13 @@ def copy_bandwidth(device: torch.device, mib: int, reps: int = 10, copies: int =
     return 2 * x.numel() * copies / statistics.median(times)
 
 
+def read_bandwidth(device: torch.device, mib: int, reps: int = 10) -> float:
+    """Bytes read per second by x.sum() of mib MiB of float32: the median of reps timings."""
+    x = torch.ones(mib * 2**18, dtype=torch.float32, device=device)
+    (times,) = round_times([lambda: x.sum()], device, 1, reps)
+    return x.numel() * 4 / statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -255,7 +264,6 @@ def main() -> None:
     time_hf = not args.bandwidth if args.hf is None else args.hf
     cuda_graph = on_cuda if args.cuda_graph is None else args.cuda_graph
     tie_atol = DEFAULT_TIE_ATOL[dtype] if args.tie_atol is None else args.tie_atol
-    measure_bw = on_cuda or args.bandwidth
 
     gpu = torch.cuda.get_device_name(device) if on_cuda else None
     machine = dict(
@@ -318,13 +326,15 @@ def main() -> None:
 
     if args.validate_only:
         return
-    bw = copy_bandwidth(device, args.copy_mib) if measure_bw else None
+    bandwidth_kind = "copy" if on_cuda else "read"
+    bw = copy_bandwidth(device, args.copy_mib) if on_cuda else read_bandwidth(device, args.copy_mib)
     # One decode step reads every weight except the position table (one row) and the embedding's padding rows.
     unread = cfg.n_positions + cfg.padded_vocab_size - cfg.vocab_size
     weight_elems = cfg.num_parameters - unread * cfg.n_embd
     weight_bytes = weight_elems * dtype.itemsize
     if bw:
-        print(f"copy bandwidth: {bw / 1e9:.1f} GB/s (y.copy_(x), {args.copy_mib} MiB, read + write)", flush=True)
+        how = "y.copy_(x), read + write" if on_cuda else "x.sum(), read"
+        print(f"{bandwidth_kind} bandwidth: {bw / 1e9:.1f} GB/s ({how}, {args.copy_mib} MiB)", flush=True)
 
     rows = []
     for B in batches:
@@ -360,7 +370,8 @@ def main() -> None:
             bound_ms = weight_bytes / bw * 1e3
             row["bandwidth"] = dict(
                 weight_bytes=weight_bytes,
-                copy_bytes_per_s=bw,
+                bandwidth_bytes_per_s=bw,
+                bandwidth_kind=bandwidth_kind,
                 bound_ms_per_token=bound_ms,
                 ms_per_token=row["gptcore"]["decode_ms_per_step"],
                 percent_of_bound=100 * bound_ms / row["gptcore"]["decode_ms_per_step"],
@@ -407,7 +418,7 @@ def main() -> None:
             b = r["bandwidth"]
             print(
                 f"\nbatch 1 against the memory-bandwidth bound: {weight_bytes / 1e9:.3f} GB of weights per step"
-                f" / {bw / 1e9:.1f} GB/s copy bandwidth = {b['bound_ms_per_token']:.3f} ms/token;"
+                f" / {bw / 1e9:.1f} GB/s {bandwidth_kind} bandwidth = {b['bound_ms_per_token']:.3f} ms/token;"
                 f" gptcore {b['ms_per_token']:.3f} ms/token = {b['percent_of_bound']:.1f}% of the bound"
             )
 
@@ -432,7 +443,8 @@ def main() -> None:
                 tie_atol=tie_atol,
             ),
             validation=validations,
-            copy_bytes_per_s=bw,
+            bandwidth_bytes_per_s=bw,
+            bandwidth_kind=bandwidth_kind,
             weight_bytes_per_step=weight_bytes,
             results=rows,
         )

@@ -137,7 +137,7 @@ def details_md(name: str, data) -> list[str]:
             if "bandwidth" in r:
                 b = r["bandwidth"]
                 text += (
-                    f"; bound {b['bound_ms_per_token']:.3f} ms/token at {b['copy_bytes_per_s'] / 1e9:.0f} GB/s,"
+                    f"; bound {b['bound_ms_per_token']:.3f} ms/token at {b['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s,"
                     f" gptcore {b['ms_per_token']:.3f} ms/token = **{b['percent_of_bound']:.1f}%** of the bound"
                 )
             lines.append(text)
