@@ -6,7 +6,8 @@ on the device (LoRA adapters when asked, float32 grad accumulation for half para
 `LocalGradients` and a loop over the micro batches. Over several processes: the GPT cut by
 parallel.pipeline_stage and split by parallel.parallelize as the layout asks, this shard's weights
 loaded before DataParallel and ZeRO copy them, DataParallel over the dp group (float32 main_grad
-buckets all-reduced, or reduce-scattered under ZeRO 2, while the last micro batch's backward runs),
+buckets all-reduced, or reduce-scattered under ZeRO 2 and 3, while the last micro batch's backward
+runs; under ZeRO 3 the params sharded too, each block's gathered around its forward and backward),
 `DataParallelGradients` for the reductions the layout adds (sequence-parallel grads over tp, the
 tied embedding over the first and last stage, the grad norm counting each parameter once), and
 with pipeline stages the 1F1B schedule.
@@ -55,7 +56,9 @@ class DataParallelGradients:
 
     def make_optimizer(self, groups: list[dict], **kwargs):
         if self.cfg.zero_stage:
-            self.optimizer = ZeroAdamW(self.ddp, groups, stage=self.cfg.zero_stage, **kwargs)
+            self.optimizer = ZeroAdamW(
+                self.ddp, groups, stage=self.cfg.zero_stage, offload=self.cfg.offload_optimizer, **kwargs
+            )
         else:
             self.optimizer = AdamW(groups, **kwargs)
         return self.optimizer
@@ -66,7 +69,7 @@ class DataParallelGradients:
     def views(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         """(param, the part of its reduced grad the optimizer reads on this rank)."""
         if self.cfg.zero_stage:
-            return [(piece.param, piece.master.main_grad) for piece in self.optimizer.pieces]
+            return [(piece.param, piece.grad) for piece in self.optimizer.pieces]
         return [(p, p.main_grad) for p in self.model.parameters() if p.requires_grad]
 
     def finish(self, ran_backward: bool) -> None:
@@ -147,6 +150,11 @@ def place(
     """This process's part of `model` on the device in the training precision. prepare(part), run
     before it is moved or copied, adds LoRA adapters and loads what a checkpoint holds for it."""
     if processes.alone:
+        if cfg.offload_optimizer:
+            raise ConfigError(
+                "offload_optimizer: a run of one process has no ZeRO optimizer to offload; launch several"
+                " processes (--nproc-per-node N) with zero_stage >= 1"
+            )
         prepare(model)
         model.to(device=device, dtype=dtype)
         if dtype != torch.float32:
@@ -172,8 +180,14 @@ def place(
     dp_group = g.dp
     if device.type == "cuda" and _C.build_info()["nccl_version"] > 0:  # gptcore's NCCL communicator
         dp_group = CommCollectives.create(g.dp, device)
+    units = list(part.transformer.h.values()) if cfg.zero_stage == 3 else None  # ZeRO-3 gathers a block at a time
     ddp = DataParallel(
-        part, dp_group, bucket_mb=cfg.ddp_bucket_mb, average=False, own_bucket=() if tied is None else [tied]
+        part,
+        dp_group,
+        bucket_mb=cfg.ddp_bucket_mb,
+        average=False,
+        own_bucket=() if tied is None else [tied],
+        param_units=units,
     )
     owned = owned_parameters(part) if layout.pp > 1 else list(part.parameters())
     counted = {id(p) for p in owned if getattr(p, "tensor_parallel", False) or coords.tp == 0}
