@@ -423,3 +423,33 @@ def test_argument_errors():
     ZeroAdamW(dp, model.parameters(), stage=2)
     with pytest.raises(ValueError, match="already serves a ZeRO-2 optimizer"):
         ZeroAdamW(dp, model.parameters(), stage=1)
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_zero3_holds_a_block_at_a_time(recompute):
+    """ZeRO-3 gathers each block just before its forward and its backward, launches the next
+    block's gather then (the previous one's in the backward), and frees it after."""
+    model, dp, optimizer = build(0, "zero3", group=OneRank())
+    model.recompute = recompute
+    blocks = list(model.transformer.h.values())
+    seen = []
+
+    def record(phase, index, *args):
+        gathered = [i for i, b in enumerate(dp.unit_buckets) if b.gathered]
+        in_flight = [i for i, b in enumerate(dp.unit_buckets) if b.gathering is not None]
+        seen.append((phase, index, gathered, in_flight))
+
+    for index, block in enumerate(blocks):  # run after DataParallel's hooks
+        block.register_forward_pre_hook(functools.partial(record, "forward", index))
+        for p in block.parameters():
+            p.register_hook(functools.partial(record, "backward", index))
+    x = tokens()[0]
+    model(x[:, :-1], x[:, 1:])[1].backward()
+    last = len(blocks) - 1
+    forward = [(i, [i], [i + 1] if i < last else []) for i in range(len(blocks))]
+    assert [s[1:] for s in seen if s[0] == "forward"][: len(blocks)] == forward
+    for _, index, gathered, in_flight in (s for s in seen if s[0] == "backward"):
+        assert index in gathered and set(gathered) <= {index, index + 1}, seen  # the block after: its last grad
+        assert set(in_flight) <= {index - 1}, seen
+    assert dp.resident_param_bytes() == sum(b.param_shard.nbytes for b in dp.buckets)  # all freed again
+    optimizer.step()
