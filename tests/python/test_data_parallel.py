@@ -428,15 +428,20 @@ def test_argument_errors():
 @pytest.mark.parametrize("recompute", ["none", "full"])
 def test_zero3_holds_a_block_at_a_time(recompute):
     """ZeRO-3 gathers each block just before its forward and its backward, launches the next
-    block's gather then (the previous one's in the backward), and frees it after."""
-    model, dp, optimizer = build(0, "zero3", group=OneRank())
+    block's gather then (the previous one's in the backward), and frees it after; a bucket's full
+    grad buffer lives from its first grad until its reduce-scatter is done, a few at a time."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=100, n_positions=SEQ, n_layer=6))
     model.recompute = recompute
+    dp = DataParallel(model, OneRank(), param_units=list(model.transformer.h.values()))
+    optimizer = ZeroAdamW(dp, param_groups(model), stage=3, **OPTIM)
     blocks = list(model.transformer.h.values())
-    seen = []
+    seen, grads = [], []
 
     def record(phase, index, *args):
         gathered = [i for i, b in enumerate(dp.unit_buckets) if b.gathered]
         in_flight = [i for i, b in enumerate(dp.unit_buckets) if b.gathering is not None]
+        grads.append(sum(b.grad is not None for b in dp.buckets))
         seen.append((phase, index, gathered, in_flight))
 
     for index, block in enumerate(blocks):  # run after DataParallel's hooks
@@ -452,4 +457,5 @@ def test_zero3_holds_a_block_at_a_time(recompute):
         assert index in gathered and set(gathered) <= {index, index + 1}, seen  # the block after: its last grad
         assert set(in_flight) <= {index - 1}, seen
     assert dp.resident_param_bytes() == sum(b.param_shard.nbytes for b in dp.buckets)  # all freed again
+    assert max(grads) <= 4, grads  # the root's, the filling block's, two reducing (of 7)
     optimizer.step()

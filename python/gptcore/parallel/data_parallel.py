@@ -27,6 +27,9 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _GLOO_HAS_REDUCE_SCATTER = hasattr(dist, "reduce_scatter_single")  # new in torch 2.13
 
+# ZeRO-3 keeps this many buckets' reduce-scatters in flight in the backward before freeing their input.
+_IN_FLIGHT = 2
+
 # Every param's grad starts on a multiple of this many elements (256 bytes of float32), and every
 # bucket is a multiple of it per rank, so main_grad views and ZeRO shards are aligned for vector loads.
 _ALIGN = 64
@@ -194,8 +197,10 @@ class DataParallel:
     is launched then, to overlap the compute) and again just before its backward (a hook on its
     output; the previous unit's gather launched then), freed after its forward and once its grads
     have all arrived in the backward. The root is gathered from the model's forward to the end of
-    its backward (to the end of a forward without grad). Grads are reduce-scattered as ZeRO-2's. A
-    recomputed forward (recompute full) runs inside the backward and keeps the params it gathered.
+    its backward (to the end of a forward without grad). A recomputed forward (recompute full) runs
+    inside the backward and keeps the params it gathered. Grads are reduce-scattered as ZeRO-2's; a
+    bucket's full grad buffer is freed once its reduce-scatter is done (_IN_FLIGHT of them pending),
+    except under no_sync, where the buffers accumulate the micro batches.
     `gathered()` holds every param whole, e.g. to read the model's state_dict (collective).
     """
 
@@ -406,6 +411,14 @@ class DataParallel:
         while self._next < len(self.buckets) and self.buckets[self._next].waiting == 0:
             self._launch(self.buckets[self._next])
             self._next += 1
+            if self.shards_params and self._next > _IN_FLIGHT:  # ZeRO-3: the full grads of a few buckets at a time
+                self._retire(self.buckets[self._next - 1 - _IN_FLIGHT])
+
+    def _retire(self, bucket: Bucket) -> None:
+        """Wait for a launched reduce-scatter and free the bucket's full grad buffer."""
+        bucket.work.wait()
+        bucket.work = _Done()
+        self._release(bucket)
 
     def _queue_finish(self) -> None:
         if not self._finishing:
