@@ -188,7 +188,9 @@ def _evaluate(rank, world, cfg):
     return Trainer(load_config(None, cfg), log=lambda line: None).evaluate()
 
 
-@pytest.mark.parametrize("overrides", [{"pipeline_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {}])
+@pytest.mark.parametrize(
+    "overrides", [{"pipeline_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {}, {"zero_stage": 3}]
+)
 def test_evaluate_matches_one_process(corpus, overrides):  # noqa: F811
     cfg = _cfg(corpus, eval_interval=5, eval_steps=3)
     expected = Trainer(load_config(None, cfg), log=lambda line: None).evaluate()

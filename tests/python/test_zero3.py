@@ -42,6 +42,38 @@ def test_accumulation_matches_zero2(corpus):  # noqa: F811
             torch.testing.assert_close(weights3[key], value, rtol=1e-5, atol=1e-6)
 
 
+def _train_with_a_masked_micro_batch(rank, world, cfg, steps):
+    """As _train_and_gather, with rank 1's first micro batch of each step without targets."""
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
+    step_batches = trainer._step_batches
+
+    def masked():
+        batches = step_batches()
+        if rank == 1:
+            batches[0]["labels"][:] = -100
+        return batches
+
+    trainer._step_batches = masked
+    records = [trainer.train_step() for _ in range(steps)]
+    ddp = trainer.grads.ddp
+    with ddp.gathered() if trainer.cfg.zero_stage == 3 else ddp.no_sync():
+        return records, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_a_micro_batch_without_targets(corpus):  # noqa: F811
+    # ZeRO-2 skips it; ZeRO-3 must run it (its forward and backward gather with the other rank)
+    cfg = _cfg(corpus, global_batch_size=8)
+    zero2 = run_distributed(_train_with_a_masked_micro_batch, 2, cfg | {"zero_stage": 2}, 2)
+    zero3 = run_distributed(_train_with_a_masked_micro_batch, 2, cfg | {"zero_stage": 3}, 2)
+    for (records2, weights2), (records3, weights3) in zip(zero2, zero3):
+        for ours, ref in zip(records3, records2):
+            assert ours["tokens"] == ref["tokens"]
+            assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+            assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
+        for key, value in weights2.items():
+            torch.testing.assert_close(weights3[key], value, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_offload_equals_the_device_optimizer(corpus, stage):  # noqa: F811
     cfg = _cfg(corpus, zero_stage=stage)

@@ -39,7 +39,7 @@ from gptcore.parallel.tensor_parallel import parallelize
 from gptcore.training.batches import model_inputs
 from gptcore.training.config import ConfigError, TrainConfig
 from gptcore.training.processes import Processes
-from gptcore.training.step import LocalGradients, accumulate_in_fp32, forward_backward
+from gptcore.training.step import LocalGradients, accumulate_in_fp32, forward_backward, with_stand_in_target
 
 
 def _lm_loss(model) -> Callable:
@@ -113,10 +113,14 @@ class Placement:
     grads: LocalGradients | DataParallelGradients
     accum_steps: int  # micro batches a step on this process
     pipeline: tuple | None = None  # (pp group, previous stage's rank, next stage's rank)
+    # ZeRO-3: each forward gathers params with the other dp ranks, so they all run every micro batch,
+    # and the same number of them in an evaluation.
+    lockstep: bool = False
 
     def forward_backward(self, batches, counts: list[int], total: int, scale: float) -> float:
         if self.pipeline is None:
-            return forward_backward(_lm_loss(self.model), batches, counts, total, scale, self.grads)
+            loss_of = _lm_loss(self.model)
+            return forward_backward(loss_of, batches, counts, total, scale, self.grads, every_batch=self.lockstep)
         group, prev, next_ = self.pipeline
         micro = [(b["tokens"], b["labels"], model_inputs(b)) for b in batches]
         losses = forward_backward_1f1b(
@@ -127,11 +131,14 @@ class Placement:
 
     def forward_losses(self, batches, counts: list[int]) -> float:
         if self.pipeline is None:
-            return sum(
-                float(self.model(b["tokens"], b["labels"], **model_inputs(b))[1]) * n
-                for b, n in zip(batches, counts)
-                if n
-            )
+            total = 0.0
+            for b, n in zip(batches, counts):
+                if n:
+                    total += float(self.model(b["tokens"], b["labels"], **model_inputs(b))[1]) * n
+                elif self.lockstep:
+                    b = with_stand_in_target(b)
+                    self.model(b["tokens"], b["labels"], **model_inputs(b))
+            return total
         if not batches:
             return 0.0
         group, prev, next_ = self.pipeline
@@ -193,4 +200,4 @@ def place(
     counted = {id(p) for p in owned if getattr(p, "tensor_parallel", False) or coords.tp == 0}
     grads = DataParallelGradients(part, ddp, processes, cfg, tied, counted)
     pipeline = (g.pp, *neighbour_ranks(g.pp_ranks, coords.pp)) if layout.pp > 1 else None
-    return Placement(part, grads, accum_steps, pipeline)
+    return Placement(part, grads, accum_steps, pipeline, lockstep=cfg.zero_stage == 3)
