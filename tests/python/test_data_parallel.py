@@ -459,3 +459,28 @@ def test_zero3_holds_a_block_at_a_time(recompute):
     assert dp.resident_param_bytes() == sum(b.param_shard.nbytes for b in dp.buckets)  # all freed again
     assert max(grads) <= 4, grads  # the root's, the filling block's, two reducing (of 7)
     optimizer.step()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("stage", [2, 3])
+def test_offload_on_cuda_keeps_pinned_host_state_and_matches_the_device_optimizer(stage):
+    """A CUDA model: the offloaded masters and moments are pinned host tensors stepped by the CPU
+    kernel, and the weights match the CUDA kernel's to float32 rounding."""
+    weights = {}
+    for offload in (False, True):
+        model = make_model(0).cuda()
+        units = list(model.transformer.h.values()) if stage == 3 else None
+        dp = DataParallel(model, OneRank(), param_units=units)
+        optimizer = ZeroAdamW(dp, param_groups(model), stage=stage, offload=offload, **OPTIM)
+        for batch in tokens().cuda():
+            model(batch[:, :-1], batch[:, 1:])[1].backward()
+            optimizer.step()
+            dp.zero_grad()
+        if offload:
+            assert all(m.device.type == "cpu" and m.is_pinned() for m in optimizer.masters)
+            moments = [s["exp_avg"] for s in optimizer.optimizer.state.values()]
+            assert moments and all(m.device.type == "cpu" for m in moments)
+        with dp.gathered() if stage == 3 else contextlib.nullcontext():
+            weights[offload] = {n: p.detach().cpu() for n, p in model.named_parameters()}
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=1e-5, atol=1e-6, msg=name)
