@@ -109,6 +109,12 @@ def _save_run(rank, world, cfg, steps):
     return [r["loss"] for r in records], trainer.resumed_from is not None
 
 
+def _load_and_gather(rank, world, cfg):
+    trainer = Trainer(load_config(None, cfg), log=lambda line: None)
+    with trainer.grads.ddp.gathered():
+        return trainer.step, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
 def test_resume_is_exact_and_the_checkpoint_loads_in_one_process(corpus, tmp_path):  # noqa: F811
     from gptcore.checkpoint import load_full_state
 
@@ -126,6 +132,11 @@ def test_resume_is_exact_and_the_checkpoint_loads_in_one_process(corpus, tmp_pat
     run_distributed(_save_run, 4, cfg | {"zero_stage": 2, "save": str(tmp_path / "zero2")}, 4)
     for key, value in load_full_state(tmp_path / "zero2" / "step_00000004")[0].items():
         torch.testing.assert_close(full[key], value, rtol=1e-4, atol=1e-5)
+    # another ZeRO-3 layout (dp2 without tp): each rank's shards of the same weights
+    for step_, weights in run_distributed(_load_and_gather, 2, _cfg(corpus, zero_stage=3, load=str(tmp_path / "b"))):
+        assert step_ == 4
+        for key, value in weights.items():
+            assert torch.equal(value, full[key]), key
     lines = []
     single = Trainer(load_config(None, _cfg(corpus, train_steps=5, load=str(tmp_path / "b"))), log=lines.append)
     assert single.step == 4 and any("fresh AdamW moments" in line for line in lines)
