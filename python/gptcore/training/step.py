@@ -98,7 +98,13 @@ class LocalGradients:
 
 
 def forward_backward(
-    loss_of: Callable, batches: Sequence, counts: Sequence[int], total: int, scale: float, grads, every_batch=False
+    loss_of: Callable,
+    batches: Sequence,
+    counts: Sequence[int],
+    total: int,
+    scale: float,
+    grads,
+    every_batch: bool = False,
 ) -> float:
     """Forward and backward of every micro batch, each micro batch's mean loss (`loss_of(batch)`)
     weighted by its share (counts[k], its targets) of the `total` targets, so the grads are those
