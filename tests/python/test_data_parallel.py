@@ -1,4 +1,4 @@
-"""DataParallel and ZeRO stages 1 and 2 on gloo (2 and 4 CPU processes) against single-process
+"""DataParallel and ZeRO stages 1, 2 and 3 on gloo (2 and 4 CPU processes) against single-process
 training of the same model on the same global batches: losses, reduced grads and params over
 several AdamW steps with clipping; gradient accumulation under no_sync; buckets launched while
 the backward runs; bfloat16 params; an inf on one rank; sharded optimizer checkpoints; errors."""
@@ -70,9 +70,10 @@ def reference(clip: float | None) -> dict:
 
 def build(rank: int, mode: str, group=None, bucket_mb: float = BUCKET_MB):
     """A model (initialized differently on each rank: DataParallel broadcasts rank 0's), its
-    DataParallel and the optimizer for mode 'adamw', 'zero1' or 'zero2'."""
+    DataParallel and the optimizer for mode 'adamw', 'zero1', 'zero2' or 'zero3' (a unit per block)."""
     model = make_model(rank)
-    dp = DataParallel(model, group, bucket_mb=bucket_mb)
+    units = list(model.transformer.h.values()) if mode == "zero3" else None
+    dp = DataParallel(model, group, bucket_mb=bucket_mb, param_units=units)
     if mode == "adamw":
         return model, dp, AdamW(param_groups(model), **OPTIM)
     return model, dp, ZeroAdamW(dp, param_groups(model), stage=int(mode[-1]), **OPTIM)
@@ -84,7 +85,7 @@ def local_grads(model, optimizer) -> dict[str, list[tuple[int, torch.Tensor]]]:
     if isinstance(optimizer, ZeroAdamW):
         grads = {}
         for piece in optimizer.pieces:
-            grads.setdefault(names[id(piece.param)], []).append((piece.start, piece.master.main_grad.clone()))
+            grads.setdefault(names[id(piece.param)], []).append((piece.start, piece.grad.clone()))
         return grads
     return {name: [(0, p.main_grad.reshape(-1).clone())] for name, p in model.named_parameters()}
 
@@ -114,7 +115,8 @@ def train_worker(rank: int, world: int, mode: str, accum: int, clip: float | Non
         dist.all_reduce(loss_sum)
         out["losses"].append(float(loss_sum) / world)
         out["norms"].append(norm)
-    out["params"] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with dp.gathered() if mode == "zero3" else contextlib.nullcontext():
+        out["params"] = {name: p.detach().clone() for name, p in model.named_parameters()}
     return out
 
 
@@ -140,25 +142,35 @@ def check_against_reference(results: list[dict], clip: float | None, sharded: bo
 
 @pytest.mark.parametrize(
     "mode, accum, clip",
-    [("adamw", 1, None), ("adamw", 2, CLIP), ("zero1", 1, CLIP), ("zero2", 1, CLIP), ("zero2", 2, None)],
+    [
+        ("adamw", 1, None),
+        ("adamw", 2, CLIP),
+        ("zero1", 1, CLIP),
+        ("zero2", 1, CLIP),
+        ("zero2", 2, None),
+        ("zero3", 1, CLIP),
+        ("zero3", 2, CLIP),
+    ],
 )
 def test_dp2_matches_single_process(mode, accum, clip):
     results = run_distributed(train_worker, 2, mode, accum, clip)
     check_against_reference(results, clip, sharded=mode != "adamw")
 
 
-@pytest.mark.parametrize("mode", ["adamw", "zero2"])
+@pytest.mark.parametrize("mode", ["adamw", "zero2", "zero3"])
 def test_dp4_matches_single_process(mode):
     results = run_distributed(train_worker, 4, mode, 1, CLIP)
     check_against_reference(results, CLIP, sharded=mode != "adamw")
 
 
-def bf16_worker(rank: int, world: int) -> dict:
-    """ZeRO-2 over bfloat16 params (PyTorch's ops: gptcore's CPU kernels are float32)."""
+def bf16_worker(rank: int, world: int, stage: int) -> dict:
+    """ZeRO-2 or 3 over bfloat16 params (PyTorch's ops: gptcore's CPU kernels are float32)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", vocab_size=100, n_positions=SEQ, use_gptcore_ops=False)).bfloat16()
-    dp = DataParallel(model, None, bucket_mb=BUCKET_MB)
-    optimizer = ZeroAdamW(dp, param_groups(model), stage=2, **OPTIM)
+    units = list(model.transformer.h.values()) if stage == 3 else None
+    dp = DataParallel(model, None, bucket_mb=BUCKET_MB, param_units=units)
+    optimizer = ZeroAdamW(dp, param_groups(model), stage=stage, **OPTIM)
+    gathered = dp.gathered if stage == 3 else contextlib.nullcontext
     grad_dtypes, norms = set(), []
     for batch in tokens():
         x = batch[rank * 2 : rank * 2 + 2]
@@ -169,14 +181,12 @@ def bf16_worker(rank: int, world: int) -> dict:
         norms.append(optimizer.grad_norm())
         optimizer.step(grad_scale=clip_scale(norms[-1], CLIP))
         dp.zero_grad()
-    for piece in optimizer.pieces:  # each param is its float32 master, rounded
-        owned = piece.param.detach().reshape(-1)[piece.start : piece.start + piece.master.numel()]
-        assert torch.equal(owned, piece.master.bfloat16())
-    return {
-        "grad_dtypes": grad_dtypes,
-        "norms": norms,
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-    }
+    with gathered():
+        for piece in optimizer.pieces:  # each param is its float32 master, rounded
+            owned = piece.param.detach().reshape(-1)[piece.start : piece.start + piece.master.numel()]
+            assert torch.equal(owned, piece.master.bfloat16())
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {"grad_dtypes": grad_dtypes, "norms": norms, "params": params}
 
 
 def bf16_reference(clip: float) -> dict:
@@ -216,9 +226,10 @@ def bf16_reference(clip: float) -> dict:
     return {"norms": norms, "params": {n: p.detach().clone() for n, p in model.named_parameters()}}
 
 
-def test_zero2_bfloat16_params_keep_float32_grads_and_masters():
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_bfloat16_params_keep_float32_grads_and_masters(stage):
     """Accumulation in float32 main_grad, float32 masters on each rank, bfloat16 params gathered."""
-    rank0, rank1 = run_distributed(bf16_worker, 2)
+    rank0, rank1 = run_distributed(bf16_worker, 2, stage)
     assert rank0["grad_dtypes"] == {torch.float32}
     for name, value in rank0["params"].items():
         assert value.dtype == torch.bfloat16 and torch.equal(value, rank1["params"][name])
@@ -279,17 +290,20 @@ def test_buckets_reduce_during_backward():
 
 def inf_worker(rank: int, world: int, mode: str) -> tuple[bool, bool]:
     model, dp, optimizer = build(rank, mode)
-    before = [p.detach().clone() for p in model.parameters()]
+    gathered = dp.gathered if mode == "zero3" else contextlib.nullcontext
+    with gathered():
+        before = [p.detach().clone() for p in model.parameters()]
     x = tokens()[0, rank * 2 : rank * 2 + 2]
     model(x[:, :-1], x[:, 1:])[1].backward()
     if rank == 1:
-        optimizer.pieces[0].master.main_grad[0] = float("inf")
+        optimizer.pieces[0].grad[0] = float("inf")
     optimizer.step(grad_scale=1.0)
-    unchanged = all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    with gathered():
+        unchanged = all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
     return optimizer.found_inf, unchanged
 
 
-@pytest.mark.parametrize("mode", ["zero1", "zero2"])
+@pytest.mark.parametrize("mode", ["zero1", "zero2", "zero3"])
 def test_inf_on_one_rank_skips_the_step_on_all(mode):
     assert run_distributed(inf_worker, 2, mode) == [(True, True), (True, True)]
 
@@ -352,7 +366,7 @@ class _Done:
         pass
 
 
-@pytest.mark.parametrize("mode", ["adamw", "zero1", "zero2"])
+@pytest.mark.parametrize("mode", ["adamw", "zero1", "zero2", "zero3"])
 def test_one_rank_collectives_match_plain_training(mode):
     """Any object with the Collectives methods can carry the reductions (gptcore's communicator)."""
     model, dp, optimizer = build(0, mode, group=OneRank())
@@ -362,8 +376,9 @@ def test_one_rank_collectives_match_plain_training(mode):
         optimizer.step()
         dp.zero_grad()
     ref = reference(None)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), ref["params"][name], rtol=1e-5, atol=1e-5, msg=name)
+    with dp.gathered() if mode == "zero3" else contextlib.nullcontext():
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), ref["params"][name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 class CountingOneRank(OneRank):
@@ -398,6 +413,8 @@ def test_argument_errors():
         DataParallel(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double()), OneRank())
     dp = DataParallel(model, OneRank())
     with pytest.raises(ValueError, match="stage must be 1"):
+        ZeroAdamW(dp, model.parameters(), stage=4)
+    with pytest.raises(ValueError, match="stage 3 needs, and only it takes, a DataParallel built with param_units"):
         ZeroAdamW(dp, model.parameters(), stage=3)
     with pytest.raises(ValueError, match=r"in no group: \['transformer.ln_f.bias'"):
         ZeroAdamW(dp, [p for n, p in model.named_parameters() if not n.startswith("transformer.ln_f")])
@@ -406,3 +423,64 @@ def test_argument_errors():
     ZeroAdamW(dp, model.parameters(), stage=2)
     with pytest.raises(ValueError, match="already serves a ZeRO-2 optimizer"):
         ZeroAdamW(dp, model.parameters(), stage=1)
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_zero3_holds_a_block_at_a_time(recompute):
+    """ZeRO-3 gathers each block just before its forward and its backward, launches the next
+    block's gather then (the previous one's in the backward), and frees it after; a bucket's full
+    grad buffer lives from its first grad until its reduce-scatter is done, a few at a time."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=100, n_positions=SEQ, n_layer=6))
+    model.recompute = recompute
+    dp = DataParallel(model, OneRank(), param_units=list(model.transformer.h.values()))
+    optimizer = ZeroAdamW(dp, param_groups(model), stage=3, **OPTIM)
+    blocks = list(model.transformer.h.values())
+    seen, grads = [], []
+
+    def record(phase, index, *args):
+        gathered = [i for i, b in enumerate(dp.unit_buckets) if b.gathered]
+        in_flight = [i for i, b in enumerate(dp.unit_buckets) if b.gathering is not None]
+        grads.append(sum(b.grad is not None for b in dp.buckets))
+        seen.append((phase, index, gathered, in_flight))
+
+    for index, block in enumerate(blocks):  # run after DataParallel's hooks
+        block.register_forward_pre_hook(functools.partial(record, "forward", index))
+        for p in block.parameters():
+            p.register_hook(functools.partial(record, "backward", index))
+    x = tokens()[0]
+    model(x[:, :-1], x[:, 1:])[1].backward()
+    last = len(blocks) - 1
+    forward = [(i, [i], [i + 1] if i < last else []) for i in range(len(blocks))]
+    assert [s[1:] for s in seen if s[0] == "forward"][: len(blocks)] == forward
+    for _, index, gathered, in_flight in (s for s in seen if s[0] == "backward"):
+        assert index in gathered and set(gathered) <= {index, index + 1}, seen  # the block after: its last grad
+        assert set(in_flight) <= {index - 1}, seen
+    assert dp.resident_param_bytes() == sum(b.param_shard.nbytes for b in dp.buckets)  # all freed again
+    assert max(grads) <= 4, grads  # the root's, the filling block's, two reducing (of 7)
+    optimizer.step()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("stage", [2, 3])
+def test_offload_on_cuda_keeps_pinned_host_state_and_matches_the_device_optimizer(stage):
+    """A CUDA model: the offloaded masters and moments are pinned host tensors stepped by the CPU
+    kernel, and the weights match the CUDA kernel's to float32 rounding."""
+    weights = {}
+    for offload in (False, True):
+        model = make_model(0).cuda()
+        units = list(model.transformer.h.values()) if stage == 3 else None
+        dp = DataParallel(model, OneRank(), param_units=units)
+        optimizer = ZeroAdamW(dp, param_groups(model), stage=stage, offload=offload, **OPTIM)
+        for batch in tokens().cuda():
+            model(batch[:, :-1], batch[:, 1:])[1].backward()
+            optimizer.step()
+            dp.zero_grad()
+        if offload:
+            assert all(m.device.type == "cpu" and m.is_pinned() for m in optimizer.masters)
+            moments = [s["exp_avg"] for s in optimizer.optimizer.state.values()]
+            assert moments and all(m.device.type == "cpu" for m in moments)
+        with dp.gathered() if stage == 3 else contextlib.nullcontext():
+            weights[offload] = {n: p.detach().cpu() for n, p in model.named_parameters()}
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -162,7 +162,13 @@ def _lora_steps(rank, world, cfg, steps):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"tensor_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {"pipeline_parallel": 2}, {}],
+    [
+        {"tensor_parallel": 2},
+        {"tensor_parallel": 2, "sequence_parallel": True},
+        {"pipeline_parallel": 2},
+        {},
+        {"zero_stage": 3},
+    ],
 )
 def test_lora_tensor_and_data_parallel_match_one_process(task, overrides):
     cfg = _cfg(task, clip_grad=0.05, **LORA)

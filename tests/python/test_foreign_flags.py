@@ -53,6 +53,7 @@ def _translate(*tokens: str, nproc: int = 1) -> tuple[list[str], list[str]]:
         (("--recompute_granularity", "full_attn"), ["recompute=selective"]),
         (("--bf16", "true"), ["precision=bf16"]),
         (("--tensor_parallel_degree", "2", "--sharding", "stage2"), ["tensor_parallel=2", "zero_stage=2"]),
+        (("--sharding", "stage3"), ["zero_stage=3"]),
         (("--lr_scheduler_type", "linear"), ["decay_style=linear"]),
         (("--num_train_epochs", "3", "--output_dir", "out"), ["train_epochs=3", "save=out"]),
         (("--device", "gpu"), ["device=cuda"]),

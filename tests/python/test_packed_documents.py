@@ -247,6 +247,7 @@ def test_reset_attention_mask_is_in_effect(corpus, one_process):  # noqa: F811
 
 LAYOUTS = {
     "dp2": (2, {}),
+    "dp2-zero3-recompute": (2, {"zero_stage": 3, "recompute": "full"}),
     "tp2": (2, {"tensor_parallel": 2}),
     "tp2-sp": (2, {"tensor_parallel": 2, "sequence_parallel": True}),
     "pp2": (2, {"pipeline_parallel": 2}),

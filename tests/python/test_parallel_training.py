@@ -45,6 +45,17 @@ LAYOUTS = {
     "tp2-dp2-sp-zero2": (4, {"tensor_parallel": 2, "sequence_parallel": True, "zero_stage": 2}),
     "pp2-dp2-zero2": (4, {"pipeline_parallel": 2, "zero_stage": 2}),
     "tp2-pp2-sp-zero1": (4, {"tensor_parallel": 2, "pipeline_parallel": 2, "sequence_parallel": True}),
+    "dp2-zero3": (2, {"zero_stage": 3}),
+    "dp2-zero3-recompute-full": (2, {"zero_stage": 3, "recompute": "full"}),
+    "tp2-dp2-zero3": (4, {"tensor_parallel": 2, "zero_stage": 3}),
+    "tp2-dp2-sp-zero3-selective": (
+        4,
+        {"tensor_parallel": 2, "sequence_parallel": True, "zero_stage": 3, "recompute": "selective"},
+    ),
+    "tp2-dp2-zero3-offload-full": (
+        4,
+        {"tensor_parallel": 2, "zero_stage": 3, "offload_optimizer": True, "recompute": "full"},
+    ),
 }
 
 
@@ -177,7 +188,9 @@ def _evaluate(rank, world, cfg):
     return Trainer(load_config(None, cfg), log=lambda line: None).evaluate()
 
 
-@pytest.mark.parametrize("overrides", [{"pipeline_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {}])
+@pytest.mark.parametrize(
+    "overrides", [{"pipeline_parallel": 2}, {"tensor_parallel": 2, "sequence_parallel": True}, {}, {"zero_stage": 3}]
+)
 def test_evaluate_matches_one_process(corpus, overrides):  # noqa: F811
     cfg = _cfg(corpus, eval_interval=5, eval_steps=3)
     expected = Trainer(load_config(None, cfg), log=lambda line: None).evaluate()

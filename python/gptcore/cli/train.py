@@ -54,7 +54,8 @@ def run(args) -> int:
     if trainer.stopped_by_signal:
         print(f"stopped by {trainer.stopped_by_signal} at step {trainer.step}")
         return 0
-    if cfg.sample_tokens and cfg.tensor_parallel * cfg.pipeline_parallel > 1:
+    split = cfg.tensor_parallel * cfg.pipeline_parallel > 1 or (cfg.zero_stage == 3 and not trainer.processes.alone)
+    if cfg.sample_tokens and split:
         print(f"(no sample: the model is split over processes; try `gptcore generate --checkpoint {cfg.save}`)")
     elif cfg.sample_tokens:
         tokenizer = load_tokenizer(trainer.tokenizer_path)

@@ -67,7 +67,7 @@ ALIASES: dict[str, Alias] = {
     "pipeline_model_parallel_size": Alias("pipeline_parallel", MEGATRON),
     "pipeline_parallel_degree": Alias("pipeline_parallel", PADDLE),
     "use_distributed_optimizer": Alias("zero_stage", MEGATRON, on=1, off=0),
-    "sharding": Alias("zero_stage", PADDLE, values={"stage1": 1, "stage2": 2}),
+    "sharding": Alias("zero_stage", PADDLE, values={"stage1": 1, "stage2": 2, "stage3": 3}),
     # model
     "num_layers": Alias("n_layer", MEGATRON),
     "num_hidden_layers": Alias("n_layer", PADDLE),

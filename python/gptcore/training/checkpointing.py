@@ -3,7 +3,8 @@ and the step folders are gptcore.checkpoint's).
 
 `OneFileCheckpoints` (a world of one): model.safetensors (or a LoRA run's adapters.safetensors),
 and in the trainer state the optimizer state and the RNG states. `ShardedCheckpoints` (several
-processes): one model file per (tp, pp) shard, written by dp rank 0; layout.json; a rank state
+processes): one model file per (tp, pp) shard, written by dp rank 0 (under ZeRO-3 after every dp
+rank's parameter shards are gathered); layout.json; a rank state
 file per process (rank_NNNNN.json + .safetensors: its RNG states, and its optimizer state: every
 rank's ZeRO shard, or without ZeRO the dp rank 0 copy). Either loads the other's checkpoints: the
 weights are resharded on load; the optimizer state comes back when it fits (same tp and pp, and
@@ -22,6 +23,7 @@ barriers of a process group of their own, apart from the training's collectives.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Callable
@@ -180,8 +182,11 @@ class ShardedCheckpoints:
         cfg, processes = trainer.cfg, self.processes
         layout, coords = processes.layout, processes.coords
         write_weights = None
-        if coords.dp == 0:  # one copy of each (tp, pp) shard
-            write_weights = _weights_writer(trainer, self.adapters, (coords.tp, coords.pp, layout.tp, layout.pp))
+        # ZeRO-3: the dp ranks gather the whole (tp, pp) shard together, dp rank 0 copies it.
+        gathered = trainer.grads.ddp.gathered() if cfg.zero_stage == 3 else contextlib.nullcontext()
+        with gathered:
+            if coords.dp == 0:  # one copy of each (tp, pp) shard
+                write_weights = _weights_writer(trainer, self.adapters, (coords.tp, coords.pp, layout.tp, layout.pp))
         own = {"rng": rng_state()}
         if cfg.zero_stage or coords.dp == 0:
             own["optimizer"] = trainer.optimizer.state_dict()

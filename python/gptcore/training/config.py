@@ -91,7 +91,8 @@ class TrainConfig:
     tensor_parallel: int = 1  # attention heads and MLP columns split over this many ranks
     pipeline_parallel: int = 1  # layers split into this many stages, run by a 1F1B schedule
     sequence_parallel: bool = False  # with tensor_parallel > 1: layer norms and dropout on sequence chunks
-    zero_stage: int = 0  # 1: AdamW state sharded over the data-parallel ranks; 2: gradients too
+    zero_stage: int = 0  # 1: AdamW state sharded over the data-parallel ranks; 2: gradients too; 3: parameters too
+    offload_optimizer: bool = False  # with zero_stage >= 1: master weights and AdamW moments in host memory, CPU step
     ddp_bucket_mb: float = 25.0  # gradients all-reduced in buckets of about this size, during the backward
 
     # eval, logging, checkpoints
@@ -200,10 +201,17 @@ class TrainConfig:
         for name in ("tensor_parallel", "pipeline_parallel"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.zero_stage not in (0, 1, 2):
+        if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(
-                f"zero_stage must be 0 (off), 1 (optimizer state sharded) or 2 (gradients too), got {self.zero_stage}"
+                f"zero_stage must be 0 (off), 1 (optimizer state sharded), 2 (gradients too) or 3 (parameters too),"
+                f" got {self.zero_stage}"
             )
+        if self.zero_stage == 3 and self.pipeline_parallel > 1:
+            raise ConfigError(
+                "zero_stage 3 does not compose with pipeline_parallel > 1; use zero_stage 2 with pipelines"
+            )
+        if self.offload_optimizer and not self.zero_stage:
+            raise ConfigError("offload_optimizer moves the ZeRO optimizer's state to host memory: set zero_stage >= 1")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError("sequence_parallel needs tensor_parallel > 1 (it splits the sequence over those ranks)")
         if self.sequence_parallel and self.seq_len % self.tensor_parallel:

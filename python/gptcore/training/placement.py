@@ -6,7 +6,8 @@ on the device (LoRA adapters when asked, float32 grad accumulation for half para
 `LocalGradients` and a loop over the micro batches. Over several processes: the GPT cut by
 parallel.pipeline_stage and split by parallel.parallelize as the layout asks, this shard's weights
 loaded before DataParallel and ZeRO copy them, DataParallel over the dp group (float32 main_grad
-buckets all-reduced, or reduce-scattered under ZeRO 2, while the last micro batch's backward runs),
+buckets all-reduced, or reduce-scattered under ZeRO 2 and 3, while the last micro batch's backward
+runs; under ZeRO 3 the params sharded too, each block's gathered around its forward and backward),
 `DataParallelGradients` for the reductions the layout adds (sequence-parallel grads over tp, the
 tied embedding over the first and last stage, the grad norm counting each parameter once), and
 with pipeline stages the 1F1B schedule.
@@ -38,7 +39,7 @@ from gptcore.parallel.tensor_parallel import parallelize
 from gptcore.training.batches import model_inputs
 from gptcore.training.config import ConfigError, TrainConfig
 from gptcore.training.processes import Processes
-from gptcore.training.step import LocalGradients, accumulate_in_fp32, forward_backward
+from gptcore.training.step import LocalGradients, accumulate_in_fp32, forward_backward, with_stand_in_target
 
 
 def _lm_loss(model) -> Callable:
@@ -55,7 +56,9 @@ class DataParallelGradients:
 
     def make_optimizer(self, groups: list[dict], **kwargs):
         if self.cfg.zero_stage:
-            self.optimizer = ZeroAdamW(self.ddp, groups, stage=self.cfg.zero_stage, **kwargs)
+            self.optimizer = ZeroAdamW(
+                self.ddp, groups, stage=self.cfg.zero_stage, offload=self.cfg.offload_optimizer, **kwargs
+            )
         else:
             self.optimizer = AdamW(groups, **kwargs)
         return self.optimizer
@@ -66,7 +69,7 @@ class DataParallelGradients:
     def views(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         """(param, the part of its reduced grad the optimizer reads on this rank)."""
         if self.cfg.zero_stage:
-            return [(piece.param, piece.master.main_grad) for piece in self.optimizer.pieces]
+            return [(piece.param, piece.grad) for piece in self.optimizer.pieces]
         return [(p, p.main_grad) for p in self.model.parameters() if p.requires_grad]
 
     def finish(self, ran_backward: bool) -> None:
@@ -110,10 +113,14 @@ class Placement:
     grads: LocalGradients | DataParallelGradients
     accum_steps: int  # micro batches a step on this process
     pipeline: tuple | None = None  # (pp group, previous stage's rank, next stage's rank)
+    # ZeRO-3: each forward gathers params with the other dp ranks, so they all run every micro batch,
+    # and the same number of them in an evaluation.
+    lockstep: bool = False
 
     def forward_backward(self, batches, counts: list[int], total: int, scale: float) -> float:
         if self.pipeline is None:
-            return forward_backward(_lm_loss(self.model), batches, counts, total, scale, self.grads)
+            loss_of = _lm_loss(self.model)
+            return forward_backward(loss_of, batches, counts, total, scale, self.grads, every_batch=self.lockstep)
         group, prev, next_ = self.pipeline
         micro = [(b["tokens"], b["labels"], model_inputs(b)) for b in batches]
         losses = forward_backward_1f1b(
@@ -124,11 +131,14 @@ class Placement:
 
     def forward_losses(self, batches, counts: list[int]) -> float:
         if self.pipeline is None:
-            return sum(
-                float(self.model(b["tokens"], b["labels"], **model_inputs(b))[1]) * n
-                for b, n in zip(batches, counts)
-                if n
-            )
+            total = 0.0
+            for b, n in zip(batches, counts):
+                if n:
+                    total += float(self.model(b["tokens"], b["labels"], **model_inputs(b))[1]) * n
+                elif self.lockstep:
+                    b = with_stand_in_target(b)
+                    self.model(b["tokens"], b["labels"], **model_inputs(b))
+            return total
         if not batches:
             return 0.0
         group, prev, next_ = self.pipeline
@@ -147,6 +157,11 @@ def place(
     """This process's part of `model` on the device in the training precision. prepare(part), run
     before it is moved or copied, adds LoRA adapters and loads what a checkpoint holds for it."""
     if processes.alone:
+        if cfg.offload_optimizer:
+            raise ConfigError(
+                "offload_optimizer: a run of one process has no ZeRO optimizer to offload; launch several"
+                " processes (--nproc-per-node N) with zero_stage >= 1"
+            )
         prepare(model)
         model.to(device=device, dtype=dtype)
         if dtype != torch.float32:
@@ -172,11 +187,17 @@ def place(
     dp_group = g.dp
     if device.type == "cuda" and _C.build_info()["nccl_version"] > 0:  # gptcore's NCCL communicator
         dp_group = CommCollectives.create(g.dp, device)
+    units = list(part.transformer.h.values()) if cfg.zero_stage == 3 else None  # ZeRO-3 gathers a block at a time
     ddp = DataParallel(
-        part, dp_group, bucket_mb=cfg.ddp_bucket_mb, average=False, own_bucket=() if tied is None else [tied]
+        part,
+        dp_group,
+        bucket_mb=cfg.ddp_bucket_mb,
+        average=False,
+        own_bucket=() if tied is None else [tied],
+        param_units=units,
     )
     owned = owned_parameters(part) if layout.pp > 1 else list(part.parameters())
     counted = {id(p) for p in owned if getattr(p, "tensor_parallel", False) or coords.tp == 0}
     grads = DataParallelGradients(part, ddp, processes, cfg, tied, counted)
     pipeline = (g.pp, *neighbour_ranks(g.pp_ranks, coords.pp)) if layout.pp > 1 else None
-    return Placement(part, grads, accum_steps, pipeline)
+    return Placement(part, grads, accum_steps, pipeline, lockstep=cfg.zero_stage == 3)

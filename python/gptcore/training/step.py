@@ -98,22 +98,37 @@ class LocalGradients:
 
 
 def forward_backward(
-    loss_of: Callable, batches: Sequence, counts: Sequence[int], total: int, scale: float, grads
+    loss_of: Callable,
+    batches: Sequence,
+    counts: Sequence[int],
+    total: int,
+    scale: float,
+    grads,
+    every_batch: bool = False,
 ) -> float:
     """Forward and backward of every micro batch, each micro batch's mean loss (`loss_of(batch)`)
     weighted by its share (counts[k], its targets) of the `total` targets, so the grads are those
     of the whole batch's mean loss (times scale). Returns this process's part of that mean loss
-    (unscaled). A micro batch without targets is skipped; the grads are reduced (`grads`) as the
-    last backward runs."""
-    ran = [k for k, count in enumerate(counts) if count]
+    (unscaled). A micro batch without targets is skipped, except with every_batch (ZeRO-3: each
+    forward and backward gathers the params with the other data-parallel ranks), where it runs on a
+    stand-in target with weight 0; the grads are reduced (`grads`) as the last backward runs."""
+    ran = list(range(len(counts))) if every_batch else [k for k, count in enumerate(counts) if count]
     loss = 0.0
     for k in ran:
+        batch = batches[k] if counts[k] else with_stand_in_target(batches[k])
         with grads.no_sync() if k != ran[-1] else contextlib.nullcontext():
-            part = loss_of(batches[k]).float() * (counts[k] / total)
+            part = loss_of(batch).float() * (counts[k] / total)
             (part * scale if scale != 1.0 else part).backward()
         loss += float(part.detach())
     grads.finish(bool(ran))
     return loss
+
+
+def with_stand_in_target(batch: dict) -> dict:
+    """A batch without targets given one (token 0 at the first position), so its mean loss is finite."""
+    labels = batch["labels"].clone()
+    labels.view(-1)[0] = 0
+    return {**batch, "labels": labels}
 
 
 class OptimizerStep:

@@ -322,6 +322,10 @@ class Trainer:
         ks = range(self.processes.coords.dp, self.cfg.eval_steps, layout.dp)  # micro batch k on dp rank k % dp
         batches = [self._batch(k * micro, micro, self.valid_data) for k in ks]
         counts = [int((b["labels"] != -100).sum()) for b in batches]
+        if self.placement.lockstep:  # every dp rank runs as many forwards, the last ones counting for nothing
+            padding = -(-self.cfg.eval_steps // layout.dp) - len(batches)
+            batches += [self._batch(0, micro, self.valid_data)] * padding
+            counts += [0] * padding
         total = self.placement.forward_losses(batches, counts)
         self.model.train()
         total, count = self.processes.all_reduce([total, sum(counts)])
