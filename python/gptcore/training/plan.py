@@ -7,7 +7,7 @@ P: the parameters this rank holds):
   head is tied to it); tensor parallelism splits wte's rows, the qkv/fc rows and proj columns.
 - gradients: float32 (4 P) whatever the precision: DataParallel's main_grad buckets, or .grad / the
   float32 main_grad in one process. ZeRO-2 keeps a 4 P / dp shard between steps, but gptcore's
-  buckets are whole while the backward runs (counted under buffers); ZeRO-3 (being designed) 4 P / dp.
+  buckets are whole while the backward runs (counted under buffers); ZeRO-3 4 P / dp.
 - optimizer: AdamW's float32 moments (8 P) and, for half params, a float32 master (4 P); under ZeRO
   1..3 float32 masters of every param and the moments, 12 P / dp.
 - activations: what the backward keeps per micro batch and layer with gptcore's kernels (below),
@@ -147,7 +147,8 @@ def parse_size(text: str) -> int:
 
 
 def load_plan_config(config: str | None, overrides: list[str] | dict) -> tuple[TrainConfig, GPTConfig]:
-    """The training config and model a plan is made for; zero_stage=3 (being designed) is taken."""
+    """The training config and model a plan is made for (checked as a training config without its
+    layout, so that a layout the planner then rejects is explained by the planner)."""
     values = config_values(config, overrides)
     zero = values.get("zero_stage", 0)
     cfg = TrainConfig(**(values | {"zero_stage": 0 if zero == 3 else zero})).validate()
@@ -301,6 +302,8 @@ def layout_problem(cfg: TrainConfig, model: GPTConfig, layout: Layout) -> str | 
         return f"sequence_parallel needs tensor_parallel > 1 dividing seq_len ({cfg.seq_len})"
     if layout.zero_stage not in ZERO_STAGES:
         return f"zero_stage must be one of {ZERO_STAGES}, got {layout.zero_stage}"
+    if layout.zero_stage == 3 and layout.pp > 1:
+        return "zero_stage 3 does not compose with pipeline parallelism (the trainer refuses it)"
     return None
 
 
