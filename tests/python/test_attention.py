@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from attention_checks import close, float64_grads
 
 import gptcore
 from gptcore import _C
@@ -31,16 +32,6 @@ def make_qkv(B, H, T_q, T_k, D, dtype=torch.float32, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, T, D, generator=g) for T in (T_q, T_k, T_k))
     return [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
-
-
-def float64_grads(fn, ins, dout):
-    ref = [t.detach().double().requires_grad_() for t in ins]
-    out = fn(*ref)
-    return out.detach(), torch.autograd.grad(out, ref, dout.double())
-
-
-def close(got, want, tol):
-    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("T", [1, 17, 97, 1025])

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from attention_checks import close, float64_grads
 
 import gptcore
 from gptcore import _C
@@ -44,16 +45,6 @@ def random_lengths(T: int, mean: int, rng: random.Random) -> list[int]:
         n = 0 if rng.random() < 0.1 else rng.randint(1, 2 * mean)
         lengths.append(min(n, T - sum(lengths)))
     return lengths
-
-
-def float64_grads(fn, ins, dout):
-    ref = [t.detach().double().requires_grad_() for t in ins]
-    out = fn(*ref)
-    return out.detach(), torch.autograd.grad(out, ref, dout.double())
-
-
-def close(got, want, tol):
-    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
 
 
 # Packings of one row of T tokens (B = 2: the second row packs differently, with fewer documents).

@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_training import corpus, small  # noqa: F401 (corpus is a fixture)
 
+from gptcore.checkpoint import load_full_state
 from gptcore.parallel.testing import run_distributed
 from gptcore.training import ConfigError, Trainer, load_config
 
@@ -116,8 +117,6 @@ def _load_and_gather(rank, world, cfg):
 
 
 def test_resume_is_exact_and_the_checkpoint_loads_in_one_process(corpus, tmp_path):  # noqa: F811
-    from gptcore.checkpoint import load_full_state
-
     cfg = _cfg(corpus, train_steps=4, zero_stage=3, tensor_parallel=2, dropout=0.1)
     whole, _ = run_distributed(_save_run, 4, cfg | {"save": str(tmp_path / "a")}, 4)[0]
     part, _ = run_distributed(_save_run, 4, cfg | {"save": str(tmp_path / "b")}, 2)[0]
