@@ -130,15 +130,8 @@ def find_checkpoint(path: str | os.PathLike, on_damaged: Callable[[str], None] |
         if not verdict.intact:
             raise ValueError(f"{verdict.describe()}; point `load` at an earlier checkpoint or at the save folder")
         return path
-    candidates = complete_checkpoints(path)[::-1]
-    latest = path / LATEST
-    if latest.is_file():
-        named = path / latest.read_text(errors="replace").strip()
-        if named in candidates:  # first, in case step numbers went back (a run resumed from an earlier one)
-            candidates.remove(named)
-            candidates.insert(0, named)
     damaged = []
-    for folder in candidates:
+    for folder in _resume_order(path):
         verdict = verify(folder)
         if verdict.intact:
             return folder
@@ -147,6 +140,19 @@ def find_checkpoint(path: str | os.PathLike, on_damaged: Callable[[str], None] |
     if damaged:
         raise ValueError(f"{path}: no intact checkpoint: " + "; ".join(damaged))
     return None
+
+
+def _resume_order(root: Path) -> list[Path]:
+    """The complete checkpoints under root in the order a resume tries them: the one `latest` names,
+    then the others newest first."""
+    candidates = complete_checkpoints(root)[::-1]
+    latest = root / LATEST
+    if latest.is_file():
+        named = root / latest.read_text(errors="replace").strip()
+        if named in candidates:  # first, in case step numbers went back (a run resumed from an earlier one)
+            candidates.remove(named)
+            candidates.insert(0, named)
+    return candidates
 
 
 def verify_checkpoints(path: str | os.PathLike) -> tuple[list[Verdict], Path | None]:
@@ -167,8 +173,6 @@ def verify_checkpoints(path: str | os.PathLike) -> tuple[list[Verdict], Path | N
             f"{path}: no checkpoint (step_N folder) in it; name a save folder, a step_N folder or a model file"
         )
     verdicts = [verify(f) for f in folders]
-    try:
-        chosen = find_checkpoint(path, on_damaged=lambda line: None)
-    except ValueError:
-        chosen = None
+    intact = {v.folder for v in verdicts if v.intact}  # each folder read once: no second verify for the choice
+    chosen = next((f for f in _resume_order(path) if f in intact), None)
     return verdicts, chosen
