@@ -41,5 +41,6 @@ void bind_attention(py::module_& m);
 void bind_indexed_dataset(py::module_& m);
 void bind_gpt_samples(py::module_& m);
 void bind_comm(py::module_& m);
+void bind_decode(py::module_& m);
 
 }  // namespace gc::bindings

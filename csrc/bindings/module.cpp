@@ -82,4 +82,5 @@ PYBIND11_MODULE(_C, m) {
   bind_indexed_dataset(m);
   bind_gpt_samples(m);
   bind_comm(m);
+  bind_decode(m);
 }

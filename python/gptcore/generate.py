@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gptcore.core_decoder import WEIGHT_FORMATS, CoreDecoder, unsupported
 from gptcore.model import GPT
 
 MAX_LOGPROBS = 20  # the most alternatives a token's score lists (OpenAI's and vLLM's limit)
@@ -238,7 +239,11 @@ class Request:
 
 
 class Engine:
-    """Continuous batching over `slots` KV-cache slots of max_len positions (default: the model's)."""
+    """Continuous batching over `slots` KV-cache slots of max_len positions (default: the model's).
+
+    On the CPU every forward runs in gptcore's core (gptcore.core_decoder) with the weights in
+    `weights` format ("fp32", "bf16" or "int8"; default fp32); core=False keeps the PyTorch
+    forward (model.forward_cached over a KVCache), the path for GPUs and sharded models."""
 
     def __init__(
         self,
@@ -247,6 +252,8 @@ class Engine:
         slots: int = 16,
         max_len: int | None = None,
         cuda_graph: bool | None = None,
+        weights: str | None = None,
+        core: bool | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -254,7 +261,15 @@ class Engine:
         self.max_len = max_len or self.config.n_positions
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.cache = KVCache(model, slots, self.max_len, self.device, self.dtype)
+        if weights is not None and weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+        why = unsupported(model)
+        if core is None:
+            core = why is None
+        if weights not in (None, "fp32") and not core:
+            raise ValueError(f"weights={weights} needs generation in the core, which cannot run this model: {why}")
+        self.core = CoreDecoder(model, slots, self.max_len, weights or "fp32") if core else None
+        self.cache = None if core else KVCache(model, slots, self.max_len, self.device, self.dtype)
         self.slots: list[Request | None] = [None] * slots
         self.seen = torch.zeros(slots, self.config.vocab_size, dtype=torch.bool, device=self.device)
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
@@ -318,7 +333,9 @@ class Engine:
         scored one alone."""
         active = self.active
         shared = [r for r in active if not r.params.scored]
-        if shared:
+        if shared and self.core is not None:
+            self._advance(shared, self._core_decode(shared))
+        elif shared:
             n = max(r.slot for r in shared) + 1
             tokens = torch.zeros(n, 1, dtype=torch.long)
             positions = torch.zeros(n, 1, dtype=torch.long)
@@ -382,8 +399,17 @@ class Engine:
             logits = self.model.forward_cached(*args)
         return graph, logits
 
+    def _core_decode(self, requests: list[Request]) -> torch.Tensor:
+        """One decode step of `requests` in the core: logits [len(requests), vocab_size]."""
+        positions = [len(r.prompt) + len(r.tokens) - 1 for r in requests]
+        return self.core.forward(
+            [r.tokens[-1] for r in requests], [r.slot for r in requests], positions, [1] * len(requests)
+        )
+
     def _decode_alone(self, r: Request) -> torch.Tensor:
         """One decode step of a scored request over its own slot: logits [1, vocab_size]."""
+        if self.core is not None:
+            return self._core_decode([r])
         cache, slot = self.cache, r.slot
         position = len(r.prompt) + len(r.tokens) - 1
         self._tokens[slot, 0] = r.tokens[-1]
@@ -397,11 +423,14 @@ class Engine:
         """Prompts of one length (or one scored prompt) into their slots in one forward, then each one's
         first token; a scored prompt gets its prompt_logprobs from the same forward."""
         scored = group[0].params.prompt_logprobs is not None  # then the group is that one request
-        with torch.no_grad():
-            idx = torch.tensor([r.prompt for r in group], dtype=torch.long, device=self.device)
-            positions = torch.arange(idx.shape[1], device=self.device)
-            attend = self.cache.prefill_attend([r.slot for r in group])
-            logits = self.model.forward_cached(idx, positions, attend, every_position=scored)
+        if self.core is not None:
+            tokens = [t for r in group for t in r.prompt]
+            lens = [len(r.prompt) for r in group]
+            logits = self.core.forward(tokens, [r.slot for r in group], [0] * len(group), lens, every_position=scored)
+            if scored:
+                logits = logits[None]  # [1, T, vocab_size], as the forward below gives it
+        else:
+            logits = self._forward_prefill(group, scored)
         if scored:
             r = group[0]
             r.prompt_logprobs = [None, *score_tokens(logits[0, :-1], r.prompt[1:], r.params.prompt_logprobs)]
@@ -410,6 +439,14 @@ class Engine:
                 self._finish(r, Chunk(None, "", "length"))
                 return
         self._advance(group, logits)
+
+    def _forward_prefill(self, group: list[Request], scored: bool) -> torch.Tensor:
+        """The PyTorch forward of prompts of one length into their cache slots."""
+        with torch.no_grad():
+            idx = torch.tensor([r.prompt for r in group], dtype=torch.long, device=self.device)
+            positions = torch.arange(idx.shape[1], device=self.device)
+            attend = self.cache.prefill_attend([r.slot for r in group])
+            return self.model.forward_cached(idx, positions, attend, every_position=scored)
 
     def _advance(self, requests: list[Request], logits: torch.Tensor) -> None:
         rows = [r.slot for r in requests]

@@ -15,6 +15,7 @@ LAYERS = [
     ("gptcore.serve", "gptcore.training", "gptcore.finetune"),
     (
         "gptcore.generate",
+        "gptcore.core_decoder",
         "gptcore.evaluate",
         "gptcore.multiple_choice",
         "gptcore.parallel",

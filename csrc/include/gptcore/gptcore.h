@@ -6,6 +6,7 @@
 #include "gptcore/attention.h"
 #include "gptcore/comm.h"
 #include "gptcore/cross_entropy.h"
+#include "gptcore/decode.h"
 #include "gptcore/gpt_samples.h"
 #include "gptcore/indexed_dataset.h"
 #include "gptcore/info.h"

@@ -9,7 +9,6 @@ import time
 
 from gptcore.cli import source
 from gptcore.generate import Generator
-from gptcore.parallel.inference import LockstepEngine
 
 
 def add_parser(commands) -> None:
@@ -24,6 +23,7 @@ def add_parser(commands) -> None:
     )
     source.add_model_source(gen, lora=True)
     source.add_processes(gen)
+    source.add_weights(gen)
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--prompt-file", help="a UTF-8 file with one prompt a line (blank lines skipped)")
@@ -47,10 +47,10 @@ def run(args) -> int:
     prompts = _read_prompts(args.prompt_file) if args.prompt_file else args.prompt or []
     with source.processes(args) as ranks:
         model, tokenizer = source.load(args, need_tokenizer=True, ranks=ranks)
+        engine = source.engine(args, model, tokenizer, ranks)
         if ranks is None:
-            return _generate(args, prompts, Generator(model, tokenizer, max_batch=args.max_batch))
+            return _generate(args, prompts, Generator(model, tokenizer, max_batch=args.max_batch, engine=engine))
         # Rank 0 reads the prompts and prints; the others run the same forwards on their shards.
-        engine = LockstepEngine(model, ranks, tokenizer, slots=args.max_batch)
         if not ranks.is_leader:
             engine.follow()
             return 0

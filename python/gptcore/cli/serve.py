@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from gptcore.cli import source
-from gptcore.parallel.inference import LockstepEngine
 from gptcore.serve import Server
 
 
@@ -21,6 +20,7 @@ def add_parser(commands) -> None:
     )
     source.add_model_source(srv)
     source.add_processes(srv)
+    source.add_weights(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     srv.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
     srv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
@@ -35,10 +35,10 @@ def run(args) -> int:
         return code
     with source.processes(args) as ranks:
         model, tokenizer = source.load(args, need_tokenizer=False, ranks=ranks)
+        engine = source.engine(args, model, tokenizer, ranks)
         if ranks is None:
-            return _serve(args, model, tokenizer)
+            return _serve(args, model, tokenizer, engine)
         # Rank 0 answers HTTP and drives the others, which run the same forwards on their shards.
-        engine = LockstepEngine(model, ranks, tokenizer, slots=args.max_batch)
         if not ranks.is_leader:
             engine.follow()
             return 0
@@ -46,7 +46,7 @@ def run(args) -> int:
             return _serve(args, model, tokenizer, engine, f", split over {ranks.size} processes")
 
 
-def _serve(args, model, tokenizer, engine=None, split: str = "") -> int:
+def _serve(args, model, tokenizer, engine, split: str = "") -> int:
     server = Server(
         model,
         tokenizer,
@@ -61,8 +61,11 @@ def _serve(args, model, tokenizer, engine=None, split: str = "") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     c, param = model.config, next(model.parameters())
     named = tokenizer.name if tokenizer is not None else "none: token-id prompts only"
+    dtype = str(param.dtype).removeprefix("torch.")
+    if engine.core is not None:
+        dtype = f"{engine.core.weights} weights in gptcore's core"
     print(
-        f"serving {args.model_name} ({c.n_layer} layers, {c.n_embd} wide, {str(param.dtype).removeprefix('torch.')}"
+        f"serving {args.model_name} ({c.n_layer} layers, {c.n_embd} wide, {dtype}"
         f" on {param.device}{split}; tokenizer {named}) at {server.url}/v1/completions",
         flush=True,
     )

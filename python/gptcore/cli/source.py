@@ -21,7 +21,9 @@ from torch.distributed.run import main as torchrun
 
 from gptcore.checkpoint import load_for_inference
 from gptcore.cli.arguments import UsageError, add_device
+from gptcore.core_decoder import WEIGHT_FORMATS
 from gptcore.finetune.lora import apply_adapters, merge_and_unload
+from gptcore.generate import Engine
 from gptcore.parallel import inference
 from gptcore.parallel.layout import launched_world_size
 
@@ -65,6 +67,26 @@ def add_processes(parser) -> None:
     )
     # Every rank meets the same errors (the same arguments, the same model): rank 0 reports them.
     parser.set_defaults(rank0_reports=True)
+
+
+def add_weights(parser) -> None:
+    """--weights: the format a CPU generation reads the weights in."""
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHT_FORMATS,
+        help="on the CPU, the weights as the core's decode kernels read them: fp32 (default), bf16 (half the"
+        " bytes) or int8 (a quarter, one scale per output row); activations stay float32",
+    )
+
+
+def engine(args, model, tokenizer, ranks: inference.Ranks | None) -> Engine:
+    """The Engine of args.max_batch slots a command generates on: the lockstep engine of a model split
+    over processes, else a local one (in the core on the CPU, with --weights)."""
+    if ranks is None:
+        return Engine(model, tokenizer, slots=args.max_batch, weights=args.weights)
+    if args.weights not in (None, "fp32"):
+        raise UsageError(f"--weights {args.weights} runs in one process on the CPU; drop --nproc-per-node")
+    return inference.LockstepEngine(model, ranks, tokenizer, slots=args.max_batch)
 
 
 def launch(args) -> int | None:

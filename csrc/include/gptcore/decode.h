@@ -1,0 +1,82 @@
+/* Generation on the CPU without a framework: a GPT-2 style decoder's whole forward over a KV
+ * cache in one call, and the weight-only quantized matrix products under it.
+ *
+ * gc_dense is a linear layer's weight [N, K] in F.linear's layout, stored as float32, bfloat16
+ * (converted to float32 on the fly) or int8 with one float32 scale per output row
+ * (w[n, k] = scale[n] * q[n, k]); activations and sums stay float32. gc_dense_fwd computes
+ * y [M, N] = x [M, K] w^T + bias: for a few rows (decode) by streaming the weight once through
+ * vector dot products (AVX2 or AVX-512, chosen at run time), for many rows (prefill) by
+ * converting panels of the weight to float32 for OpenBLAS's sgemm. A row's result does not depend
+ * on the other rows while M <= GC_DENSE_STREAM_ROWS.
+ *
+ * gc_gpt_decode runs the model of gptcore.model.GPT (learned positions, pre-LN, fused QKV,
+ * tanh GELU, logits through lm_head) for a ragged batch of sequences: sequence s brings
+ * seq_len[s] new tokens at cache positions seq_start[s] .. seq_start[s] + seq_len[s] - 1 of cache
+ * slot seq_slot[s]; their keys and values are written into the cache and each new token attends
+ * to every earlier position of its slot (causal). A prefill is a sequence with seq_start 0 and its
+ * whole prompt; a decode step is one token per sequence. The logits are those of each sequence's
+ * last new token [S, vocab_size], or of every new token [n_tokens, vocab_size] with every_position.
+ *
+ * Every tensor is a contiguous CPU tensor; the caller owns all memory (the cache too). OpenMP
+ * threads do the work (omp_get_max_threads()). */
+#ifndef GPTCORE_DECODE_H
+#define GPTCORE_DECODE_H
+
+#include "gptcore/status.h"
+#include "gptcore/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The most rows for which gc_dense_fwd streams the weight (and a row's result is independent of
+ * the others); more rows go through panels and sgemm. */
+#define GC_DENSE_STREAM_ROWS 4
+
+typedef struct gc_dense {
+  gc_tensor weight; /* [N, K] float32, bfloat16 or int8 */
+  gc_tensor scale;  /* int8 weights: [N] float32 (required); absent otherwise */
+  gc_tensor bias;   /* optional [N] float32 */
+} gc_dense;
+
+/* y [M, N] = x [M, K] w^T + bias, x and y float32. */
+gc_status gc_dense_fwd(const gc_dense* dense, gc_tensor x, gc_tensor y);
+
+typedef struct gc_gpt_layer {
+  gc_tensor ln_1_weight, ln_1_bias; /* [C] float32; biases optional */
+  gc_dense attn_qkv;                /* [3C, C]: q, k, v of every head, head-major within each */
+  gc_dense attn_proj;               /* [C, C] */
+  gc_tensor ln_2_weight, ln_2_bias; /* [C] */
+  gc_dense mlp_fc;                  /* [F, C] (F: the MLP width, 4C in GPT-2) */
+  gc_dense mlp_proj;                /* [C, F] */
+} gc_gpt_layer;
+
+typedef struct gc_gpt_model {
+  int32_t n_layer;
+  int32_t n_head;
+  int64_t vocab_size;               /* logits columns: the first vocab_size rows of lm_head */
+  float layer_norm_eps;
+  gc_tensor wte;                    /* [>= vocab_size, C] float32 token embeddings */
+  gc_tensor wpe;                    /* [n_positions, C] float32 position embeddings */
+  const gc_gpt_layer* layers;       /* n_layer of them */
+  gc_tensor ln_f_weight, ln_f_bias; /* [C] */
+  gc_dense lm_head;                 /* [>= vocab_size, C]: GPT-2 ties it to wte (the same memory when float32) */
+} gc_gpt_model;
+
+typedef struct gc_gpt_decode_params {
+  const gc_gpt_model* model;
+  gc_tensor k_cache, v_cache; /* [n_layer, slots, n_head, max_len, C / n_head] float32, in and out */
+  gc_tensor tokens;           /* [n_tokens] int32: every sequence's new tokens, one sequence after another */
+  gc_tensor seq_slot;         /* [S] int32: each sequence's cache slot (distinct) */
+  gc_tensor seq_start;        /* [S] int32: the cache position of its first new token */
+  gc_tensor seq_len;          /* [S] int32: its new tokens (>= 1; the lengths sum to n_tokens) */
+  gc_tensor logits;           /* out [S, vocab_size], or [n_tokens, vocab_size] with every_position */
+  int32_t every_position;
+} gc_gpt_decode_params;
+
+gc_status gc_gpt_decode(const gc_gpt_decode_params* params);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,27 @@
+// Internal: the CPU kernels behind gc_dense_fwd and gc_gpt_decode. Arguments arrive validated.
+#pragma once
+
+#include <cstdint>
+
+#include "gptcore/decode.h"
+
+namespace gc {
+
+// A gc_dense unpacked: weight [N, K] of `dtype` (GC_FLOAT32, GC_BFLOAT16 or GC_INT8), the int8
+// weights' per-row scales, an optional bias.
+struct DenseWeight {
+  int32_t dtype;
+  const void* w;
+  const float* scale;
+  const float* bias;
+  int64_t N, K;
+};
+
+DenseWeight dense_weight(const gc_dense& d);
+
+// y [M, ldy] (the first N columns) = x [M, K] w^T + bias.
+void dense_cpu(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy);
+
+gc_status gpt_decode_cpu(const gc_gpt_decode_params& p);
+
+}  // namespace gc

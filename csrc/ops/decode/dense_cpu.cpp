@@ -1,0 +1,188 @@
+// Weight-only quantized matrix products on the CPU: y = x w^T + bias with w stored as float32,
+// bfloat16 or int8 (per-row scales) and everything else float32.
+//
+// A decode step multiplies a few rows by every weight of the model once, so it is bound by the
+// memory read rate: the weight is streamed a row at a time, converted to float32 in registers and
+// dotted with each x row (AVX-512 or AVX2 kernels, picked when first used; dense_stream.inl).
+// Many rows (a prefill) are bound by arithmetic instead: panels of the weight are converted to
+// float32 and handed to OpenBLAS's sgemm, one panel per OpenMP thread at a time.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/cpu_blas.h"
+#include "common/cpu_math.h"
+#include "ops/decode/decode.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+// Vector types cross no ABI boundary here (every helper is inlined into its kernel), so GCC's note
+// that returning them by value without AVX changes the ABI does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace gc {
+namespace {
+
+constexpr int64_t kStreamTask = 16;   // weight rows per OpenMP task while streaming
+constexpr int64_t kPanelRows = 128;   // weight rows converted per sgemm call
+
+inline float to_float(float w) { return w; }
+inline float to_float(uint16_t w) {  // bfloat16: the high half of a float32
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline float to_float(int8_t w) { return static_cast<float>(w); }
+
+// Any CPU: eight lanes in GCC's vector extension (the compiler picks the registers).
+namespace generic {
+typedef float V __attribute__((vector_size(32)));
+constexpr int kWidth = 8;
+inline V zero() { return V{}; }
+template <class W>
+inline V load(const W* p) {
+  float f[kWidth];
+  for (int j = 0; j < kWidth; ++j) f[j] = to_float(p[j]);
+  V v;
+  std::memcpy(&v, f, sizeof(v));
+  return v;
+}
+inline V load_x(const float* p) { return load(p); }
+inline V fma(V a, V b, V acc) { return a * b + acc; }
+inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
+#include "ops/decode/dense_stream.inl"
+}  // namespace generic
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GC_X86_KERNELS 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+using V = __m256;
+constexpr int kWidth = 8;
+inline V zero() { return _mm256_setzero_ps(); }
+inline V load(const float* p) { return _mm256_loadu_ps(p); }
+inline V load(const uint16_t* p) {  // bfloat16 -> the high halves of float32 lanes
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+inline V load(const int8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
+inline V load_x(const float* p) { return _mm256_loadu_ps(p); }
+inline V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
+inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+#include "ops/decode/dense_stream.inl"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on its own AVX-512 intrinsics' headers
+namespace avx512 {
+using V = __m512;
+constexpr int kWidth = 16;
+inline V zero() { return _mm512_setzero_ps(); }
+inline V load(const float* p) { return _mm512_loadu_ps(p); }
+inline V load(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+inline V load(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
+inline V load_x(const float* p) { return _mm512_loadu_ps(p); }
+inline V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
+inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+#include "ops/decode/dense_stream.inl"
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
+using StreamFn = void (*)(const DenseWeight&, const float*, int64_t, float*, int64_t, int64_t, int64_t);
+
+// The widest kernel this CPU runs, or the one GPTCORE_CPU_KERNELS names (avx512, avx2, generic:
+// to compare them, or to step around one).
+StreamFn pick_stream() {
+  const char* env = std::getenv("GPTCORE_CPU_KERNELS");
+  const std::string want = env ? env : "";
+#ifdef GC_X86_KERNELS
+  __builtin_cpu_init();
+  const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl");
+  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (has512 && (want.empty() || want == "avx512")) return avx512::stream;
+  if (has2 && (want.empty() || want == "avx512" || want == "avx2")) return avx2::stream;
+#endif
+  return generic::stream;
+}
+
+// Weight rows [n0, n0 + rows) as float32 (int8 scales folded in) into panel [rows, K].
+template <class W>
+inline __attribute__((always_inline)) void convert_rows(const DenseWeight& d, int64_t n0, int64_t rows, float* panel) {
+  const W* w = static_cast<const W*>(d.w) + n0 * d.K;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = d.scale ? d.scale[n0 + r] : 1.f;
+#pragma omp simd
+    for (int64_t k = 0; k < d.K; ++k) panel[r * d.K + k] = to_float(w[r * d.K + k]) * s;
+  }
+}
+GC_CPU_CLONES void convert_bf16(const DenseWeight& d, int64_t n0, int64_t rows, float* panel) {
+  convert_rows<uint16_t>(d, n0, rows, panel);
+}
+GC_CPU_CLONES void convert_int8(const DenseWeight& d, int64_t n0, int64_t rows, float* panel) {
+  convert_rows<int8_t>(d, n0, rows, panel);
+}
+
+void stream(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy) {
+  static const StreamFn kernel = pick_stream();
+  const int64_t tasks = (d.N + kStreamTask - 1) / kStreamTask;
+#pragma omp parallel for schedule(static) if (d.N * d.K >= 65536)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t n0 = t * kStreamTask;
+    kernel(d, x, M, y, ldy, n0, std::min(d.N, n0 + kStreamTask));
+  }
+}
+
+void panels(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy) {
+  const SerialBlas serial_blas;
+  const int64_t count = (d.N + kPanelRows - 1) / kPanelRows;
+#pragma omp parallel
+  {
+    std::vector<float> panel(d.dtype == GC_FLOAT32 ? 0 : kPanelRows * d.K);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t n0 = p * kPanelRows, rows = std::min(kPanelRows, d.N - n0);
+      const float* w = static_cast<const float*>(d.w) + n0 * d.K;
+      if (d.dtype != GC_FLOAT32) {
+        if (d.dtype == GC_BFLOAT16) convert_bf16(d, n0, rows, panel.data());
+        else convert_int8(d, n0, rows, panel.data());
+        w = panel.data();
+      }
+      sgemm(false, true, M, rows, d.K, 1.f, x, d.K, w, d.K, 0.f, y + n0, ldy);
+    }
+  }
+  if (!d.bias) return;
+#pragma omp parallel for schedule(static) if (M * d.N >= 65536)
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t n = 0; n < d.N; ++n) y[m * ldy + n] += d.bias[n];
+  }
+}
+
+}  // namespace
+
+DenseWeight dense_weight(const gc_dense& d) {
+  return DenseWeight{d.weight.dtype, d.weight.data, static_cast<const float*>(d.scale.data),
+                     static_cast<const float*>(d.bias.data), d.weight.shape[0], d.weight.shape[1]};
+}
+
+void dense_cpu(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy) {
+  if (M <= GC_DENSE_STREAM_ROWS) stream(d, x, M, y, ldy);
+  else panels(d, x, M, y, ldy);
+}
+
+}  // namespace gc

@@ -1,0 +1,172 @@
+// A GPT decoder's forward over a KV cache on the CPU, for generation: embeddings, then per layer
+// LN -> QKV -> cached causal attention -> projection -> residual add + LN -> MLP -> residual add,
+// then the final LN and the logits of the rows asked for. Activations are float32 rows, one per
+// new token ([n_tokens, C], the sequences one after another); the products go through dense_cpu,
+// attention and layer norm through the same CPU kernels as gc_attention_decode and
+// gc_layer_norm_fwd.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/cpu_math.h"
+#include "ops/attention/attention.h"
+#include "ops/decode/decode.h"
+#include "ops/layer_norm/layer_norm.h"
+
+namespace gc {
+namespace {
+
+gc_tensor rows_view(float* data, int64_t rows, int64_t cols) {
+  const int64_t shape[2] = {rows, cols};
+  return gc_make_tensor(data, GC_FLOAT32, GC_CPU, 0, 2, shape);
+}
+
+struct Shapes {
+  int64_t C, H, D, F, slots, max_len, S, T;
+};
+
+// y = LN(x) with the layer's weights; with residual: x += residual first (x keeps the sum). y may
+// be residual itself (read before y is written, row by row).
+void layer_norm(float* x, const float* residual, const gc_tensor& weight, const gc_tensor& bias, float eps, float* y,
+                std::vector<float>& stats, const Shapes& s) {
+  gc_layer_norm_fwd_params p{};
+  p.x = rows_view(x, s.T, s.C);
+  if (residual) {
+    p.residual = rows_view(const_cast<float*>(residual), s.T, s.C);
+    p.sum = p.x;
+  }
+  p.weight = weight;
+  p.bias = bias;
+  p.y = rows_view(y, s.T, s.C);
+  const int64_t n[1] = {s.T};
+  p.mean = gc_make_tensor(stats.data(), GC_FLOAT32, GC_CPU, 0, 1, n);
+  p.rstd = gc_make_tensor(stats.data() + s.T, GC_FLOAT32, GC_CPU, 0, 1, n);
+  p.eps = eps;
+  layer_norm_fwd_cpu(p, s.T, s.C);
+}
+
+// Each sequence's new keys and values into its cache slot, then its queries over the slot's
+// positions up to their own (attention_decode_cpu's bottom-right-aligned causal forward).
+void attend(const gc_gpt_decode_params& p, int64_t layer, const float* qkv, float* out, const Shapes& s,
+            std::vector<float>& q_heads, std::vector<float>& out_heads) {
+  const int32_t* slot = static_cast<const int32_t*>(p.seq_slot.data);
+  const int32_t* start = static_cast<const int32_t*>(p.seq_start.data);
+  const int32_t* len = static_cast<const int32_t*>(p.seq_len.data);
+  const int64_t C = s.C, D = s.D, H = s.H, slot_size = H * s.max_len * D;
+  float* k_layer = static_cast<float*>(p.k_cache.data) + layer * s.slots * slot_size;
+  float* v_layer = static_cast<float*>(p.v_cache.data) + layer * s.slots * slot_size;
+  int64_t row0 = 0;
+  for (int64_t i = 0; i < s.S; row0 += len[i], ++i) {
+    const int64_t n = len[i], first = start[i];
+    float* k = k_layer + slot[i] * slot_size;
+    float* v = v_layer + slot[i] * slot_size;
+#pragma omp parallel for collapse(2) schedule(static) if (n * H * D >= 16384)
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        const float* row = qkv + (row0 + t) * 3 * C + h * D;
+        std::memcpy(q_heads.data() + (h * n + t) * D, row, D * sizeof(float));
+        std::memcpy(k + (h * s.max_len + first + t) * D, row + C, D * sizeof(float));
+        std::memcpy(v + (h * s.max_len + first + t) * D, row + 2 * C, D * sizeof(float));
+      }
+    }
+    const int64_t q_shape[4] = {1, H, n, D}, cache_shape[4] = {1, H, s.max_len, D}, one[1] = {1};
+    int32_t cache_len = static_cast<int32_t>(first + n);
+    gc_attention_decode_params a{};
+    a.q = gc_make_tensor(q_heads.data(), GC_FLOAT32, GC_CPU, 0, 4, q_shape);
+    a.k_cache = gc_make_tensor(k, GC_FLOAT32, GC_CPU, 0, 4, cache_shape);
+    a.v_cache = gc_make_tensor(v, GC_FLOAT32, GC_CPU, 0, 4, cache_shape);
+    a.cache_lens = gc_make_tensor(&cache_len, GC_INT32, GC_CPU, 0, 1, one);
+    a.out = gc_make_tensor(out_heads.data(), GC_FLOAT32, GC_CPU, 0, 4, q_shape);
+    a.scale = 1.f / std::sqrt(static_cast<float>(D));
+    a.causal = 1;
+    attention_decode_cpu(a, AttentionShape{1, H, n, s.max_len, D});
+#pragma omp parallel for collapse(2) schedule(static) if (n * H * D >= 16384)
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(out + (row0 + t) * C + h * D, out_heads.data() + (h * n + t) * D, D * sizeof(float));
+    }
+  }
+}
+
+GC_CPU_CLONES void gelu_rows(float* x, int64_t count) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) x[i] = gelu_tanh_fast(x[i]);
+}
+
+void gelu(float* x, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
+  for (int64_t r = 0; r < rows; ++r) gelu_rows(x + r * cols, cols);
+}
+
+}  // namespace
+
+gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
+  const gc_gpt_model& m = *p.model;
+  Shapes s{};
+  s.C = m.wte.shape[1];
+  s.H = m.n_head;
+  s.D = s.C / s.H;
+  s.F = m.layers[0].mlp_fc.weight.shape[0];
+  s.slots = p.k_cache.shape[1];
+  s.max_len = p.k_cache.shape[3];
+  s.S = p.seq_slot.shape[0];
+  s.T = p.tokens.shape[0];
+  const int32_t* tokens = static_cast<const int32_t*>(p.tokens.data);
+  const int32_t* start = static_cast<const int32_t*>(p.seq_start.data);
+  const int32_t* len = static_cast<const int32_t*>(p.seq_len.data);
+  const float* wte = static_cast<const float*>(m.wte.data);
+  const float* wpe = static_cast<const float*>(m.wpe.data);
+
+  int64_t longest = 0;
+  std::vector<int64_t> position(s.T);
+  for (int64_t i = 0, row = 0; i < s.S; ++i) {
+    longest = std::max<int64_t>(longest, len[i]);
+    for (int64_t t = 0; t < len[i]; ++t) position[row++] = start[i] + t;
+  }
+  std::vector<float> x(s.T * s.C), y(s.T * s.C), qkv(s.T * 3 * s.C), hidden(s.T * s.F), stats(2 * s.T);
+  std::vector<float> q_heads(longest * s.C), out_heads(longest * s.C);
+
+#pragma omp parallel for schedule(static) if (s.T * s.C >= 65536)
+  for (int64_t r = 0; r < s.T; ++r) {
+    const float* te = wte + tokens[r] * s.C;
+    const float* pe = wpe + position[r] * s.C;
+    for (int64_t c = 0; c < s.C; ++c) x[r * s.C + c] = te[c] + pe[c];
+  }
+  layer_norm(x.data(), nullptr, m.layers[0].ln_1_weight, m.layers[0].ln_1_bias, m.layer_norm_eps, y.data(), stats, s);
+  for (int64_t l = 0; l < m.n_layer; ++l) {
+    const gc_gpt_layer& layer = m.layers[l];
+    dense_cpu(dense_weight(layer.attn_qkv), y.data(), s.T, qkv.data(), 3 * s.C);
+    attend(p, l, qkv.data(), y.data(), s, q_heads, out_heads);
+    // y: attention heads -> projection (into the free qkv buffer) -> x += it, y = LN2(x)
+    dense_cpu(dense_weight(layer.attn_proj), y.data(), s.T, qkv.data(), s.C);
+    layer_norm(x.data(), qkv.data(), layer.ln_2_weight, layer.ln_2_bias, m.layer_norm_eps, y.data(), stats, s);
+    dense_cpu(dense_weight(layer.mlp_fc), y.data(), s.T, hidden.data(), s.F);
+    gelu(hidden.data(), s.T, s.F);
+    dense_cpu(dense_weight(layer.mlp_proj), hidden.data(), s.T, qkv.data(), s.C);
+    // x += MLP out; y = the next layer's LN1 of it, or the final LN
+    const bool last = l + 1 == m.n_layer;
+    const gc_tensor& w = last ? m.ln_f_weight : m.layers[l + 1].ln_1_weight;
+    const gc_tensor& b = last ? m.ln_f_bias : m.layers[l + 1].ln_1_bias;
+    layer_norm(x.data(), qkv.data(), w, b, m.layer_norm_eps, y.data(), stats, s);
+  }
+
+  float* logits = static_cast<float*>(p.logits.data);
+  const DenseWeight head = [&] {
+    DenseWeight d = dense_weight(m.lm_head);
+    d.N = m.vocab_size;  // the padding rows past the vocabulary are not logits
+    return d;
+  }();
+  if (p.every_position) {
+    dense_cpu(head, y.data(), s.T, logits, m.vocab_size);
+    return GC_OK;
+  }
+  std::vector<float> last(s.S * s.C);  // each sequence's last new token
+  for (int64_t i = 0, end = 0; i < s.S; ++i) {
+    end += len[i];
+    std::memcpy(last.data() + i * s.C, y.data() + (end - 1) * s.C, s.C * sizeof(float));
+  }
+  dense_cpu(head, last.data(), s.S, logits, m.vocab_size);
+  return GC_OK;
+}
+
+}  // namespace gc
