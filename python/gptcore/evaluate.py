@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptcore.core_decoder import CoreDecoder
 from gptcore.data import IndexedDataset
 
 __all__ = [
@@ -101,6 +102,7 @@ def perplexity(
     stride: int | None = None,
     batch_size: int = 4,
     progress: bool = False,
+    weights: str | None = None,
 ) -> dict:
     """Sliding-window perplexity of `model` on one token stream (a list, numpy or torch 1-D array).
 
@@ -108,6 +110,8 @@ def perplexity(
     nll / scored_tokens, "token_perplexity", "window", "stride", "windows", "seconds"}. Windows of
     equal length (all but maybe the last) run `batch_size` to a forward. The model runs in eval mode
     without gradients and is put back in the mode it was in. `progress`: a tqdm bar on stderr.
+    weights ("fp32", "bf16", "int8"): the forwards run in gptcore's core with the weights in that
+    format (gptcore.core_decoder; a float32 model on the CPU), to measure what a format costs.
     """
     config = model.config
     window, stride = resolve_window(config, window, stride)
@@ -136,6 +140,7 @@ def perplexity(
     from tqdm import tqdm
 
     device = next(model.parameters()).device
+    forward = _core_forward(model, weights, batch_size, window) if weights is not None else lambda x: model(x)[0]
     was_training = model.training
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=device)
@@ -146,7 +151,7 @@ def perplexity(
             for batch in batches:
                 x = torch.stack([ids[b:e] for b, e, _ in batch]).to(device, non_blocking=True)
                 y = torch.stack([ids[b + 1 : e + 1] for b, e, _ in batch]).to(device, non_blocking=True)
-                logits, _ = model(x)
+                logits = forward(x)
                 for row, (b, _, prev_end) in enumerate(batch):
                     scored = logits[row, prev_end - b :]
                     scored = scored.to(torch.float64 if scored.dtype == torch.float64 else torch.float32)
@@ -172,6 +177,17 @@ def perplexity(
     }
 
 
+def _core_forward(model, weights: str, rows: int, window: int):
+    """x [B <= rows, T <= window] -> logits [B, T, vocab_size], every position, through the core."""
+    decoder = CoreDecoder(model, slots=rows, max_len=window, weights=weights)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        B, T = x.shape
+        return decoder.forward(x.flatten().tolist(), range(B), [0] * B, [T] * B, every_position=True).view(B, T, -1)
+
+    return forward
+
+
 def _prepend(tokenizer, prepend_eod: bool | None) -> int | None:
     """The token to put in front of the stream, or None."""
     eod = getattr(tokenizer, "eod_id", None) if tokenizer is not None else None
@@ -189,7 +205,7 @@ def _check_max_tokens(max_tokens: int | None) -> None:
         raise ValueError(f"max_tokens {max_tokens}: must be at least 1")
 
 
-def _score(model, ids, first, counted_texts, window, stride, batch_size, progress, source) -> dict:
+def _score(model, ids, first, counted_texts, window, stride, batch_size, progress, source, weights) -> dict:
     """Perplexity of `ids` (with `first` in front unless None), byte and word measures over the texts."""
     ids = np.asarray(ids, dtype=np.int64)
     stream = ids if first is None else np.concatenate([np.array([first], dtype=np.int64), ids])
@@ -198,7 +214,7 @@ def _score(model, ids, first, counted_texts, window, stride, batch_size, progres
             f"the text is {len(ids)} token(s); perplexity needs at least 2"
             " (or 1 with an end-of-document token in front)"
         )
-    r = perplexity(model, stream, window, stride, batch_size, progress)
+    r = perplexity(model, stream, window, stride, batch_size, progress, weights)
     nll = r["nll"]
     nbytes = words = None
     if counted_texts is not None:
@@ -234,6 +250,7 @@ def evaluate_text(
     max_tokens: int | None = None,
     progress: bool = False,
     source: str | None = None,
+    weights: str | None = None,
 ) -> dict:
     """Perplexity, bits per byte and word perplexity of `model` on `text`, tokenized as one stream.
 
@@ -252,7 +269,7 @@ def evaluate_text(
     if max_tokens is not None and len(ids) > max_tokens:
         ids = ids[:max_tokens]
         text = tokenizer.decode(ids)
-    return _score(model, ids, first, [text], window, stride, batch_size, progress, source)
+    return _score(model, ids, first, [text], window, stride, batch_size, progress, source, weights)
 
 
 def evaluate_file(model, tokenizer, path, **kwargs) -> dict:
@@ -289,6 +306,7 @@ def evaluate_indexed(
     prepend_eod: bool | None = None,
     max_tokens: int | None = None,
     progress: bool = False,
+    weights: str | None = None,
 ) -> dict:
     """Perplexity of `model` on an indexed dataset (PREFIX.bin/.idx): its documents concatenated in file
     order, end-of-document tokens included as stored (and scored), the eod in front as `evaluate_text`.
@@ -315,7 +333,7 @@ def evaluate_indexed(
         eod = tokenizer.eod_id
         segments = [ids] if eod is None else np.split(ids, np.flatnonzero(ids == eod))
         texts = [tokenizer.decode(s[s != eod] if eod is not None else s) for s in segments if s.size]
-    return _score(model, ids, first, texts, window, stride, batch_size, progress, prefix)
+    return _score(model, ids, first, texts, window, stride, batch_size, progress, prefix, weights)
 
 
 def format_summary(result: dict) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gptcore import evaluate, multiple_choice
 from gptcore.cli import source
-from gptcore.cli.arguments import add_classification_keys
+from gptcore.cli.arguments import UsageError, add_classification_keys
 from gptcore.finetune import classify
 from gptcore.generate import Generator
 
@@ -37,6 +37,7 @@ def add_parser(commands) -> None:
     )
     source.add_model_source(ppl)
     source.add_processes(ppl)
+    source.add_weights(ppl)
     src = ppl.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", metavar="FILE", help="a UTF-8 text file")
     src.add_argument("--data-prefix", metavar="PREFIX", help="an indexed dataset PREFIX.bin/.idx")
@@ -101,6 +102,8 @@ def run_ppl(args) -> int | None:
         raise FileNotFoundError(f"{args.text}: no such text file")
     prefix = evaluate.dataset_prefix(args.data_prefix) if args.data_prefix is not None else None
     with source.processes(args) as ranks:  # every rank scores the same windows; rank 0 reports
+        if ranks is not None and args.weights is not None:
+            raise UsageError(f"--weights {args.weights} runs in one process on the CPU; drop --nproc-per-node")
         model, tokenizer = source.load(args, need_tokenizer=prefix is None, ranks=ranks)
         leader = ranks is None or ranks.is_leader
         kwargs = dict(
@@ -110,6 +113,7 @@ def run_ppl(args) -> int | None:
             prepend_eod=args.prepend_eod,
             max_tokens=args.max_tokens,
             progress=leader and (args.progress or sys.stderr.isatty()),
+            weights=args.weights,
         )
         if prefix is None:
             result = evaluate.evaluate_file(model, tokenizer, args.text, **kwargs)
@@ -124,10 +128,12 @@ def run_ppl(args) -> int | None:
         tokenizer=tokenizer.name if tokenizer is not None else None,
         device=str(param.device),
         dtype=str(param.dtype).removeprefix("torch."),
+        weights=args.weights,
         tensor_parallel=1 if ranks is None else ranks.size,
     )
     split = "" if ranks is None else f", split over {ranks.size} processes"
-    print(f"model {args.checkpoint} ({result['dtype']} on {result['device']}{split})")
+    core = f", {args.weights} weights in gptcore's core" if args.weights else ""
+    print(f"model {args.checkpoint} ({result['dtype']} on {result['device']}{core}{split})")
     print(evaluate.format_summary(result))
     if args.output:
         out = Path(args.output)
