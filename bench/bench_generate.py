@@ -54,8 +54,9 @@ import torch
 import gptcore
 from bench_ops import _MALLOC_ENV, pin_threads
 from gptcore import convert
-from gptcore.generate import Generator
-from gptcore.model import PRESETS, GPTConfig
+from gptcore.core_decoder import WEIGHT_FORMATS, quantize
+from gptcore.generate import Engine, Generator
+from gptcore.model import GPT, PRESETS, GPTConfig
 
 _ENV_KEYS = (*_MALLOC_ENV, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 DEFAULT_TIE_ATOL = {torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.05}
@@ -145,9 +146,19 @@ def hf_generate(hf, ids: torch.Tensor, config) -> torch.Tensor:
     return out[:, ids.shape[1] :]
 
 
-def validate(ours_gen, hf_ref, hf_timed, model, prompts: list[list[int]], device, N: int, tie_atol: float) -> dict:
-    """gptcore's greedy rows against HF generate and against the fp32 HF argmax at every position;
-    exits on a difference that is not a near-tie."""
+def validate(
+    ours_gen,
+    reference,
+    theirs: torch.Tensor,
+    theirs_name: str,
+    prompts: list[list[int]],
+    device,
+    N: int,
+    tie_atol: float,
+) -> tuple[dict, torch.Tensor]:
+    """gptcore's greedy rows against `theirs` [B, N] (HF generate's, or gptcore fp32's) and against the
+    argmax of reference(seq) -> logits [B, T, V] at every position; exits on a difference that is not a
+    near-tie. Returns the report and gptcore's tokens."""
     B, P = len(prompts), len(prompts[0])
     results = ours_gen.generate(prompts, max_new_tokens=N, temperature=0.0, stop_ids=())
     for r, res in enumerate(results):
@@ -155,40 +166,64 @@ def validate(ours_gen, hf_ref, hf_timed, model, prompts: list[list[int]], device
             sys.exit(f"validation (batch {B}): gptcore row {r} ended after {len(res.tokens)} tokens, not {N}")
     ours = torch.tensor([res.tokens for res in results], device=device)
     ids = torch.tensor(prompts, device=device)
-    theirs = hf_generate(hf_timed, ids, hf_config(N))
     if theirs.shape != (B, N):
-        sys.exit(f"validation (batch {B}): HF generate gave {tuple(theirs.shape)} new tokens, expected {(B, N)}")
+        sys.exit(f"validation (batch {B}): {theirs_name} gave {tuple(theirs.shape)} new tokens, expected {(B, N)}")
 
-    # HF fp32 over prompt + gptcore's tokens: position P - 1 + j predicts gptcore's token j.
+    # The reference over prompt + gptcore's tokens: position P - 1 + j predicts gptcore's token j.
     seq = torch.cat([ids, ours], dim=1)
     with torch.no_grad():
-        ref = hf_ref(seq[:, :-1]).logits[:, P - 1 :].float()
-        mine = model(seq[:, :-1])[0][:, P - 1 :].float()
-    logits_diff = (mine - ref).abs().max().item()
-    gaps = ref.max(-1).values - ref.gather(-1, ours[..., None])[..., 0]  # 0 where gptcore took HF's argmax
+        ref = reference(seq[:, :-1])[:, P - 1 :].float()
+    gaps = ref.max(-1).values - ref.gather(-1, ours[..., None])[..., 0]  # 0 where gptcore took the argmax
     worst = gaps.max().item()
     if worst > tie_atol:
         r, j = divmod(int(gaps.argmax()), N)
         sys.exit(
-            f"validation (batch {B}): row {r} step {j}: gptcore took token {int(ours[r, j])}, whose fp32 HF logit is"
-            f" {worst:.3g} below HF's argmax {int(ref[r, j].argmax())} (tie tolerance {tie_atol});"
-            f" gptcore's logits differ from HF's by up to {logits_diff:.3g} (--tie-atol sets the tolerance)"
+            f"validation (batch {B}): row {r} step {j}: gptcore took token {int(ours[r, j])}, whose reference logit"
+            f" is {worst:.3g} below the reference's argmax {int(ref[r, j].argmax())} (tie tolerance {tie_atol};"
+            " --tie-atol sets it)"
         )
-    ties = []  # rows that part from HF generate: where, and how far gptcore's token is from HF's fp32 argmax there
+    ties = []  # rows that part from `theirs`: where, and how far gptcore's token is from the reference argmax there
     for r in range(B):
         differ = (ours[r] != theirs[r]).nonzero()
         if len(differ):
             j = int(differ[0])
             ties.append(dict(row=r, step=j, gap=gaps[r, j].item()))
     distinct = sum(len(set(row)) for row in ours.tolist()) / B
-    return dict(
+    report = dict(
         batch=B,
-        rows_equal_to_hf_generate=B - len(ties),
+        compared_with=theirs_name,
+        rows_equal=B - len(ties),
         near_tie_divergences=ties,
-        max_gap_to_hf_argmax=worst,
-        max_logits_diff=logits_diff,
+        max_gap_to_reference_argmax=worst,
         mean_distinct_tokens_per_row=distinct,
     )
+    return report, ours
+
+
+def quantized_reference(model, weights: str):
+    """seq [B, T] -> float64 logits of the model whose matrices are what the `weights` format stores
+    (PyTorch's own ops): the reference a core run in that format must match."""
+    c = model.config
+    ref = GPT(GPTConfig(**(c.to_dict() | {"use_gptcore_ops": False}))).double().eval()
+    ref.load_state_dict(model.state_dict())
+
+    def stored(w: torch.Tensor) -> torch.Tensor:
+        q, scale = quantize(w.float(), weights)
+        return q.double() if scale is None else q.double() * scale.double()[:, None]
+
+    with torch.no_grad():
+        for block in ref.transformer.h.values():
+            for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                linear.weight.copy_(stored(linear.weight))
+        head = stored(ref.transformer.wte.weight[: c.vocab_size])
+
+    def reference(seq: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = ref.transformer
+            x = t.wte(seq.cpu()) + t.wpe(torch.arange(seq.shape[1]))
+            return ref.final_norm(ref.blocks(x)) @ head.T
+
+    return reference
 
 
 def copy_bandwidth(device: torch.device, mib: int, reps: int = 10, copies: int = 10) -> float:
@@ -221,7 +256,24 @@ def main() -> None:
     parser.add_argument("--layers", type=int, help="override the preset's n_layer")
     parser.add_argument("--heads", type=int, help="override the preset's n_head")
     parser.add_argument("--embd", type=int, help="override the preset's n_embd")
-    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 1 16; 1 with --bandwidth)")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", help="batch sizes (default: CPU 1 4 16 64, CUDA 1 16; 1 with --bandwidth)"
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        choices=WEIGHT_FORMATS,
+        help="CPU: the weight formats of gptcore's core to time (default: all three)",
+    )
+    parser.add_argument(
+        "--pytorch-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU: also time gptcore's PyTorch forward (Engine(core=False), fp32), the path before the core",
+    )
+    parser.add_argument(
+        "--prefill-len", type=int, default=512, help="CPU: one prompt this long prefilled in the core, against GEMM"
+    )
     parser.add_argument("--prompt-len", type=int, default=32, help="P")
     parser.add_argument("--new-tokens", type=int, default=64, help="N")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per candidate")
@@ -255,7 +307,9 @@ def main() -> None:
     preset = "tiny" if args.tiny else args.model or ("gpt2-xl" if args.bandwidth else "gpt2")
     overrides = {k: v for k, v in (("n_layer", args.layers), ("n_head", args.heads), ("n_embd", args.embd)) if v}
     cfg = GPTConfig.preset(preset, **overrides)
-    batches = args.batch or ([1] if args.bandwidth else [1, 16])
+    batches = args.batch or ([1] if args.bandwidth else [1, 16] if on_cuda else [1, 4, 16, 64])
+    if on_cuda and args.weights:
+        parser.error("--weights picks formats of the CPU core; on CUDA gptcore runs the model's --dtype")
     P, N = args.prompt_len, args.new_tokens
     if P < 1 or N < 2:
         parser.error("--prompt-len must be >= 1 and --new-tokens >= 2 (decode time is t_N - t_1)")
@@ -301,28 +355,52 @@ def main() -> None:
     hf_ref, hf_timed, model = build_models(cfg, device, dtype, args.seed)
     for hf in {id(hf_ref): hf_ref, id(hf_timed): hf_timed}.values():
         hf.set_attn_implementation(args.hf_attn)
-    ours = Generator(model, max_batch=max(batches), cuda_graph=cuda_graph)
+    slots = max(batches)
+    # The candidates: on CUDA the Generator (CUDA graphs); on the CPU the core in each weight format,
+    # and gptcore's PyTorch forward (the path before the core) as a second baseline.
+    if on_cuda:
+        candidates = {"gptcore": Generator(model, max_batch=slots, cuda_graph=cuda_graph)}
+    else:
+        formats = args.weights or list(WEIGHT_FORMATS)
+        candidates = {f"gptcore {w}": Generator(model, engine=Engine(model, slots=slots, weights=w)) for w in formats}
+        if args.pytorch_path:
+            candidates["gptcore pytorch"] = Generator(model, engine=Engine(model, slots=slots, core=False))
     print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
 
     gen = torch.Generator().manual_seed(args.seed + 2)
-    all_prompts = torch.randint(0, cfg.vocab_size, (max(batches), P), generator=gen).tolist()
+    all_prompts = torch.randint(0, cfg.vocab_size, (slots, P), generator=gen).tolist()
+
+    def hf_reference(seq):
+        return hf_ref(seq).logits
 
     validations = []
-    for B in batches:  # every batch size checked before any timing
-        v = validate(ours, hf_ref, hf_timed, model, all_prompts[:B], device, N, tie_atol)
-        validations.append(v)
-        exact = f"{v['rows_equal_to_hf_generate']}/{B} rows equal to HF generate token for token; "
-        ties = "".join(
-            f"row {t['row']} parts from HF generate at step {t['step']} on a near-tie (fp32 HF logit gap"
-            f" {t['gap']:.2g}); "
-            for t in v["near_tie_divergences"]
-        )
-        print(
-            f"validation (batch {B}): {exact}{ties}every gptcore token within {v['max_gap_to_hf_argmax']:.2g} of the"
-            f" fp32 HF argmax logit (tie tolerance {tie_atol}); logits within {v['max_logits_diff']:.2g};"
-            f" {v['mean_distinct_tokens_per_row']:.1f} distinct tokens per row",
-            flush=True,
-        )
+    for B in batches:  # every candidate at every batch size checked before any timing
+        prompts = all_prompts[:B]
+        hf_tokens = hf_generate(hf_timed, torch.tensor(prompts, device=device), hf_config(N))
+        fp32_tokens = None
+        for name, candidate in candidates.items():
+            weights = name.removeprefix("gptcore ")
+            if weights in ("bf16", "int8"):  # against the float64 model of what the format stores
+                reference, theirs, theirs_name = quantized_reference(model, weights), fp32_tokens, "gptcore fp32"
+                if theirs is None:
+                    theirs, theirs_name = hf_tokens, "HF generate"
+            else:
+                reference, theirs, theirs_name = hf_reference, hf_tokens, "HF generate"
+            v, tokens = validate(candidate, reference, theirs, theirs_name, prompts, device, N, tie_atol)
+            if weights == "fp32":
+                fp32_tokens = tokens
+            v["candidate"] = name
+            validations.append(v)
+            ties = "".join(
+                f"row {t['row']} parts at step {t['step']} on a near-tie (reference logit gap {t['gap']:.2g}); "
+                for t in v["near_tie_divergences"]
+            )
+            print(
+                f"validation ({name}, batch {B}): {v['rows_equal']}/{B} rows equal to {theirs_name} token for token;"
+                f" {ties}every token within {v['max_gap_to_reference_argmax']:.2g} of the reference argmax logit"
+                f" (tie tolerance {tie_atol}); {v['mean_distinct_tokens_per_row']:.1f} distinct tokens per row",
+                flush=True,
+            )
 
     if args.validate_only:
         return
@@ -331,7 +409,10 @@ def main() -> None:
     # One decode step reads every weight except the position table (one row) and the embedding's padding rows.
     unread = cfg.n_positions + cfg.padded_vocab_size - cfg.vocab_size
     weight_elems = cfg.num_parameters - unread * cfg.n_embd
-    weight_bytes = weight_elems * dtype.itemsize
+    step_bytes = {name: weight_elems * dtype.itemsize for name in candidates}
+    for name, candidate in candidates.items():
+        if candidate.engine.core is not None:  # its matrices (converted), scales and biases
+            step_bytes[name] = candidate.engine.core.read_bytes
     if bw:
         how = "y.copy_(x), read + write" if on_cuda else "x.sum(), read"
         print(f"{bandwidth_kind} bandwidth: {bw / 1e9:.1f} GB/s ({how}, {args.copy_mib} MiB)", flush=True)
@@ -341,20 +422,22 @@ def main() -> None:
         prompts = all_prompts[:B]
         ids = torch.tensor(prompts, device=device)
 
-        def ours_fn(n, prompts=prompts):
-            return lambda: ours.generate(prompts, max_new_tokens=n, temperature=0.0, stop_ids=())
+        def ours_fn(candidate, n, prompts=prompts):
+            return lambda: candidate.generate(prompts, max_new_tokens=n, temperature=0.0, stop_ids=())
 
         def hf_fn(n, ids=ids):
             config = hf_config(n)
             return lambda: hf_generate(hf_timed, ids, config)
 
-        fns = {"gptcore N": ours_fn(N), "gptcore 1": ours_fn(1)}
-        if time_hf:
-            fns = {"gptcore N": fns["gptcore N"], "HF N": hf_fn(N), "gptcore 1": fns["gptcore 1"], "HF 1": hf_fn(1)}
+        names = list(candidates) + (["HF"] if time_hf else [])
+        fns = {}
+        for n in (N, 1):
+            for name in names:
+                fns[f"{name} {n}"] = hf_fn(n) if name == "HF" else ours_fn(candidates[name], n)
         times = dict(zip(fns, round_times(list(fns.values()), device, args.warmup, args.rounds)))
         row = dict(batch=B, round_seconds=times)
-        for name in ("gptcore", "HF") if time_hf else ("gptcore",):
-            t_n, t_1 = statistics.median(times[f"{name} N"]), statistics.median(times[f"{name} 1"])
+        for name in names:
+            t_n, t_1 = statistics.median(times[f"{name} {N}"]), statistics.median(times[f"{name} 1"])
             row[name] = dict(
                 seconds=t_n,
                 prefill_seconds=t_1,
@@ -362,64 +445,63 @@ def main() -> None:
                 decode_tokens_per_s=B * (N - 1) / (t_n - t_1) if t_n > t_1 else None,
                 decode_ms_per_step=(t_n - t_1) / (N - 1) * 1e3,
             )
-        if time_hf:
-            row["speedup"] = row["gptcore"]["tokens_per_s"] / row["HF"]["tokens_per_s"]
-            dec = row["gptcore"]["decode_tokens_per_s"], row["HF"]["decode_tokens_per_s"]
-            row["decode_speedup"] = dec[0] / dec[1] if all(dec) else None
-        if bw and B == 1:
-            bound_ms = weight_bytes / bw * 1e3
-            row["bandwidth"] = dict(
-                weight_bytes=weight_bytes,
-                bandwidth_bytes_per_s=bw,
-                bandwidth_kind=bandwidth_kind,
-                bound_ms_per_token=bound_ms,
-                ms_per_token=row["gptcore"]["decode_ms_per_step"],
-                percent_of_bound=100 * bound_ms / row["gptcore"]["decode_ms_per_step"],
-            )
+            if bw and B == 1 and name != "HF":
+                bound_ms = step_bytes[name] / bw * 1e3
+                row[name]["bandwidth"] = dict(
+                    weight_bytes=step_bytes[name],
+                    bound_ms_per_token=bound_ms,
+                    bound_tokens_per_s=1e3 / bound_ms,
+                    percent_of_bound=100 * bound_ms / row[name]["decode_ms_per_step"],
+                )
+        for name in candidates if time_hf else ():
+            row[name]["speedup_vs_hf"] = row[name]["tokens_per_s"] / row["HF"]["tokens_per_s"]
         rows.append(row)
         print(f"timed batch {B}", flush=True)
 
+    prefill = None
+    if not on_cuda and args.prefill_len:
+        prefill = time_prefill(model, candidates, args.prefill_len, args.rounds, cfg)
+
     def rate(x):
         return f"{x:,.1f}" if x is not None else "n/a"
-
-    def ratio(x):
-        return f"{x:.2f}x" if x is not None else "n/a"
 
     command = "python bench/bench_generate.py " + " ".join(sys.argv[1:])
     print(
         f"\n`{command.strip()}` ({machine['date'][:10]}; {gpu or machine['cpu']}, {machine['threads']} threads;"
         f" torch {torch.__version__}, transformers {transformers.__version__}): {preset} shape"
         f" ({cfg.num_parameters / 1e6:.1f}M params, random weights), {str(dtype)[6:]}, P {P}, N {N} greedy;"
-        f" {args.rounds} interleaved rounds, medians. tok/s = B*N / whole generate;"
+        f" {args.rounds} interleaved rounds, medians. tok/s = B*N / whole generate (prefill included);"
         f" decode = B*(N-1) / (t_N - t_1)\n"
     )
-    if time_hf:
-        print(
-            "| batch | gptcore tok/s | HF tok/s | speedup | gptcore decode tok/s | HF decode tok/s | decode speedup"
-            " | gptcore prefill ms | HF prefill ms |\n|---|---|---|---|---|---|---|---|---|"
-        )
-        for r in rows:
-            g, h = r["gptcore"], r["HF"]
-            print(
-                f"| {r['batch']} | {rate(g['tokens_per_s'])} | {rate(h['tokens_per_s'])} | {ratio(r['speedup'])}"
-                f" | {rate(g['decode_tokens_per_s'])} | {rate(h['decode_tokens_per_s'])} | {ratio(r['decode_speedup'])}"
-                f" | {g['prefill_seconds'] * 1e3:.1f} | {h['prefill_seconds'] * 1e3:.1f} |"
-            )
-    else:
-        print("| batch | gptcore tok/s | gptcore decode tok/s | ms/step | prefill ms |\n|---|---|---|---|---|")
-        for r in rows:
-            g = r["gptcore"]
-            print(
-                f"| {r['batch']} | {rate(g['tokens_per_s'])} | {rate(g['decode_tokens_per_s'])}"
-                f" | {g['decode_ms_per_step']:.2f} | {g['prefill_seconds'] * 1e3:.1f} |"
-            )
+    names = list(candidates) + (["HF"] if time_hf else [])
+    print("| batch | " + " | ".join(f"{n} tok/s (decode)" for n in names) + " |")
+    print("|---" * (len(names) + 1) + "|")
     for r in rows:
-        if "bandwidth" in r:
-            b = r["bandwidth"]
+        cells = []
+        for n in names:
+            g = r[n]
+            vs = f", {g['speedup_vs_hf']:.2f}x HF" if "speedup_vs_hf" in g else ""
+            cells.append(f"{rate(g['tokens_per_s'])} ({rate(g['decode_tokens_per_s'])}{vs})")
+        print(f"| {r['batch']} | " + " | ".join(cells) + " |")
+    for r in rows:
+        for n in names:
+            if "bandwidth" in r[n]:
+                b = r[n]["bandwidth"]
+                print(
+                    f"batch 1, {n}: {b['weight_bytes'] / 1e9:.3f} GB read per step / {bw / 1e9:.1f} GB/s"
+                    f" {bandwidth_kind} bandwidth = bound {b['bound_ms_per_token']:.2f} ms/token"
+                    f" ({b['bound_tokens_per_s']:.1f} tok/s); measured {r[n]['decode_ms_per_step']:.2f} ms/token ="
+                    f" {b['percent_of_bound']:.0f}% of the bound"
+                )
+    if prefill:
+        print(
+            f"\nprefill of one {prefill['tokens']}-token prompt ({prefill['flops'] / 1e9:.1f} GFLOP) against the"
+            f" machine's fp32 GEMM rate {prefill['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s ({prefill['gemm']}):"
+        )
+        for name, p in prefill["candidates"].items():
             print(
-                f"\nbatch 1 against the memory-bandwidth bound: {weight_bytes / 1e9:.3f} GB of weights per step"
-                f" / {bw / 1e9:.1f} GB/s {bandwidth_kind} bandwidth = {b['bound_ms_per_token']:.3f} ms/token;"
-                f" gptcore {b['ms_per_token']:.3f} ms/token = {b['percent_of_bound']:.1f}% of the bound"
+                f"  {name}: {p['seconds'] * 1e3:.0f} ms = {p['flops_per_s'] / 1e9:.1f} GFLOP/s,"
+                f" {p['percent_of_gemm']:.0f}% of the GEMM rate"
             )
 
     if args.json:
@@ -434,6 +516,7 @@ def main() -> None:
                 prompt_len=P,
                 new_tokens=N,
                 batches=batches,
+                candidates=list(candidates),
                 rounds=args.rounds,
                 warmup=args.warmup,
                 seed=args.seed,
@@ -445,13 +528,40 @@ def main() -> None:
             validation=validations,
             bandwidth_bytes_per_s=bw,
             bandwidth_kind=bandwidth_kind,
-            weight_bytes_per_step=weight_bytes,
+            weight_bytes_per_step=step_bytes,
             results=rows,
+            prefill=prefill,
         )
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
         print(f"\nwrote {args.json}")
+
+
+def time_prefill(model, candidates: dict, length: int, rounds: int, cfg: GPTConfig) -> dict:
+    """One prompt of `length` tokens prefilled in the core by each candidate that has one, interleaved
+    with the machine's fp32 GEMM rate on a prefill-shaped product (torch.mm [length, C] x [C, 4C]):
+    medians. FLOPs: 2 per multiply-add of every matrix over every token, the causal attention's two
+    products (half the square), and the logits of the last token."""
+    C, L = cfg.n_embd, cfg.n_layer
+    matrix = 12 * C * C  # qkv 3C^2 + proj C^2 + fc 4C^2 + proj 4C^2, per layer
+    flops = 2 * length * matrix * L + 2 * 2 * (length * (length + 1) // 2) * C * L + 2 * C * cfg.vocab_size
+    x, w = torch.randn(length, C), torch.randn(C, 4 * C)
+    prompt = torch.randint(0, cfg.vocab_size, (length,), generator=torch.Generator().manual_seed(5)).tolist()
+    cores = {name: c.engine.core for name, c in candidates.items() if c.engine.core is not None}
+    fns = [lambda: torch.mm(x, w)] + [
+        (lambda core=core: core.forward(prompt, [0], [0], [length])) for core in cores.values()
+    ]
+    times = round_times(fns, torch.device("cpu"), 1, max(rounds, 3))
+    gemm = 2 * length * C * 4 * C / statistics.median(times[0])
+    result = dict(tokens=length, flops=flops, gemm_flops_per_s=gemm, gemm=f"torch.mm [{length}, {C}] x [{C}, {4 * C}]")
+    result["candidates"] = {}
+    for name, t in zip(cores, times[1:]):
+        seconds = statistics.median(t)
+        result["candidates"][name] = dict(
+            seconds=seconds, flops_per_s=flops / seconds, percent_of_gemm=100 * flops / seconds / gemm
+        )
+    return result
 
 
 if __name__ == "__main__":
