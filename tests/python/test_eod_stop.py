@@ -109,10 +109,12 @@ def model_file(tmp_path_factory, eod_model, tokenizer_file):
     return root / "model.safetensors"
 
 
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("ignore_eos", [False, True], ids=["default", "ignore-eos"])
-def test_cli_generate_stops_at_end_of_document_unless_ignore_eos(model_file, tokenizer, capsys, ignore_eos):
+def test_cli_generate_stops_at_end_of_document_unless_ignore_eos(model_file, tokenizer, capsys, ignore_eos, weights):
     argv = ["generate", "--checkpoint", str(model_file), "--prompt", "the cat", "--temperature", "0"]
-    argv += ["--max-new-tokens", str(NEW), "--json", "--device", "cpu"] + ["--ignore-eos"] * ignore_eos
+    argv += ["--max-new-tokens", str(NEW), "--json", "--device", "cpu", "--weights", weights]
+    argv += ["--ignore-eos"] * ignore_eos
     assert cli.main(argv) == 0
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     if ignore_eos:

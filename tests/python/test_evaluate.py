@@ -242,6 +242,26 @@ def test_cli_text_and_dataset(checkpoint, tmp_path, capsys):
     assert got["nll"] == pytest.approx(want["nll"], rel=1e-6)
 
 
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_cli_weights_in_the_core(checkpoint, tmp_path, weights, capsys):
+    """`eval ppl --weights W` is evaluate_file through the core in that format: fp32 equals the PyTorch
+    forward's perplexity, int8 moves it a little."""
+    d = checkpoint
+    out = tmp_path / "w.json"
+    argv = ["eval", "ppl", "--checkpoint", str(d / "model"), "--text", str(d / "text.txt"), "--window", "32"]
+    assert cli.main([*argv, "--weights", weights, "--output", str(out)]) == 0
+    assert f"{weights} weights in gptcore's core" in capsys.readouterr().out
+    got = json.loads(out.read_text())
+    model, tok = load_for_inference(d / "model", device="cpu")
+    assert got["nll"] == pytest.approx(evaluate_file(model, tok, d / "text.txt", window=32, weights=weights)["nll"])
+    pytorch = evaluate_file(model, tok, d / "text.txt", window=32)["token_perplexity"]
+    rel = 1e-5 if weights == "fp32" else 1e-2
+    assert got["token_perplexity"] == pytest.approx(pytorch, rel=rel) and got["weights"] == weights
+    with pytest.raises(SystemExit) as usage:
+        cli.main([*argv, "--weights", weights, "--nproc-per-node", "2"])
+    assert usage.value.code == 2 and "runs in one process on the CPU; drop --nproc-per-node" in capsys.readouterr().err
+
+
 def test_cli_errors(checkpoint, tmp_path, capsys):
     d = checkpoint
     (tmp_path / "empty.txt").write_text("")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gptcore import evaluate, multiple_choice
 from gptcore.cli import source
-from gptcore.cli.arguments import UsageError, add_classification_keys
+from gptcore.cli.arguments import add_classification_keys
 from gptcore.finetune import classify
 from gptcore.generate import Generator
 
@@ -102,8 +102,6 @@ def run_ppl(args) -> int | None:
         raise FileNotFoundError(f"{args.text}: no such text file")
     prefix = evaluate.dataset_prefix(args.data_prefix) if args.data_prefix is not None else None
     with source.processes(args) as ranks:  # every rank scores the same windows; rank 0 reports
-        if ranks is not None and args.weights is not None:
-            raise UsageError(f"--weights {args.weights} runs in one process on the CPU; drop --nproc-per-node")
         model, tokenizer = source.load(args, need_tokenizer=prefix is None, ranks=ranks)
         leader = ranks is None or ranks.is_leader
         kwargs = dict(

@@ -84,8 +84,6 @@ def engine(args, model, tokenizer, ranks: inference.Ranks | None) -> Engine:
     over processes, else a local one (in the core on the CPU, with --weights)."""
     if ranks is None:
         return Engine(model, tokenizer, slots=args.max_batch, weights=args.weights)
-    if args.weights not in (None, "fp32"):
-        raise UsageError(f"--weights {args.weights} runs in one process on the CPU; drop --nproc-per-node")
     return inference.LockstepEngine(model, ranks, tokenizer, slots=args.max_batch)
 
 
@@ -97,6 +95,8 @@ def launch(args) -> int | None:
     if n < 1:
         raise UsageError(f"--nproc-per-node must be >= 1, got {n}")
     world = launched_world_size()
+    if getattr(args, "weights", None) is not None and max(n, world) > 1:
+        raise UsageError(f"--weights {args.weights} runs in one process on the CPU; drop --nproc-per-node")
     if tp is not None and tp != max(n, world):
         if max(n, world) == 1:
             raise UsageError(f"--tensor-parallel {tp} splits the model over {tp} processes: add --nproc-per-node {tp}")
