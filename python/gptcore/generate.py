@@ -10,7 +10,8 @@ sequence in the batch on gptcore's decode attention.
 prefilled alone into a free slot (so a batch of different lengths needs no padding), and each
 decode step advances every active slot by one token. `Generator` runs a list of prompts through
 it; `gptcore serve` feeds it requests as they arrive. On CUDA the decode step is captured in a
-CUDA graph per batch-size bucket.
+CUDA graph per batch-size bucket; on the CPU each forward is one call into gptcore's core
+(gptcore.core_decoder), with the weights in fp32, bf16 or int8.
 
 Sampling follows HF's order: repetition penalty, temperature, top-k, top-p, then one draw from
 the request's own generator (seeded by `seed`), so a prompt gets the same tokens alone or in any
@@ -450,8 +451,12 @@ class Engine:
 
     def _advance(self, requests: list[Request], logits: torch.Tensor) -> None:
         rows = [r.slot for r in requests]
+        penalized = any(r.params.repetition_penalty != 1 for r in requests)  # else no need to gather seen rows
         next_ids = sample_logits(
-            logits, [r.params for r in requests], [r.generator for r in requests], self.seen[rows]
+            logits,
+            [r.params for r in requests],
+            [r.generator for r in requests],
+            self.seen[rows] if penalized else None,
         ).tolist()
         self.seen[rows, next_ids] = True
         for i, (r, token) in enumerate(zip(requests, next_ids)):
