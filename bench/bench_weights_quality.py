@@ -18,8 +18,10 @@ Greedy agreement: --prompts prompts of --prompt-len tokens, evenly spaced throug
 continued by --new-tokens greedy tokens (no stop token) by an Engine in each format. A row equal
 to fp32's token for token is counted; for a row that parts from fp32, the step where it does and
 the fp32 model's logit gap there (top-1 minus top-2 of the core fp32 logits over the prompt and
-fp32's tokens), beside the largest |logit difference| between the format and fp32 over all those
-positions: a divergence at a gap below that difference is one that rounding may decide.
+fp32's tokens), beside the largest |logit difference| Δ between the format and fp32 at that step:
+with the same context, the argmax can change only where the gap is below 2 Δ (a near-tie), so a
+divergence anywhere else would be a fault. Also: how many steps are near-ties at all, and the
+distinct tokens per fp32 row (a briefly trained model's greedy text soon repeats itself).
 
 Validation, before any result is reported: the core's fp32 perplexity equals the PyTorch forward's
 within 1e-4 relative, and every fp32 greedy token is the argmax (within 1e-4) of the core's fp32
@@ -165,8 +167,10 @@ def position_logits(model, weights: str, prompts: list[list[int]], tokens: list[
 
 
 def agreement(model, prompts: list[list[int]], tokens: dict[str, list[list[int]]]) -> dict:
-    """Per format: rows equal to fp32's, the first divergence of the others with fp32's logit gap
-    there, and the largest |logit - fp32 logit| over prompt + fp32's tokens."""
+    """Per format, over the steps of fp32's greedy rows: rows equal to fp32's; each other row's first
+    divergence with fp32's logit gap there and the format's largest |logit change| there; the near-tie
+    steps (gap < 2 x the change at that step + TIE_ATOL: the only steps where the format's argmax can
+    differ from fp32's, fp32's context given); and the largest |logit change| of all."""
     ref = tokens["fp32"]
     fp32 = position_logits(model, "fp32", prompts, ref)
     for r, (logits, row) in enumerate(zip(fp32, ref)):
@@ -183,8 +187,8 @@ def agreement(model, prompts: list[list[int]], tokens: dict[str, list[list[int]]
     out = {}
     for weights in WEIGHT_FORMATS[1:]:
         quantized = position_logits(model, weights, prompts, ref)
-        diff = [(q - f).abs().max(-1).values for q, f in zip(quantized, fp32)]
-        max_diff = max(d.max().item() for d in diff)
+        diff = [(q - f).abs().max(-1).values for q, f in zip(quantized, fp32)]  # per step
+        near = [g < 2 * d + TIE_ATOL for g, d in zip(gaps, diff)]
         divergences = []
         for r, (a, b) in enumerate(zip(ref, tokens[weights])):
             j = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
@@ -197,6 +201,8 @@ def agreement(model, prompts: list[list[int]], tokens: dict[str, list[list[int]]
                         token=b[j],
                         fp32_gap=gaps[r][j].item(),
                         max_abs_logit_diff_there=diff[r][j].item(),
+                        near_tie=bool(near[r][j]),
+                        earlier_near_ties=int(near[r][:j].sum()),
                     )
                 )
         all_gaps = torch.cat(gaps)
@@ -204,9 +210,10 @@ def agreement(model, prompts: list[list[int]], tokens: dict[str, list[list[int]]
             rows=len(ref),
             rows_equal_to_fp32=len(ref) - len(divergences),
             divergences=divergences,
-            max_abs_logit_diff=max_diff,
+            divergences_at_near_ties=sum(d["near_tie"] for d in divergences),
+            max_abs_logit_diff=max(d.max().item() for d in diff),
             steps=all_gaps.numel(),
-            near_tie_steps=int((all_gaps < 2 * max_diff).sum()),
+            near_tie_steps=int(torch.cat(near).sum()),
             median_fp32_gap=all_gaps.median().item(),
         )
     return out
@@ -302,26 +309,36 @@ def main() -> None:
             f" | {r['bits_per_byte']:.5f} | {d_bpb:+.5f} ({ch['bits_per_byte_percent']:+.3f}%)"
             f" | {r['word_perplexity']:.3f} | {r['seconds']:.1f} |"
         )
+    distinct = sum(len(set(row)) for row in tokens["fp32"]) / len(prompts)
     print(
-        f"\nGreedy: {args.prompts} prompts of {args.prompt_len} test tokens, {args.new_tokens} new tokens each;"
-        " gap = fp32 logit top-1 minus top-2 at the first step that differs from fp32;"
-        " max |Δlogit| over prompt + fp32's tokens; near-tie steps: fp32 gap < 2 max |Δlogit|\n"
+        f"\nGreedy: {args.prompts} prompts of {args.prompt_len} test tokens, {args.new_tokens} new tokens each"
+        f" ({distinct:.1f} distinct tokens per fp32 row). Δ = the format's largest |logit - fp32 logit| at a"
+        " step (fp32's context), gap = fp32's top-1 minus top-2 logit there; a near-tie step has gap < 2 Δ,"
+        " the only kind where the argmax can change\n"
     )
     print(
-        "| weights | rows equal to fp32 | first divergences (row: step, fp32 gap) | max abs logit diff"
-        " | near-tie steps | median fp32 gap |\n|---|---|---|---|---|---|"
+        "| weights | rows equal to fp32 | first divergences (row: step, fp32 gap, 2 Δ there) | at near-ties"
+        " | near-tie steps | max Δ | median fp32 gap |\n|---|---|---|---|---|---|---|"
     )
     for weights, a in agree.items():
-        div = "; ".join(f"{d['row']}: {d['step']}, {d['fp32_gap']:.3g}" for d in a["divergences"]) or "none"
+        div = "; ".join(
+            f"{d['row']}: {d['step']}, {d['fp32_gap']:.3g}, {2 * d['max_abs_logit_diff_there']:.3g}"
+            for d in a["divergences"]
+        )
         print(
-            f"| {weights} | {a['rows_equal_to_fp32']}/{a['rows']} | {div} | {a['max_abs_logit_diff']:.3g}"
-            f" | {a['near_tie_steps']}/{a['steps']} | {a['median_fp32_gap']:.3g} |"
+            f"| {weights} | {a['rows_equal_to_fp32']}/{a['rows']} | {div or 'none'}"
+            f" | {a['divergences_at_near_ties']}/{len(a['divergences'])} | {a['near_tie_steps']}/{a['steps']}"
+            f" | {a['max_abs_logit_diff']:.3g} | {a['median_fp32_gap']:.3g} |"
         )
     parts = []
     for weights, a in agree.items():
         ch = ppl[weights]["change_vs_core_fp32"]
         gaps = [d["fp32_gap"] for d in a["divergences"]]
-        where = f", divergences at fp32 gaps <= {max(gaps):.3g}" if gaps else ""
+        where = (
+            f", divergences at fp32 gaps <= {max(gaps):.3g}, {a['divergences_at_near_ties']}/{len(gaps)} at near-ties"
+            if gaps
+            else ""
+        )
         parts.append(
             f"{weights} {ch['token_perplexity_percent']:+.3f}% token perplexity ({ch['bits_per_byte']:+.5f} bits/byte),"
             f" {a['rows_equal_to_fp32']}/{a['rows']} greedy rows equal to fp32{where}"
@@ -347,7 +364,7 @@ def main() -> None:
                 tie_atol=TIE_ATOL,
             ),
             perplexity=ppl,
-            greedy=dict(agreement=agree, tokens=tokens),
+            greedy=dict(agreement=agree, distinct_tokens_per_fp32_row=distinct, tokens=tokens),
         )
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
