@@ -23,6 +23,11 @@ with the same context, the argmax can change only where the gap is below 2 Δ (a
 divergence anywhere else would be a fault. Also: how many steps are near-ties at all, and the
 distinct tokens per fp32 row (a briefly trained model's greedy text soon repeats itself).
 
+Argmax on the text: the same rule without the loops of greedy text. The first --max-tokens test
+tokens in non-overlapping windows of n_positions through the core in each format: the positions
+where the format's argmax is not fp32's, how many of those are near-ties (fp32 gap < 2 Δ there),
+and the largest fp32 gap at which the argmax changed.
+
 Validation, before any result is reported: the core's fp32 perplexity equals the PyTorch forward's
 within 1e-4 relative, and every fp32 greedy token is the argmax (within 1e-4) of the core's fp32
 logits over prompt + tokens (a prefill, not the decode steps that produced them); otherwise the run
@@ -219,6 +224,31 @@ def agreement(model, prompts: list[list[int]], tokens: dict[str, list[list[int]]
     return out
 
 
+def argmax_agreement(model, ids: list[int], window: int) -> dict:
+    """Per format, over the text in non-overlapping windows (teacher forcing, fp32's context being
+    the text's): positions whose argmax differs from fp32's, and how many of those are near-ties
+    (fp32 gap < 2 x the format's largest |logit change| there + TIE_ATOL)."""
+    decoders = {w: CoreDecoder(model, slots=1, max_len=window, weights=w) for w in WEIGHT_FORMATS}
+    counts = {w: dict(positions=0, differ=0, differ_at_near_ties=0, near_ties=0, max_gap_differ=0.0) for w in decoders}
+    for begin in range(0, len(ids), window):
+        chunk = ids[begin : begin + window]
+        logits = {w: d.forward(chunk, [0], [0], [len(chunk)], every_position=True) for w, d in decoders.items()}
+        top2 = logits["fp32"].topk(2, dim=-1)
+        gap = top2.values[:, 0] - top2.values[:, 1]
+        for w in WEIGHT_FORMATS[1:]:
+            near = gap < 2 * (logits[w] - logits["fp32"]).abs().max(-1).values + TIE_ATOL
+            differ = logits[w].argmax(-1) != top2.indices[:, 0]
+            c = counts[w]
+            c["positions"] += len(chunk)
+            c["differ"] += int(differ.sum())
+            c["differ_at_near_ties"] += int((differ & near).sum())
+            c["near_ties"] += int(near.sum())
+            if differ.any():
+                c["max_gap_differ"] = max(c["max_gap_differ"], gap[differ].max().item())
+    del counts["fp32"]
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wikitext-2"), help="WikiText-2 folder")
@@ -277,6 +307,7 @@ def main() -> None:
     prompts = [ids[s : s + args.prompt_len] for s in starts]
     tokens = greedy(model, prompts, args.new_tokens)
     agree = agreement(model, prompts, tokens)
+    argmax = argmax_agreement(model, ids[: max_tokens or len(ids)], c.n_positions)
 
     base = ppl["fp32"]
     print(
@@ -330,6 +361,19 @@ def main() -> None:
             f" | {a['divergences_at_near_ties']}/{len(a['divergences'])} | {a['near_tie_steps']}/{a['steps']}"
             f" | {a['max_abs_logit_diff']:.3g} | {a['median_fp32_gap']:.3g} |"
         )
+    print(
+        f"\nArgmax on the text (teacher forcing): the first {len(ids[: max_tokens or len(ids)]):,} test"
+        f" tokens in windows of {c.n_positions}; positions where the format's argmax is not fp32's\n"
+    )
+    print(
+        "| weights | positions | argmax differs | of them near-ties | near-tie positions"
+        " | largest fp32 gap where it differs |\n|---|---|---|---|---|---|"
+    )
+    for weights, m in argmax.items():
+        print(
+            f"| {weights} | {m['positions']:,} | {m['differ']} | {m['differ_at_near_ties']}/{m['differ']}"
+            f" | {m['near_ties']} | {m['max_gap_differ']:.3g} |"
+        )
     parts = []
     for weights, a in agree.items():
         ch = ppl[weights]["change_vs_core_fp32"]
@@ -342,7 +386,9 @@ def main() -> None:
         parts.append(
             f"{weights} {ch['token_perplexity_percent']:+.3f}% token perplexity ({ch['bits_per_byte']:+.5f} bits/byte),"
             f" {a['rows_equal_to_fp32']}/{a['rows']} greedy rows equal to fp32{where}"
-            f" (max |Δlogit| {a['max_abs_logit_diff']:.3g})"
+            f" (max |Δlogit| {a['max_abs_logit_diff']:.3g}); argmax on the text differs at"
+            f" {argmax[weights]['differ']}/{argmax[weights]['positions']:,} positions,"
+            f" {argmax[weights]['differ_at_near_ties']} of them near-ties"
         )
     print("\nsummary: " + "; ".join(parts))
 
@@ -365,6 +411,7 @@ def main() -> None:
             ),
             perplexity=ppl,
             greedy=dict(agreement=agree, distinct_tokens_per_fp32_row=distinct, tokens=tokens),
+            argmax_on_text=argmax,
         )
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
