@@ -18,6 +18,19 @@ size_t attention_bwd_workspace_cpu(const AttentionShape& s);
 gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionShape& s, void* workspace);
 gc_status attention_decode_cpu(const gc_attention_decode_params& p, const AttentionShape& s);
 
+// One head's queries [T_q, D] over the first `len` positions of its cached keys and values
+// ([>= len, D] rows); with causal, bottom-right aligned: query t sits at position len - T_q + t.
+struct CachedHead {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;  // [T_q, D]
+  int64_t T_q, len;
+};
+
+// Every head in one OpenMP team (gc_attention_decode's CPU kernel, and gc_gpt_decode's attention).
+void attention_cached_heads_cpu(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal);
+
 #ifdef GPTCORE_WITH_CUDA
 gc_status attention_fwd_cuda(const gc_attention_fwd_params& p, const AttentionShape& s, void* stream);
 size_t attention_bwd_workspace_cuda(const AttentionShape& s);

@@ -345,29 +345,34 @@ gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionSha
   return GC_OK;
 }
 
-gc_status attention_decode_cpu(const gc_attention_decode_params& p, const AttentionShape& s) {
+void attention_cached_heads_cpu(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal) {
   const SerialBlas serial_blas;
-  // Each (sequence, head) is the forward over its valid cache prefix, bottom-right aligned:
-  // new query t sits at position len - T_new + t.
-  const int64_t heads = s.B * s.H, T_max = s.T_k;
+  const Dropout none{0.f, 0, 0};
+#pragma omp parallel if (count > 1)
+  {
+    FwdScratch w(D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) {
+      const CachedHead& c = heads[i];
+      const Head h{c.q, c.k, c.v, c.T_q, c.len, D, causal, 0, nullptr, 0};
+      for (int64_t i0 = 0; i0 < c.T_q; i0 += kBQ) fwd_rows(h, i0, std::min(kBQ, c.T_q - i0), scale, none, c.out, nullptr, w);
+    }
+  }
+}
+
+gc_status attention_decode_cpu(const gc_attention_decode_params& p, const AttentionShape& s) {
+  // Each (sequence, head) is the forward over its valid cache prefix.
+  const int64_t T_max = s.T_k;
   const float* q = static_cast<const float*>(p.q.data);
   const float* k = static_cast<const float*>(p.k_cache.data);
   const float* v = static_cast<const float*>(p.v_cache.data);
   const int32_t* lens = static_cast<const int32_t*>(p.cache_lens.data);
   float* out = static_cast<float*>(p.out.data);
-  const Dropout none{0.f, 0, 0};
-#pragma omp parallel
-  {
-    FwdScratch w(s.D);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      const int64_t len = lens[bh / s.H];
-      const Head h{q + bh * s.T_q * s.D, k + bh * T_max * s.D, v + bh * T_max * s.D, s.T_q, len, s.D,
-                   p.causal != 0, 0, nullptr, 0};
-      for (int64_t i0 = 0; i0 < s.T_q; i0 += kBQ)
-        fwd_rows(h, i0, std::min(kBQ, s.T_q - i0), p.scale, none, out + bh * s.T_q * s.D, nullptr, w);
-    }
-  }
+  std::vector<CachedHead> heads(s.B * s.H);
+  for (int64_t bh = 0; bh < s.B * s.H; ++bh)
+    heads[bh] = CachedHead{q + bh * s.T_q * s.D, k + bh * T_max * s.D, v + bh * T_max * s.D, out + bh * s.T_q * s.D,
+                           s.T_q, lens[bh / s.H]};
+  attention_cached_heads_cpu(heads.data(), s.B * s.H, s.D, p.scale, p.causal != 0);
   return GC_OK;
 }
 

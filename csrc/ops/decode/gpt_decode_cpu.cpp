@@ -45,46 +45,53 @@ void layer_norm(float* x, const float* residual, const gc_tensor& weight, const 
   layer_norm_fwd_cpu(p, s.T, s.C);
 }
 
-// Each sequence's new keys and values into its cache slot, then its queries over the slot's
-// positions up to their own (attention_decode_cpu's bottom-right-aligned causal forward).
+// Each sequence's new keys and values into its cache slot, then every head of every sequence in
+// one team: its queries over the slot's positions up to their own. q_heads and out_heads hold the
+// heads' rows contiguous ([H, n, D] per sequence, the sequences one after another).
 void attend(const gc_gpt_decode_params& p, int64_t layer, const float* qkv, float* out, const Shapes& s,
-            std::vector<float>& q_heads, std::vector<float>& out_heads) {
+            std::vector<float>& q_heads, std::vector<float>& out_heads, std::vector<CachedHead>& heads) {
   const int32_t* slot = static_cast<const int32_t*>(p.seq_slot.data);
   const int32_t* start = static_cast<const int32_t*>(p.seq_start.data);
   const int32_t* len = static_cast<const int32_t*>(p.seq_len.data);
   const int64_t C = s.C, D = s.D, H = s.H, slot_size = H * s.max_len * D;
   float* k_layer = static_cast<float*>(p.k_cache.data) + layer * s.slots * slot_size;
   float* v_layer = static_cast<float*>(p.v_cache.data) + layer * s.slots * slot_size;
-  int64_t row0 = 0;
-  for (int64_t i = 0; i < s.S; row0 += len[i], ++i) {
-    const int64_t n = len[i], first = start[i];
+  // Row r of qkv and out is token t of sequence i, r = first_row[i] + t.
+  std::vector<int64_t> first_row(s.S, 0);
+  for (int64_t i = 1; i < s.S; ++i) first_row[i] = first_row[i - 1] + len[i - 1];
+  heads.clear();
+  for (int64_t i = 0; i < s.S; ++i) {
+    const int64_t n = len[i], row0 = first_row[i];
+    const float* k = k_layer + slot[i] * slot_size;
+    const float* v = v_layer + slot[i] * slot_size;
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t at = row0 * C + h * n * D;
+      heads.push_back(CachedHead{q_heads.data() + at, k + h * s.max_len * D, v + h * s.max_len * D,
+                                 out_heads.data() + at, n, start[i] + n});
+    }
+  }
+#pragma omp parallel for schedule(static) if (s.T * C >= 65536)
+  for (int64_t i = 0; i < s.S; ++i) {
+    const int64_t n = len[i], row0 = first_row[i];
     float* k = k_layer + slot[i] * slot_size;
     float* v = v_layer + slot[i] * slot_size;
-#pragma omp parallel for collapse(2) schedule(static) if (n * H * D >= 16384)
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t h = 0; h < H; ++h) {
         const float* row = qkv + (row0 + t) * 3 * C + h * D;
-        std::memcpy(q_heads.data() + (h * n + t) * D, row, D * sizeof(float));
-        std::memcpy(k + (h * s.max_len + first + t) * D, row + C, D * sizeof(float));
-        std::memcpy(v + (h * s.max_len + first + t) * D, row + 2 * C, D * sizeof(float));
+        std::memcpy(q_heads.data() + row0 * C + (h * n + t) * D, row, D * sizeof(float));
+        std::memcpy(k + (h * s.max_len + start[i] + t) * D, row + C, D * sizeof(float));
+        std::memcpy(v + (h * s.max_len + start[i] + t) * D, row + 2 * C, D * sizeof(float));
       }
     }
-    const int64_t q_shape[4] = {1, H, n, D}, cache_shape[4] = {1, H, s.max_len, D}, one[1] = {1};
-    int32_t cache_len = static_cast<int32_t>(first + n);
-    gc_attention_decode_params a{};
-    a.q = gc_make_tensor(q_heads.data(), GC_FLOAT32, GC_CPU, 0, 4, q_shape);
-    a.k_cache = gc_make_tensor(k, GC_FLOAT32, GC_CPU, 0, 4, cache_shape);
-    a.v_cache = gc_make_tensor(v, GC_FLOAT32, GC_CPU, 0, 4, cache_shape);
-    a.cache_lens = gc_make_tensor(&cache_len, GC_INT32, GC_CPU, 0, 1, one);
-    a.out = gc_make_tensor(out_heads.data(), GC_FLOAT32, GC_CPU, 0, 4, q_shape);
-    a.scale = 1.f / std::sqrt(static_cast<float>(D));
-    a.causal = 1;
-    attention_decode_cpu(a, AttentionShape{1, H, n, s.max_len, D});
-#pragma omp parallel for collapse(2) schedule(static) if (n * H * D >= 16384)
-    for (int64_t t = 0; t < n; ++t) {
+  }
+  attention_cached_heads_cpu(heads.data(), static_cast<int64_t>(heads.size()), D,
+                             1.f / std::sqrt(static_cast<float>(D)), true);
+#pragma omp parallel for schedule(static) if (s.T * C >= 65536)
+  for (int64_t i = 0; i < s.S; ++i) {
+    const int64_t n = len[i], row0 = first_row[i];
+    for (int64_t t = 0; t < n; ++t)
       for (int64_t h = 0; h < H; ++h)
-        std::memcpy(out + (row0 + t) * C + h * D, out_heads.data() + (h * n + t) * D, D * sizeof(float));
-    }
+        std::memcpy(out + (row0 + t) * C + h * D, out_heads.data() + row0 * C + (h * n + t) * D, D * sizeof(float));
   }
 }
 
@@ -117,14 +124,13 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
   const float* wte = static_cast<const float*>(m.wte.data);
   const float* wpe = static_cast<const float*>(m.wpe.data);
 
-  int64_t longest = 0;
   std::vector<int64_t> position(s.T);
   for (int64_t i = 0, row = 0; i < s.S; ++i) {
-    longest = std::max<int64_t>(longest, len[i]);
     for (int64_t t = 0; t < len[i]; ++t) position[row++] = start[i] + t;
   }
   std::vector<float> x(s.T * s.C), y(s.T * s.C), qkv(s.T * 3 * s.C), hidden(s.T * s.F), stats(2 * s.T);
-  std::vector<float> q_heads(longest * s.C), out_heads(longest * s.C);
+  std::vector<float> q_heads(s.T * s.C), out_heads(s.T * s.C);
+  std::vector<CachedHead> heads;
 
 #pragma omp parallel for schedule(static) if (s.T * s.C >= 65536)
   for (int64_t r = 0; r < s.T; ++r) {
@@ -136,7 +142,7 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
   for (int64_t l = 0; l < m.n_layer; ++l) {
     const gc_gpt_layer& layer = m.layers[l];
     dense_cpu(dense_weight(layer.attn_qkv), y.data(), s.T, qkv.data(), 3 * s.C);
-    attend(p, l, qkv.data(), y.data(), s, q_heads, out_heads);
+    attend(p, l, qkv.data(), y.data(), s, q_heads, out_heads, heads);
     // y: attention heads -> projection (into the free qkv buffer) -> x += it, y = LN2(x)
     dense_cpu(dense_weight(layer.attn_proj), y.data(), s.T, qkv.data(), s.C);
     layer_norm(x.data(), qkv.data(), layer.ln_2_weight, layer.ln_2_bias, m.layer_norm_eps, y.data(), stats, s);
