@@ -104,9 +104,11 @@ inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
 
 using StreamFn = void (*)(const DenseWeight&, const float*, int64_t, float*, int64_t, int64_t, int64_t);
 
-// The widest kernel this CPU runs, or the one GPTCORE_CPU_KERNELS names (avx512, avx2, generic:
-// to compare them, or to step around one).
-StreamFn pick_stream() {
+// The kernel for weights of `dtype`: AVX-512 where the CPU has it, except for int8, whose 16-lane
+// widening (vpmovsxbd to a 512-bit register) measured half the rate of AVX2's 8-lane one on a Zen 4
+// EPYC (bench/RESULTS.md); AVX2; else the generic one. GPTCORE_CPU_KERNELS=avx512|avx2|generic
+// asks for one instruction set for every dtype (falling back when the CPU lacks it), to compare them.
+StreamFn pick_stream(int32_t dtype) {
   const char* env = std::getenv("GPTCORE_CPU_KERNELS");
   const std::string want = env ? env : "";
 #ifdef GC_X86_KERNELS
@@ -114,8 +116,9 @@ StreamFn pick_stream() {
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (has512 && (want.empty() || want == "avx512")) return avx512::stream;
-  if (has2 && (want.empty() || want == "avx512" || want == "avx2")) return avx2::stream;
+  const bool prefer512 = want.empty() ? dtype != GC_INT8 : want == "avx512";
+  if (has512 && prefer512) return avx512::stream;
+  if (has2 && want != "generic") return avx2::stream;
 #endif
   return generic::stream;
 }
@@ -138,7 +141,8 @@ GC_CPU_CLONES void convert_int8(const DenseWeight& d, int64_t n0, int64_t rows, 
 }
 
 void stream(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy) {
-  static const StreamFn kernel = pick_stream();
+  static const StreamFn kernels[3] = {pick_stream(GC_FLOAT32), pick_stream(GC_BFLOAT16), pick_stream(GC_INT8)};
+  const StreamFn kernel = kernels[d.dtype == GC_FLOAT32 ? 0 : d.dtype == GC_BFLOAT16 ? 1 : 2];
   const int64_t tasks = (d.N + kStreamTask - 1) / kStreamTask;
 #pragma omp parallel for schedule(static) if (d.N * d.K >= 65536)
   for (int64_t t = 0; t < tasks; ++t) {
