@@ -1,32 +1,37 @@
 """Decode throughput: gptcore's `Generator` against Hugging Face `generate` on the same weights, in one run.
 
-Both candidates hold one random GPT-2 (GPT-2 124M shape by default): a transformers
-GPT2LMHeadModel built from a seed, and `gptcore.convert.from_hf` of it. The weights are HF's
-GPT-2 init (N(0, 0.02)) with every layer norm weight then drawn from N(0, 1) and every bias from
-N(0, 0.02); with HF's unit layer norm weights a random GPT-2 repeats one token forever, which
-would validate little. Prompts are random token ids (seeded), all P long (so HF needs no
-padding); each prompt gets exactly N greedy tokens (no stop token on either side).
+The models: one random GPT-2 (GPT-2 124M shape by default): a transformers GPT2LMHeadModel built
+from a seed, and `gptcore.convert.from_hf` of it. The weights are HF's GPT-2 init (N(0, 0.02)) with
+every layer norm weight then drawn from N(0, 1) and every bias from N(0, 0.02); with HF's unit
+layer norm weights a random GPT-2 repeats one token forever, which would validate little. Prompts
+are random token ids (seeded), all P long (so HF needs no padding); each prompt gets exactly N
+greedy tokens (no stop token on either side).
 
-Validation, before any timing, for every batch size (and also in --bandwidth mode, where HF is
-not timed): gptcore's greedy tokens against HF's `generate(do_sample=False)` in the timed dtype,
-row by row, and every gptcore token against HF's argmax at its position in an fp32 HF forward
-over the prompt + gptcore's tokens. Each gptcore token must be that argmax or have an fp32 HF
-logit within --tie-atol of it (a near-tie that rounding decides); otherwise the run exits naming
-the row and step. Rows that part from HF generate are reported with the step and the gap.
+The candidates: on CUDA gptcore's Generator (CUDA graphs). On the CPU gptcore's core
+(gc_gpt_decode) with the weights in each --weights format (fp32, bf16, int8), and gptcore's
+PyTorch forward (Engine(core=False), the path before the core; --no-pytorch-path drops it).
+
+Validation, before any timing, for every candidate and batch size: its greedy tokens against a
+reference forward over the prompt + its tokens: each token must be the reference's argmax or
+within --tie-atol of it (a near-tie that rounding decides); otherwise the run exits naming the row
+and step. The reference of fp32 (and of CUDA's dtype) is HF's fp32 forward, and its rows are
+compared with HF's `generate`; the reference of bf16 / int8 is the float64 PyTorch model with the
+weights the format stores, and their rows are compared with gptcore fp32's.
 
 Timing: whole `generate` calls, wall clock (CUDA synchronized), N new tokens and 1 new token
-(= prefill + first token), in interleaved rounds (gptcore N, HF N, gptcore 1, HF 1, ...);
+(= prefill + first token), in interleaved rounds (every candidate and HF with N, then with 1, ...);
 medians. tok/s = B * N / t_N (prefill included); decode tok/s = B * (N - 1) / (t_N - t_1).
-gptcore prefills each prompt alone into its cache slot; HF prefills the batch at once.
 
 The batch-1 row also gets the memory-bandwidth bound: the bytes of the weights one decode step
-reads (all but the position table and the embedding's padding rows) over the bandwidth measured in
-the same run: on a GPU the copy bandwidth (y.copy_(x) of --copy-mib MiB, bytes read + written), on a
-CPU the read bandwidth (x.sum() of --copy-mib MiB of float32: a decode step streams its weights
-in, it writes little).
+reads (on the CPU the core's stored matrices, scales and biases; else all but the position table
+and the embedding's padding rows) over the bandwidth measured in the same run, before and after
+the timing (the larger): on a GPU the copy bandwidth (y.copy_(x) of --copy-mib MiB, bytes read +
+written), on a CPU the read bandwidth (the fastest of x.sum(), x.amax() and dot(x, x) over
+--copy-mib MiB of float32: a decode step streams its weights in, it writes little). On the CPU a
+prefill of one --prefill-len prompt in the core is also set against the machine's fp32 GEMM rate.
 
-    python bench/bench_generate.py                          # CPU, GPT-2 124M shape, batch 1 and 16,
-                                                            # P 32, N 64, fp32, 3 rounds
+    python bench/bench_generate.py                          # CPU, GPT-2 124M shape, batch 1 4 16 64,
+                                                            # P 32, N 64, fp32/bf16/int8, 3 rounds
     python bench/bench_generate.py --tiny --batch 1 2 --new-tokens 8 --rounds 1   # smoke test
     python bench/bench_generate.py --validate-only          # the checks alone
     python bench/bench_generate.py --json generate.json     # every number + machine details to a file
@@ -241,10 +246,11 @@ def copy_bandwidth(device: torch.device, mib: int, reps: int = 10, copies: int =
 
 
 def read_bandwidth(device: torch.device, mib: int, reps: int = 10) -> float:
-    """Bytes read per second by x.sum() of mib MiB of float32: the median of reps timings."""
+    """Bytes read per second by the fastest of PyTorch's streaming reductions over mib MiB of float32
+    (x.sum(), x.amax(), torch.dot(x, x): each reads x once), interleaved, medians."""
     x = torch.ones(mib * 2**18, dtype=torch.float32, device=device)
-    (times,) = round_times([lambda: x.sum()], device, 1, reps)
-    return x.numel() * 4 / statistics.median(times)
+    times = round_times([lambda: x.sum(), lambda: x.amax(), lambda: torch.dot(x, x)], device, 1, reps)
+    return x.numel() * 4 / min(statistics.median(t) for t in times)
 
 
 def main() -> None:
@@ -414,8 +420,8 @@ def main() -> None:
         if candidate.engine.core is not None:  # its matrices (converted), scales and biases
             step_bytes[name] = candidate.engine.core.read_bytes
     if bw:
-        how = "y.copy_(x), read + write" if on_cuda else "x.sum(), read"
-        print(f"{bandwidth_kind} bandwidth: {bw / 1e9:.1f} GB/s ({how}, {args.copy_mib} MiB)", flush=True)
+        how = "y.copy_(x), read + write" if on_cuda else "the fastest of x.sum(), x.amax(), dot(x, x): read"
+        print(f"{bandwidth_kind} bandwidth before timing: {bw / 1e9:.1f} GB/s ({how}, {args.copy_mib} MiB)", flush=True)
 
     rows = []
     for B in batches:
@@ -445,18 +451,22 @@ def main() -> None:
                 decode_tokens_per_s=B * (N - 1) / (t_n - t_1) if t_n > t_1 else None,
                 decode_ms_per_step=(t_n - t_1) / (N - 1) * 1e3,
             )
-            if bw and B == 1 and name != "HF":
-                bound_ms = step_bytes[name] / bw * 1e3
-                row[name]["bandwidth"] = dict(
-                    weight_bytes=step_bytes[name],
-                    bound_ms_per_token=bound_ms,
-                    bound_tokens_per_s=1e3 / bound_ms,
-                    percent_of_bound=100 * bound_ms / row[name]["decode_ms_per_step"],
-                )
         for name in candidates if time_hf else ():
             row[name]["speedup_vs_hf"] = row[name]["tokens_per_s"] / row["HF"]["tokens_per_s"]
         rows.append(row)
         print(f"timed batch {B}", flush=True)
+
+    if bw:  # the larger of before and after: the machine's rate drifts (shared hosts)
+        bw = max(bw, copy_bandwidth(device, args.copy_mib) if on_cuda else read_bandwidth(device, args.copy_mib))
+    for row in rows:
+        for name in candidates if bw and row["batch"] == 1 else ():
+            bound_ms = step_bytes[name] / bw * 1e3
+            row[name]["bandwidth"] = dict(
+                weight_bytes=step_bytes[name],
+                bound_ms_per_token=bound_ms,
+                bound_tokens_per_s=1e3 / bound_ms,
+                percent_of_bound=100 * bound_ms / row[name]["decode_ms_per_step"],
+            )
 
     prefill = None
     if not on_cuda and args.prefill_len:
