@@ -11,10 +11,9 @@ import pytest
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
-
 from embed_checks import EXAMPLES, cmake_build, installed  # noqa: E402
-from gptcore import native  # noqa: E402
 
+from gptcore import native  # noqa: E402
 
 SCRIPT = EXAMPLES / "jax" / "gptcore_jax.py"
 
@@ -78,6 +77,8 @@ def test_a_bad_call_raises_the_library_message(gptcore_jax):
 
 
 def test_script_checks_both_ops(handler_library):
-    run = subprocess.run([sys.executable, str(SCRIPT), str(handler_library)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(handler_library)], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("max relative error") == 3

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from embed_checks import EXAMPLES, installed
+
 from gptcore import native
 
 SCRIPT = EXAMPLES / "numpy" / "gptcore_numpy.py"
