@@ -10,6 +10,7 @@ from importlib import import_module
 from gptcore.native import get_cmake_dir, get_include, get_library
 
 _SUBMODULES = ("ops", "optim")
+_FROM_C = {"Error": "Error", "_build_info": "build_info"}  # gptcore's name -> _C's
 
 __all__ = ["Error", "ops", "optim", "__version__", "get_include", "get_library", "get_cmake_dir"]
 
@@ -18,8 +19,8 @@ def __getattr__(name: str):
     """The lazily loaded attributes (PEP 562); a submodule imported once is then a plain attribute."""
     if name in _SUBMODULES:
         return import_module(f"gptcore.{name}")
-    if name == "Error":
-        return import_module("gptcore._C").Error
+    if name in _FROM_C:
+        return getattr(import_module("gptcore._C"), _FROM_C[name])
     if name == "__version__":
         return import_module("gptcore._C").build_info()["version"]
     raise AttributeError(f"module 'gptcore' has no attribute {name!r}")
