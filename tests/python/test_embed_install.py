@@ -28,10 +28,26 @@ def _symbols(path: str, *options: str) -> list[tuple[str, str]]:
     ]
 
 
+# A function declaration in a public header: a line starting with its return type (or GC_API), up to the name.
+DECLARATION = re.compile(r"^(?!typedef|#|/\*| |\}|extern)([^(;\n]*?)\b(gc_\w+)\(", re.MULTILINE)
+SOURCE_HEADERS = Path(__file__).resolve().parents[2] / "csrc" / "include" / "gptcore"
+
+
 def _declared_functions(include: Path) -> set[str]:
-    """The functions the public headers declare (each declaration starts `GC_API <type> gc_name(`)."""
-    pattern = re.compile(r"^GC_API\s[^(;]*?\b(gc_\w+)\(", re.MULTILINE)
-    return {name for header in (include / "gptcore").glob("*.h") for name in pattern.findall(header.read_text())}
+    """The functions the public headers under `include` declare."""
+    return {name for header in (include / "gptcore").glob("*.h") for _, name in DECLARATION.findall(header.read_text())}
+
+
+def test_every_public_function_is_marked_for_export():
+    # libgptcore.so is compiled hidden: a declaration without GC_API would not be exported (api.h says how).
+    unmarked = [
+        f"{header.name}: {name}"
+        for header in sorted(SOURCE_HEADERS.glob("*.h"))
+        for prefix, name in DECLARATION.findall(header.read_text())
+        if not prefix.startswith("GC_API ")
+    ]
+    assert not unmarked, "declarations without GC_API (write `GC_API <type> gc_name(...)`): " + ", ".join(unmarked)
+    assert len(_declared_functions(SOURCE_HEADERS.parent)) > 50
 
 
 def test_the_paths_exist_and_python_m_gptcore_prints_them():
