@@ -13,8 +13,8 @@ if command -v nvcc >/dev/null; then
 fi
 "$PY" -m pip install ".[test]"
 
-"$PY" -m ruff check python tests bench
-"$PY" -m ruff format --check python tests bench
+"$PY" -m ruff check python tests bench examples
+"$PY" -m ruff format --check python tests bench examples
 
 # The install above compiled the CUDA kernels for every architecture; with no GPU to run them on, the
 # C++ tests' build compiles them for one (the CUDA compile is most of a run's time on two cores).

@@ -85,13 +85,13 @@ if ((DRY == 0)); then
     export LD_LIBRARY_PATH="$NV:/tmp/gptcore-site/scipy_openblas32/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
 fi
-if ! "$PY" -c "import gptcore" 2>>"$OUT/check.log"; then
-  # The extension needs libgomp.so.1; without a system copy, use the one a wheel (torch) bundles.
+if ! "$PY" -c "import gptcore._C" 2>>"$OUT/check.log"; then
+  # The extension (through libgptcore.so) needs libgomp.so.1; without a system copy, use the one a wheel (torch) bundles.
   GOMP=$("$PY" -c "import glob, os, site; print(next(iter(sorted(glob.glob(os.path.join(site.getsitepackages()[0], '**', 'libgomp*.so*'), recursive=True))), ''))")
   if [[ -n "$GOMP" ]]; then
     mkdir -p /tmp/gptcore-libs && ln -sf "$GOMP" /tmp/gptcore-libs/libgomp.so.1
     export LD_LIBRARY_PATH="/tmp/gptcore-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    log "check: import gptcore failed; retrying with $GOMP as libgomp.so.1"
+    log "check: import gptcore._C failed; retrying with $GOMP as libgomp.so.1"
   fi
 fi
 TIMEOUT_OPT=()

@@ -14,6 +14,7 @@
 #ifndef GPTCORE_ADAMW_H
 #define GPTCORE_ADAMW_H
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -48,7 +49,7 @@ typedef struct gc_adamw_params {
   int32_t* found_inf;   /* optional [1] int32, on the tensors' device */
 } gc_adamw_params;
 
-gc_status gc_adamw_step(const gc_adamw_params* params, void* stream);
+GC_API gc_status gc_adamw_step(const gc_adamw_params* params, void* stream);
 
 #ifdef __cplusplus
 }

@@ -35,6 +35,7 @@
 
 #include <stdint.h>
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -56,7 +57,7 @@ typedef struct gc_attention_fwd_params {
   gc_tensor cu_seqlens; /* optional [B, S + 1] int32 document boundaries (see above); data NULL = none */
 } gc_attention_fwd_params;
 
-gc_status gc_attention_fwd(const gc_attention_fwd_params* params, void* stream);
+GC_API gc_status gc_attention_fwd(const gc_attention_fwd_params* params, void* stream);
 
 typedef struct gc_attention_bwd_params {
   gc_tensor q, k, v, out; /* as in the forward */
@@ -76,9 +77,9 @@ typedef struct gc_attention_bwd_params {
  * Reproducibility: the CPU backward is bitwise deterministic; on CUDA dk and dv are, but dq is
  * summed over key tiles with float atomics in no fixed order, so it can differ in the last bits
  * from run to run. */
-gc_status gc_attention_bwd_workspace_size(const gc_attention_bwd_params* params, size_t* bytes);
-gc_status gc_attention_bwd(const gc_attention_bwd_params* params, void* workspace, size_t workspace_bytes,
-                           void* stream);
+GC_API gc_status gc_attention_bwd_workspace_size(const gc_attention_bwd_params* params, size_t* bytes);
+GC_API gc_status gc_attention_bwd(const gc_attention_bwd_params* params, void* workspace, size_t workspace_bytes,
+                                  void* stream);
 
 /* Decoding: a few new queries per sequence over a KV cache, no dropout, no gradient.
  * The new tokens' keys and values are already written into the cache; sequence b's valid
@@ -97,12 +98,12 @@ typedef struct gc_attention_decode_params {
 /* Scratch for decoding: on CUDA, when B * H * T_new rows are few next to the device's SMs, each
  * row's cache is split into chunks whose partial results (float32) meet in the workspace
  * (flash-decoding). Depends on the shapes and the device; 0 on CPU and without a split. */
-gc_status gc_attention_decode_workspace_size(const gc_attention_decode_params* params, size_t* bytes);
-gc_status gc_attention_decode(const gc_attention_decode_params* params, void* workspace, size_t workspace_bytes,
-                              void* stream);
+GC_API gc_status gc_attention_decode_workspace_size(const gc_attention_decode_params* params, size_t* bytes);
+GC_API gc_status gc_attention_decode(const gc_attention_decode_params* params, void* workspace, size_t workspace_bytes,
+                                     void* stream);
 
 /* The uniform draw in [0, 1) behind dropout element n: for tests and references. */
-float gc_dropout_uniform(uint64_t seed, uint64_t offset, uint64_t n);
+GC_API float gc_dropout_uniform(uint64_t seed, uint64_t offset, uint64_t n);
 
 #ifdef __cplusplus
 }

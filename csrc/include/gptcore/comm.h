@@ -20,6 +20,7 @@
 
 #include <stdint.h>
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -47,47 +48,49 @@ typedef enum gc_reduce_op {
 } gc_reduce_op;
 
 /* A fresh id for gc_comm_init_nccl; made by one rank, shared with all the others. */
-gc_status gc_comm_unique_id(gc_comm_id* out);
+GC_API gc_status gc_comm_unique_id(gc_comm_id* out);
 
 /* This process's member `rank` (0 <= rank < world) of the NCCL communicator named by `id`, on
  * CUDA device `device`. Blocks until all `world` ranks have joined. */
-gc_status gc_comm_init_nccl(const gc_comm_id* id, int rank, int world, int device, gc_comm** out);
+GC_API gc_status gc_comm_init_nccl(const gc_comm_id* id, int rank, int world, int device, gc_comm** out);
 
 /* A communicator of one rank (world 1, rank 0). */
-gc_status gc_comm_init_single(gc_comm** out);
+GC_API gc_status gc_comm_init_single(gc_comm** out);
 
 /* Frees the communicator once its queued work is done; NULL is allowed. */
-gc_status gc_comm_destroy(gc_comm* comm);
+GC_API gc_status gc_comm_destroy(gc_comm* comm);
 
-gc_status gc_comm_rank(const gc_comm* comm, int* rank);
-gc_status gc_comm_world(const gc_comm* comm, int* world);
-gc_status gc_comm_backend(const gc_comm* comm, gc_comm_backend_type* backend);
+GC_API gc_status gc_comm_rank(const gc_comm* comm, int* rank);
+GC_API gc_status gc_comm_world(const gc_comm* comm, int* world);
+GC_API gc_status gc_comm_backend(const gc_comm* comm, gc_comm_backend_type* backend);
 
 /* recv = op over the ranks of send, element-wise; recv has send's element count. */
-gc_status gc_comm_all_reduce(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, gc_reduce_op op, void* stream);
+GC_API gc_status gc_comm_all_reduce(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, gc_reduce_op op,
+                                    void* stream);
 
 /* recv = the ranks' send buffers concatenated in rank order: numel(recv) = world * numel(send). */
-gc_status gc_comm_all_gather(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, void* stream);
+GC_API gc_status gc_comm_all_gather(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, void* stream);
 
 /* recv = this rank's part of op over the ranks of send, where send is world parts of
  * numel(recv) elements in rank order: numel(send) = world * numel(recv). */
-gc_status gc_comm_reduce_scatter(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, gc_reduce_op op, void* stream);
+GC_API gc_status gc_comm_reduce_scatter(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, gc_reduce_op op,
+                                        void* stream);
 
 /* recv = root's send on every rank; send is read on the root only (other ranks may pass NULL).
  * recv has send's element count. */
-gc_status gc_comm_broadcast(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, int root, void* stream);
+GC_API gc_status gc_comm_broadcast(gc_comm* comm, const gc_tensor* send, gc_tensor* recv, int root, void* stream);
 
 /* Point-to-point: `tensor` to / from rank `peer`. Each send needs the peer's matching recv of
  * the same dtype and element count. Several of them (a send and a recv exchanged with one
  * peer, or any pattern of them) must sit inside one group. */
-gc_status gc_comm_send(gc_comm* comm, const gc_tensor* tensor, int peer, void* stream);
-gc_status gc_comm_recv(gc_comm* comm, gc_tensor* tensor, int peer, void* stream);
+GC_API gc_status gc_comm_send(gc_comm* comm, const gc_tensor* tensor, int peer, void* stream);
+GC_API gc_status gc_comm_recv(gc_comm* comm, gc_tensor* tensor, int peer, void* stream);
 
 /* Calls between start and end are issued together at end (they may nest; the outermost end
  * issues). With NCCL the group is NCCL's, which belongs to the calling thread: calls on other
  * NCCL communicators in between are part of it too. */
-gc_status gc_comm_group_start(gc_comm* comm);
-gc_status gc_comm_group_end(gc_comm* comm);
+GC_API gc_status gc_comm_group_start(gc_comm* comm);
+GC_API gc_status gc_comm_group_end(gc_comm* comm);
 
 #ifdef __cplusplus
 }

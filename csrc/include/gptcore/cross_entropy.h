@@ -22,6 +22,7 @@
 #ifndef GPTCORE_CROSS_ENTROPY_H
 #define GPTCORE_CROSS_ENTROPY_H
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -40,7 +41,7 @@ typedef struct gc_cross_entropy_fwd_params {
   int64_t ignore_index;
 } gc_cross_entropy_fwd_params;
 
-gc_status gc_cross_entropy_fwd(const gc_cross_entropy_fwd_params* params, void* stream);
+GC_API gc_status gc_cross_entropy_fwd(const gc_cross_entropy_fwd_params* params, void* stream);
 
 typedef struct gc_cross_entropy_bwd_params {
   gc_tensor logits;  /* [N, V] */
@@ -53,7 +54,7 @@ typedef struct gc_cross_entropy_bwd_params {
   int64_t ignore_index;
 } gc_cross_entropy_bwd_params;
 
-gc_status gc_cross_entropy_bwd(const gc_cross_entropy_bwd_params* params, void* stream);
+GC_API gc_status gc_cross_entropy_bwd(const gc_cross_entropy_bwd_params* params, void* stream);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,7 @@
 #ifndef GPTCORE_GPT_SAMPLES_H
 #define GPTCORE_GPT_SAMPLES_H
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -30,10 +31,10 @@ typedef struct gc_gpt_sample_index_params {
 
 /* How many samples the document index holds: (total tokens - 1) / seq_len. Reads sizes,
  * doc_index and seq_len only. Fails when the documents hold fewer than seq_len + 1 tokens. */
-gc_status gc_gpt_sample_index_count(const gc_gpt_sample_index_params* params, int64_t* num_samples);
+GC_API gc_status gc_gpt_sample_index_count(const gc_gpt_sample_index_params* params, int64_t* num_samples);
 
 /* Fills sample_index for the first sample_index.shape[0] - 1 samples. */
-gc_status gc_gpt_sample_index(const gc_gpt_sample_index_params* params);
+GC_API gc_status gc_gpt_sample_index(const gc_gpt_sample_index_params* params);
 
 typedef struct gc_gpt_blend_index_params {
   gc_tensor weights;              /* float64 [num_datasets]: finite, >= 0, positive sum (normalized inside) */
@@ -41,7 +42,7 @@ typedef struct gc_gpt_blend_index_params {
   gc_tensor dataset_sample_index; /* out, int64 [size]: the sample's index within its dataset */
 } gc_gpt_blend_index_params;
 
-gc_status gc_gpt_blend_index(const gc_gpt_blend_index_params* params);
+GC_API gc_status gc_gpt_blend_index(const gc_gpt_blend_index_params* params);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
 #define GPTCORE_GPTCORE_H
 
 #include "gptcore/adamw.h"
+#include "gptcore/api.h"
 #include "gptcore/attention.h"
 #include "gptcore/comm.h"
 #include "gptcore/cross_entropy.h"
@@ -14,5 +15,6 @@
 #include "gptcore/linear.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
+#include "gptcore/version.h"
 
 #endif

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 
 #ifdef __cplusplus
@@ -43,7 +44,7 @@ typedef enum gc_indexed_dtype {
 } gc_indexed_dtype;
 
 /* Bytes per token of a dtype code; 0 for an unknown code. */
-size_t gc_indexed_dtype_size(int32_t dtype);
+GC_API size_t gc_indexed_dtype_size(int32_t dtype);
 
 /* ---- Writer ---- */
 
@@ -51,32 +52,32 @@ typedef struct gc_indexed_writer gc_indexed_writer;
 
 /* Starts a dataset at `prefix` with tokens of `dtype`. With vocab_size > 0, every token
  * added must lie in [0, vocab_size) (integer dtypes only); 0 checks nothing. */
-gc_status gc_indexed_writer_open(const char* prefix, int32_t dtype, int64_t vocab_size,
-                                 gc_indexed_writer** writer);
+GC_API gc_status gc_indexed_writer_open(const char* prefix, int32_t dtype, int64_t vocab_size,
+                                        gc_indexed_writer** writer);
 
 /* Appends one sequence of `count` tokens of the writer's dtype to the open document. */
-gc_status gc_indexed_writer_add_sequence(gc_indexed_writer* writer, const void* tokens,
-                                         int64_t count);
+GC_API gc_status gc_indexed_writer_add_sequence(gc_indexed_writer* writer, const void* tokens,
+                                                int64_t count);
 
 /* Closes the open document (which may hold no sequences: an empty document). */
-gc_status gc_indexed_writer_end_document(gc_indexed_writer* writer);
+GC_API gc_status gc_indexed_writer_end_document(gc_indexed_writer* writer);
 
 /* A whole document: `num_sequences` sequences of lengths[i] tokens, stored back to back in
  * `tokens`, then end_document. */
-gc_status gc_indexed_writer_add_document(gc_indexed_writer* writer, const void* tokens,
-                                         const int64_t* lengths, int64_t num_sequences);
+GC_API gc_status gc_indexed_writer_add_document(gc_indexed_writer* writer, const void* tokens,
+                                                const int64_t* lengths, int64_t num_sequences);
 
 /* Appends every document of the dataset at `other_prefix` (validated as by
  * gc_indexed_dataset_open; same dtype). The open document must be empty. */
-gc_status gc_indexed_writer_merge(gc_indexed_writer* writer, const char* other_prefix);
+GC_API gc_status gc_indexed_writer_merge(gc_indexed_writer* writer, const char* other_prefix);
 
 /* Closes a non-empty open document, writes the index and moves prefix.bin then prefix.idx
  * into place (an older dataset at the prefix is replaced). Nothing can be added after. */
-gc_status gc_indexed_writer_finalize(gc_indexed_writer* writer);
+GC_API gc_status gc_indexed_writer_finalize(gc_indexed_writer* writer);
 
 /* Releases the writer. Without a successful finalize this aborts: the temporary files are
  * deleted and nothing at the prefix changes. NULL is ignored. */
-void gc_indexed_writer_close(gc_indexed_writer* writer);
+GC_API void gc_indexed_writer_close(gc_indexed_writer* writer);
 
 /* ---- Reader ---- */
 
@@ -85,10 +86,10 @@ typedef struct gc_indexed_dataset gc_indexed_dataset;
 /* Maps prefix.idx and prefix.bin and validates them: magic, version, dtype code, array sizes
  * against the .idx length, lengths >= 0, pointers consistent with lengths, the .bin length,
  * document indices from 0, non-decreasing, at most S. A failure names the file and the fault. */
-gc_status gc_indexed_dataset_open(const char* prefix, gc_indexed_dataset** dataset);
+GC_API gc_status gc_indexed_dataset_open(const char* prefix, gc_indexed_dataset** dataset);
 
 /* Unmaps the files. NULL is ignored. Every pointer obtained from the dataset dies with it. */
-void gc_indexed_dataset_close(gc_indexed_dataset* dataset);
+GC_API void gc_indexed_dataset_close(gc_indexed_dataset* dataset);
 
 typedef struct gc_indexed_dataset_info {
   int32_t dtype;                  /* gc_indexed_dtype */
@@ -101,16 +102,16 @@ typedef struct gc_indexed_dataset_info {
   int64_t token_bytes;            /* length of .bin */
 } gc_indexed_dataset_info;
 
-gc_status gc_indexed_dataset_get_info(const gc_indexed_dataset* dataset,
-                                      gc_indexed_dataset_info* info);
+GC_API gc_status gc_indexed_dataset_get_info(const gc_indexed_dataset* dataset,
+                                             gc_indexed_dataset_info* info);
 
 /* Sequence i (0 <= i < S): a pointer into the mapped .bin and its length in tokens. */
-gc_status gc_indexed_dataset_sequence(const gc_indexed_dataset* dataset, int64_t i,
-                                      const void** tokens, int64_t* length);
+GC_API gc_status gc_indexed_dataset_sequence(const gc_indexed_dataset* dataset, int64_t i,
+                                             const void** tokens, int64_t* length);
 
 /* Checks that every token lies in [0, vocab_size); the first one outside fails with a message
  * naming the file, the sequence, the position and the value. Integer dtypes only. */
-gc_status gc_indexed_dataset_check_vocab(const gc_indexed_dataset* dataset, int64_t vocab_size);
+GC_API gc_status gc_indexed_dataset_check_vocab(const gc_indexed_dataset* dataset, int64_t vocab_size);
 
 #ifdef __cplusplus
 }

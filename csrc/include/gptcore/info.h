@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 
 #ifdef __cplusplus
@@ -22,7 +23,7 @@ typedef struct gc_build_info {
                                or what this CUDA build lacks ("NCCL not found: ..."); "" when nothing */
 } gc_build_info;
 
-const gc_build_info* gc_get_build_info(void);
+GC_API const gc_build_info* gc_get_build_info(void);
 
 typedef struct gc_device_properties {
   char name[256];
@@ -33,9 +34,9 @@ typedef struct gc_device_properties {
 } gc_device_properties;
 
 /* Number of CUDA devices; 0 (and GC_OK) in a build without CUDA or a machine without a driver. */
-gc_status gc_cuda_device_count(int* count);
+GC_API gc_status gc_cuda_device_count(int* count);
 
-gc_status gc_cuda_device_properties(int index, gc_device_properties* props);
+GC_API gc_status gc_cuda_device_properties(int index, gc_device_properties* props);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 #ifndef GPTCORE_LAYER_NORM_H
 #define GPTCORE_LAYER_NORM_H
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -26,7 +27,7 @@ typedef struct gc_layer_norm_fwd_params {
   float eps;
 } gc_layer_norm_fwd_params;
 
-gc_status gc_layer_norm_fwd(const gc_layer_norm_fwd_params* params, void* stream);
+GC_API gc_status gc_layer_norm_fwd(const gc_layer_norm_fwd_params* params, void* stream);
 
 typedef struct gc_layer_norm_bwd_params {
   gc_tensor dy;      /* [..., C] gradient of y */
@@ -41,11 +42,11 @@ typedef struct gc_layer_norm_bwd_params {
 } gc_layer_norm_bwd_params;
 
 /* Bytes of scratch gc_layer_norm_bwd needs for these params (on the tensors' device). */
-gc_status gc_layer_norm_bwd_workspace_size(const gc_layer_norm_bwd_params* params, size_t* bytes);
+GC_API gc_status gc_layer_norm_bwd_workspace_size(const gc_layer_norm_bwd_params* params, size_t* bytes);
 
 /* Deterministic: the same inputs give bitwise the same outputs on the same device. */
-gc_status gc_layer_norm_bwd(const gc_layer_norm_bwd_params* params, void* workspace,
-                            size_t workspace_bytes, void* stream);
+GC_API gc_status gc_layer_norm_bwd(const gc_layer_norm_bwd_params* params, void* workspace,
+                                   size_t workspace_bytes, void* stream);
 
 #ifdef __cplusplus
 }

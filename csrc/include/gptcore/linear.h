@@ -20,6 +20,7 @@
 #ifndef GPTCORE_LINEAR_H
 #define GPTCORE_LINEAR_H
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -41,9 +42,10 @@ typedef struct gc_linear_fwd_params {
 } gc_linear_fwd_params;
 
 /* Bytes of scratch gc_linear_fwd needs for these params (on the tensors' device; 0 on CPU). */
-gc_status gc_linear_fwd_workspace_size(const gc_linear_fwd_params* params, size_t* bytes);
+GC_API gc_status gc_linear_fwd_workspace_size(const gc_linear_fwd_params* params, size_t* bytes);
 
-gc_status gc_linear_fwd(const gc_linear_fwd_params* params, void* workspace, size_t workspace_bytes, void* stream);
+GC_API gc_status gc_linear_fwd(const gc_linear_fwd_params* params, void* workspace, size_t workspace_bytes,
+                               void* stream);
 
 typedef struct gc_linear_bwd_params {
   gc_tensor dy;       /* [..., N] gradient of y */
@@ -57,10 +59,11 @@ typedef struct gc_linear_bwd_params {
 } gc_linear_bwd_params;
 
 /* Bytes of scratch gc_linear_bwd needs for these params (on the tensors' device). */
-gc_status gc_linear_bwd_workspace_size(const gc_linear_bwd_params* params, size_t* bytes);
+GC_API gc_status gc_linear_bwd_workspace_size(const gc_linear_bwd_params* params, size_t* bytes);
 
 /* Deterministic: the same inputs give bitwise the same outputs on the same device. */
-gc_status gc_linear_bwd(const gc_linear_bwd_params* params, void* workspace, size_t workspace_bytes, void* stream);
+GC_API gc_status gc_linear_bwd(const gc_linear_bwd_params* params, void* workspace, size_t workspace_bytes,
+                               void* stream);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,8 @@
 #ifndef GPTCORE_STATUS_H
 #define GPTCORE_STATUS_H
 
+#include "gptcore/api.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -23,10 +25,10 @@ typedef enum gc_status {
 } gc_status;
 
 /* The message of the calling thread's last failed call ("" after a successful call). */
-const char* gc_last_error(void);
+GC_API const char* gc_last_error(void);
 
 /* A fixed name for a status code, e.g. "GC_ERROR_SHAPE". */
-const char* gc_status_name(gc_status status);
+GC_API const char* gc_status_name(gc_status status);
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gptcore/api.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -41,20 +43,20 @@ typedef struct gc_tensor {
 } gc_tensor;
 
 /* Bytes per element of a dtype; 0 for an unknown code. */
-size_t gc_dtype_size(int32_t dtype);
+GC_API size_t gc_dtype_size(int32_t dtype);
 
 /* A fixed name for a dtype code, e.g. "bfloat16"; "unknown" otherwise. */
-const char* gc_dtype_name(int32_t dtype);
+GC_API const char* gc_dtype_name(int32_t dtype);
 
 /* A contiguous view of `ndim` dimensions (row-major strides filled in). */
-gc_tensor gc_make_tensor(void* data, int32_t dtype, int32_t device_type, int32_t device_index,
-                         int32_t ndim, const int64_t* shape);
+GC_API gc_tensor gc_make_tensor(void* data, int32_t dtype, int32_t device_type, int32_t device_index,
+                                int32_t ndim, const int64_t* shape);
 
 /* Number of elements (1 for ndim == 0). */
-int64_t gc_tensor_numel(const gc_tensor* t);
+GC_API int64_t gc_tensor_numel(const gc_tensor* t);
 
 /* 1 when the strides are row-major contiguous, else 0. */
-int gc_tensor_is_contiguous(const gc_tensor* t);
+GC_API int gc_tensor_is_contiguous(const gc_tensor* t);
 
 #ifdef __cplusplus
 }
