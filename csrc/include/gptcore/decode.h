@@ -22,6 +22,7 @@
 #ifndef GPTCORE_DECODE_H
 #define GPTCORE_DECODE_H
 
+#include "gptcore/api.h"
 #include "gptcore/status.h"
 #include "gptcore/tensor.h"
 
@@ -40,7 +41,7 @@ typedef struct gc_dense {
 } gc_dense;
 
 /* y [M, N] = x [M, K] w^T + bias, x and y float32. */
-gc_status gc_dense_fwd(const gc_dense* dense, gc_tensor x, gc_tensor y);
+GC_API gc_status gc_dense_fwd(const gc_dense* dense, gc_tensor x, gc_tensor y);
 
 typedef struct gc_gpt_layer {
   gc_tensor ln_1_weight, ln_1_bias; /* [C] float32; biases optional */
@@ -74,7 +75,7 @@ typedef struct gc_gpt_decode_params {
   int32_t every_position;
 } gc_gpt_decode_params;
 
-gc_status gc_gpt_decode(const gc_gpt_decode_params* params);
+GC_API gc_status gc_gpt_decode(const gc_gpt_decode_params* params);
 
 #ifdef __cplusplus
 }
