@@ -397,10 +397,17 @@ def main() -> None:
                 fp32_tokens = tokens
             v["candidate"] = name
             validations.append(v)
-            ties = "".join(
-                f"row {t['row']} parts at step {t['step']} on a near-tie (reference logit gap {t['gap']:.2g}); "
-                for t in v["near_tie_divergences"]
-            )
+            parts = v["near_tie_divergences"]
+            if theirs_name == "gptcore fp32":  # another model (the format's weights): not near-ties of one model
+                steps = ", ".join(f"row {t['row']} at step {t['step']}" for t in parts)
+                ties = (
+                    f"the others part from it ({steps}) where the format's weights move the argmax; " if parts else ""
+                )
+            else:
+                ties = "".join(
+                    f"row {t['row']} parts at step {t['step']} on a near-tie (reference logit gap {t['gap']:.2g}); "
+                    for t in parts
+                )
             print(
                 f"validation ({name}, batch {B}): {v['rows_equal']}/{B} rows equal to {theirs_name} token for token;"
                 f" {ties}every token within {v['max_gap_to_reference_argmax']:.2g} of the reference argmax logit"
