@@ -368,9 +368,14 @@ def main() -> None:
         candidates = {"gptcore": Generator(model, max_batch=slots, cuda_graph=cuda_graph)}
     else:
         formats = args.weights or list(WEIGHT_FORMATS)
-        candidates = {f"gptcore {w}": Generator(model, engine=Engine(model, slots=slots, weights=w)) for w in formats}
+        # Caches of P + N positions: four engines of 64 slots x 1024 positions would need ~19 GB.
+        candidates = {
+            f"gptcore {w}": Generator(model, engine=Engine(model, slots=slots, max_len=P + N, weights=w))
+            for w in formats
+        }
         if args.pytorch_path:
-            candidates["gptcore pytorch"] = Generator(model, engine=Engine(model, slots=slots, core=False))
+            engine = Engine(model, slots=slots, max_len=P + N, core=False)
+            candidates["gptcore pytorch"] = Generator(model, engine=engine)
     print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
 
     gen = torch.Generator().manual_seed(args.seed + 2)
@@ -379,7 +384,7 @@ def main() -> None:
     def hf_reference(seq):
         return hf_ref(seq).logits
 
-    validations = []
+    validations, references = [], {}
     for B in batches:  # every candidate at every batch size checked before any timing
         prompts = all_prompts[:B]
         hf_tokens = hf_generate(hf_timed, torch.tensor(prompts, device=device), hf_config(N))
@@ -387,7 +392,9 @@ def main() -> None:
         for name, candidate in candidates.items():
             weights = name.removeprefix("gptcore ")
             if weights in ("bf16", "int8"):  # against the float64 model of what the format stores
-                reference, theirs, theirs_name = quantized_reference(model, weights), fp32_tokens, "gptcore fp32"
+                if weights not in references:
+                    references[weights] = quantized_reference(model, weights)
+                reference, theirs, theirs_name = references[weights], fp32_tokens, "gptcore fp32"
                 if theirs is None:
                     theirs, theirs_name = hf_tokens, "HF generate"
             else:
