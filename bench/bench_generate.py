@@ -59,7 +59,7 @@ import torch
 import gptcore
 from bench_ops import _MALLOC_ENV, pin_threads
 from gptcore import convert
-from gptcore.core_decoder import WEIGHT_FORMATS, quantize
+from gptcore.core_decoder import WEIGHT_FORMATS, CoreDecoder, quantize
 from gptcore.generate import Engine, Generator
 from gptcore.model import GPT, PRESETS, GPTConfig
 
@@ -572,7 +572,11 @@ def time_prefill(model, candidates: dict, length: int, rounds: int, cfg: GPTConf
     flops = 2 * length * matrix * L + 2 * 2 * (length * (length + 1) // 2) * C * L + 2 * C * cfg.vocab_size
     x, w = torch.randn(length, C), torch.randn(C, 4 * C)
     prompt = torch.randint(0, cfg.vocab_size, (length,), generator=torch.Generator().manual_seed(5)).tolist()
-    cores = {name: c.engine.core for name, c in candidates.items() if c.engine.core is not None}
+    cores = {  # caches of one slot of `length` positions (the engines' are only P + N long)
+        name: CoreDecoder(model, slots=1, max_len=length, weights=c.engine.core.weights)
+        for name, c in candidates.items()
+        if c.engine.core is not None
+    }
     fns = [lambda: torch.mm(x, w)] + [
         (lambda core=core: core.forward(prompt, [0], [0], [length])) for core in cores.values()
     ]
