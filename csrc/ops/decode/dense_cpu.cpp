@@ -56,7 +56,8 @@ inline V load(const W* p) {
 }
 inline V load_x(const float* p) { return load(p); }
 inline V fma(V a, V b, V acc) { return a * b + acc; }
-inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
+inline V add(V a, V b) { return a + b; }
+inline float reduce(V v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
 #include "ops/decode/dense_stream.inl"
 }  // namespace generic
 
@@ -75,7 +76,12 @@ inline V load(const uint16_t* p) {  // bfloat16 -> the high halves of float32 la
 inline V load(const int8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
 inline V load_x(const float* p) { return _mm256_loadu_ps(p); }
 inline V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
-inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+inline float reduce(V v) {  // 8 -> 4 -> 2 -> 1 lanes
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
 #include "ops/decode/dense_stream.inl"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -95,7 +101,8 @@ inline V load(const uint16_t* p) {
 inline V load(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
 inline V load_x(const float* p) { return _mm512_loadu_ps(p); }
 inline V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
-inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+inline float reduce(V v) { return _mm512_reduce_add_ps(v); }
 #include "ops/decode/dense_stream.inl"
 }  // namespace avx512
 #pragma GCC diagnostic pop
