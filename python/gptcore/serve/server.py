@@ -104,7 +104,12 @@ class Server:
     def serve_forever(self) -> None:
         """Serve until Ctrl-C (or SIGTERM, from the main thread), then shut down cleanly."""
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+        # SIGINT too, explicitly: a process started as a background job of a script inherits SIGINT
+        # ignored, and Python then leaves it ignored (uvicorn installs its handlers the same way).
+        handlers = (_raise_interrupt, signal.default_int_handler)
+        previous = (
+            {sig: signal.signal(sig, h) for sig, h in zip((signal.SIGTERM, signal.SIGINT), handlers)} if main else {}
+        )
         self.start()
         try:
             while self._http_thread.is_alive():
@@ -113,8 +118,8 @@ class Server:
             log.info("shutting down")
         finally:
             self.shutdown()
-            if main:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def __enter__(self) -> Server:
         return self.start()
