@@ -278,7 +278,10 @@ def main() -> None:
         help="CPU: also time gptcore's PyTorch forward (Engine(core=False), fp32), the path before the core",
     )
     parser.add_argument(
-        "--prefill-len", type=int, default=512, help="CPU: one prompt this long prefilled in the core, against GEMM"
+        "--prefill-len",
+        type=int,
+        default=512,
+        help="CPU: one prompt this long (at most the model's positions) prefilled in the core, against GEMM",
     )
     parser.add_argument("--prompt-len", type=int, default=32, help="P")
     parser.add_argument("--new-tokens", type=int, default=64, help="N")
@@ -484,7 +487,7 @@ def main() -> None:
 
     prefill = None
     if not on_cuda and args.prefill_len:
-        prefill = time_prefill(model, candidates, args.prefill_len, args.rounds, cfg)
+        prefill = time_prefill(model, candidates, min(args.prefill_len, cfg.n_positions), args.rounds, cfg)
 
     def rate(x):
         return f"{x:,.1f}" if x is not None else "n/a"
