@@ -59,7 +59,7 @@ import torch
 import gptcore
 from bench_ops import _MALLOC_ENV, pin_threads
 from gptcore import convert
-from gptcore.core_decoder import WEIGHT_FORMATS, CoreDecoder, quantize
+from gptcore.core_decoder import WEIGHT_FORMATS, CoreDecoder, dequantize, quantize
 from gptcore.generate import Engine, Generator
 from gptcore.model import GPT, PRESETS, GPTConfig
 
@@ -213,8 +213,7 @@ def quantized_reference(model, weights: str):
     ref.load_state_dict(model.state_dict())
 
     def stored(w: torch.Tensor) -> torch.Tensor:
-        q, scale = quantize(w.float(), weights)
-        return q.double() if scale is None else q.double() * scale.double()[:, None]
+        return dequantize(*quantize(w.float(), weights))
 
     with torch.no_grad():
         for block in ref.transformer.h.values():

@@ -38,6 +38,12 @@ def quantize(weight: torch.Tensor, weights: str) -> tuple[torch.Tensor, torch.Te
     return q.contiguous(), scale.contiguous()
 
 
+def dequantize(stored: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The float64 weight that quantize's (stored, scale) stands for: what the kernels multiply by."""
+    w = stored.double()
+    return w if scale is None else w * scale.double()[:, None]
+
+
 def unsupported(model: GPT) -> str | None:
     """Why the core cannot run this model (None when it can): it runs gptcore's own GPT, whole
     (not a tensor-parallel shard, no LoRA adapters left unmerged), in float32 on the CPU."""
@@ -92,7 +98,6 @@ class CoreDecoder:
             )
             for b in t.h.values()
         ]
-        head = t.wte.weight if weights == "fp32" else t.wte.weight[: c.vocab_size]  # no copy of the padding rows
         self.model = _C.GptModel(
             c.n_head,
             c.vocab_size,
@@ -102,7 +107,7 @@ class CoreDecoder:
             layers,
             self._view(t.ln_f.weight),
             self._view(t.ln_f.bias),
-            self._dense_of(head, None),
+            self._dense_of(t.wte.weight[: c.vocab_size], None),  # the tied head; fp32: wte's own rows
         )
 
     def _view(self, t: torch.Tensor | None) -> _C.Tensor | None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gptcore import _C
-from gptcore.core_decoder import CoreDecoder, quantize, unsupported
+from gptcore.core_decoder import CoreDecoder, dequantize, quantize, unsupported
 from gptcore.generate import Engine, Generator
 from gptcore.model import GPT, GPTConfig
 from gptcore.ops._views import view
@@ -20,9 +20,7 @@ FORMATS = ("fp32", "bf16", "int8")
 
 def dequantized(weight: torch.Tensor, weights: str) -> torch.Tensor:
     """The float64 weight a format stores (what the kernels must multiply by)."""
-    stored, scale = quantize(weight, weights)
-    w = stored.double()
-    return w if scale is None else w * scale.double()[:, None]
+    return dequantize(*quantize(weight, weights))
 
 
 def dense(weight: torch.Tensor, bias, weights: str, x: torch.Tensor) -> torch.Tensor:

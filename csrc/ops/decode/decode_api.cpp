@@ -28,9 +28,11 @@ gc_status check_dense(const char* api, const gc_dense& d, const char* name, int6
   std::string w = std::string(name) + ".weight";
   GC_TRY(check_cpu(api, d.weight, w.c_str()));
   GC_TRY(check_dtype(api, d.weight, w.c_str(), {GC_FLOAT32, GC_BFLOAT16, GC_INT8}));
-  if (d.weight.ndim != 2 || (N >= 0 && d.weight.shape[0] != N) || (K >= 0 && d.weight.shape[1] != K))
-    return fail(GC_ERROR_SHAPE, "%s: '%s' has shape %s; expected [%lld, %lld] ([out, in], F.linear's layout)", api,
-                w.c_str(), shape_string(d.weight).c_str(), (long long)N, (long long)K);
+  if (d.weight.ndim != 2 || (N >= 0 && d.weight.shape[0] != N) || (K >= 0 && d.weight.shape[1] != K)) {
+    const std::string n = N >= 0 ? std::to_string(N) : "N", k = K >= 0 ? std::to_string(K) : "K";
+    return fail(GC_ERROR_SHAPE, "%s: '%s' has shape %s; expected [%s, %s] ([out, in], F.linear's layout)", api,
+                w.c_str(), shape_string(d.weight).c_str(), n.c_str(), k.c_str());
+  }
   const std::string s = std::string(name) + ".scale", b = std::string(name) + ".bias";
   if (d.weight.dtype == GC_INT8) {
     if (!present(d.scale))

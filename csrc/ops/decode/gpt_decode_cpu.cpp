@@ -49,16 +49,14 @@ void layer_norm(float* x, const float* residual, const gc_tensor& weight, const 
 // one team: its queries over the slot's positions up to their own. q_heads and out_heads hold the
 // heads' rows contiguous ([H, n, D] per sequence, the sequences one after another).
 void attend(const gc_gpt_decode_params& p, int64_t layer, const float* qkv, float* out, const Shapes& s,
-            std::vector<float>& q_heads, std::vector<float>& out_heads, std::vector<CachedHead>& heads) {
+            const std::vector<int64_t>& first_row, std::vector<float>& q_heads, std::vector<float>& out_heads,
+            std::vector<CachedHead>& heads) {
   const int32_t* slot = static_cast<const int32_t*>(p.seq_slot.data);
   const int32_t* start = static_cast<const int32_t*>(p.seq_start.data);
   const int32_t* len = static_cast<const int32_t*>(p.seq_len.data);
   const int64_t C = s.C, D = s.D, H = s.H, slot_size = H * s.max_len * D;
   float* k_layer = static_cast<float*>(p.k_cache.data) + layer * s.slots * slot_size;
   float* v_layer = static_cast<float*>(p.v_cache.data) + layer * s.slots * slot_size;
-  // Row r of qkv and out is token t of sequence i, r = first_row[i] + t.
-  std::vector<int64_t> first_row(s.S, 0);
-  for (int64_t i = 1; i < s.S; ++i) first_row[i] = first_row[i - 1] + len[i - 1];
   heads.clear();
   for (int64_t i = 0; i < s.S; ++i) {
     const int64_t n = len[i], row0 = first_row[i];
@@ -124,9 +122,11 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
   const float* wte = static_cast<const float*>(m.wte.data);
   const float* wpe = static_cast<const float*>(m.wpe.data);
 
-  std::vector<int64_t> position(s.T);
-  for (int64_t i = 0, row = 0; i < s.S; ++i) {
-    for (int64_t t = 0; t < len[i]; ++t) position[row++] = start[i] + t;
+  // Row r of the activations is token t of sequence i, r = first_row[i] + t (first_row[S] = T).
+  std::vector<int64_t> first_row(s.S + 1, 0), position(s.T);
+  for (int64_t i = 0; i < s.S; ++i) {
+    first_row[i + 1] = first_row[i] + len[i];
+    for (int64_t t = 0; t < len[i]; ++t) position[first_row[i] + t] = start[i] + t;
   }
   std::vector<float> x(s.T * s.C), y(s.T * s.C), qkv(s.T * 3 * s.C), hidden(s.T * s.F), stats(2 * s.T);
   std::vector<float> q_heads(s.T * s.C), out_heads(s.T * s.C);
@@ -142,7 +142,7 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
   for (int64_t l = 0; l < m.n_layer; ++l) {
     const gc_gpt_layer& layer = m.layers[l];
     dense_cpu(dense_weight(layer.attn_qkv), y.data(), s.T, qkv.data(), 3 * s.C);
-    attend(p, l, qkv.data(), y.data(), s, q_heads, out_heads, heads);
+    attend(p, l, qkv.data(), y.data(), s, first_row, q_heads, out_heads, heads);
     // y: attention heads -> projection (into the free qkv buffer) -> x += it, y = LN2(x)
     dense_cpu(dense_weight(layer.attn_proj), y.data(), s.T, qkv.data(), s.C);
     layer_norm(x.data(), qkv.data(), layer.ln_2_weight, layer.ln_2_bias, m.layer_norm_eps, y.data(), stats, s);
@@ -157,20 +157,15 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
   }
 
   float* logits = static_cast<float*>(p.logits.data);
-  const DenseWeight head = [&] {
-    DenseWeight d = dense_weight(m.lm_head);
-    d.N = m.vocab_size;  // the padding rows past the vocabulary are not logits
-    return d;
-  }();
+  DenseWeight head = dense_weight(m.lm_head);
+  head.N = m.vocab_size;  // the padding rows past the vocabulary are not logits
   if (p.every_position) {
     dense_cpu(head, y.data(), s.T, logits, m.vocab_size);
     return GC_OK;
   }
   std::vector<float> last(s.S * s.C);  // each sequence's last new token
-  for (int64_t i = 0, end = 0; i < s.S; ++i) {
-    end += len[i];
-    std::memcpy(last.data() + i * s.C, y.data() + (end - 1) * s.C, s.C * sizeof(float));
-  }
+  for (int64_t i = 0; i < s.S; ++i)
+    std::memcpy(last.data() + i * s.C, y.data() + (first_row[i + 1] - 1) * s.C, s.C * sizeof(float));
   dense_cpu(head, last.data(), s.S, logits, m.vocab_size);
   return GC_OK;
 }
