@@ -28,8 +28,11 @@ struct CachedHead {
   int64_t T_q, len;
 };
 
-// Every head in one OpenMP team (gc_attention_decode's CPU kernel, and gc_gpt_decode's attention).
+// Every head in one OpenMP team of its own (gc_attention_decode's CPU kernel).
 void attention_cached_heads_cpu(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal);
+// The same shared out over the enclosing team (gc_gpt_decode's attention): every thread calls it
+// with the same arguments; it returns when every head is done. Callers hold a SerialBlas.
+void attention_cached_heads_team(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal);
 
 #ifdef GPTCORE_WITH_CUDA
 gc_status attention_fwd_cuda(const gc_attention_fwd_params& p, const AttentionShape& s, void* stream);

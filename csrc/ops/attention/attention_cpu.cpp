@@ -345,19 +345,21 @@ gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionSha
   return GC_OK;
 }
 
+void attention_cached_heads_team(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal) {
+  const Dropout none{0.f, 0, 0};
+  FwdScratch w(D);
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t i = 0; i < count; ++i) {
+    const CachedHead& c = heads[i];
+    const Head h{c.q, c.k, c.v, c.T_q, c.len, D, causal, 0, nullptr, 0};
+    for (int64_t i0 = 0; i0 < c.T_q; i0 += kBQ) fwd_rows(h, i0, std::min(kBQ, c.T_q - i0), scale, none, c.out, nullptr, w);
+  }
+}
+
 void attention_cached_heads_cpu(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal) {
   const SerialBlas serial_blas;
-  const Dropout none{0.f, 0, 0};
 #pragma omp parallel if (count > 1)
-  {
-    FwdScratch w(D);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < count; ++i) {
-      const CachedHead& c = heads[i];
-      const Head h{c.q, c.k, c.v, c.T_q, c.len, D, causal, 0, nullptr, 0};
-      for (int64_t i0 = 0; i0 < c.T_q; i0 += kBQ) fwd_rows(h, i0, std::min(kBQ, c.T_q - i0), scale, none, c.out, nullptr, w);
-    }
-  }
+  attention_cached_heads_team(heads, count, D, scale, causal);
 }
 
 gc_status attention_decode_cpu(const gc_attention_decode_params& p, const AttentionShape& s) {

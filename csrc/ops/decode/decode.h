@@ -19,8 +19,13 @@ struct DenseWeight {
 
 DenseWeight dense_weight(const gc_dense& d);
 
-// y [M, ldy] (the first N columns) = x [M, K] w^T + bias.
+// y [M, ldy] (the first N columns) = x [M, K] w^T + bias, in an OpenMP team of its own.
 void dense_cpu(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy);
+
+// The same, then GELU (tanh) with `gelu`, shared out over the threads of the enclosing OpenMP team:
+// every thread of the team calls it with the same arguments, and it returns when y is complete
+// (a barrier). Outside a parallel region one thread does it all. Callers hold a SerialBlas.
+void dense_team(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, bool gelu);
 
 gc_status gpt_decode_cpu(const gc_gpt_decode_params& p);
 

@@ -147,40 +147,47 @@ GC_CPU_CLONES void convert_int8(const DenseWeight& d, int64_t n0, int64_t rows, 
   convert_rows<int8_t>(d, n0, rows, panel);
 }
 
-void stream(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy) {
+GC_CPU_CLONES void gelu_rows(float* x, int64_t count) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) x[i] = gelu_tanh_fast(x[i]);
+}
+
+void stream_team(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, bool gelu) {
   static const StreamFn kernels[3] = {pick_stream(GC_FLOAT32), pick_stream(GC_BFLOAT16), pick_stream(GC_INT8)};
   const StreamFn kernel = kernels[d.dtype == GC_FLOAT32 ? 0 : d.dtype == GC_BFLOAT16 ? 1 : 2];
   const int64_t tasks = (d.N + kStreamTask - 1) / kStreamTask;
-#pragma omp parallel for schedule(static) if (d.N * d.K >= 65536)
+#pragma omp for schedule(static)
   for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t n0 = t * kStreamTask;
-    kernel(d, x, M, y, ldy, n0, std::min(d.N, n0 + kStreamTask));
+    const int64_t n0 = t * kStreamTask, n1 = std::min(d.N, n0 + kStreamTask);
+    kernel(d, x, M, y, ldy, n0, n1);
+    if (gelu)  // while the task's outputs are in L1
+      for (int64_t m = 0; m < M; ++m) gelu_rows(y + m * ldy + n0, n1 - n0);
   }
 }
 
-void panels(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy) {
-  const SerialBlas serial_blas;
+void panels_team(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, bool gelu) {
   const int64_t count = (d.N + kPanelRows - 1) / kPanelRows;
-#pragma omp parallel
-  {
-    std::vector<float> panel(d.dtype == GC_FLOAT32 ? 0 : kPanelRows * d.K);
+  std::vector<float> panel(d.dtype == GC_FLOAT32 ? 0 : kPanelRows * d.K);
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t n0 = p * kPanelRows, rows = std::min(kPanelRows, d.N - n0);
-      const float* w = static_cast<const float*>(d.w) + n0 * d.K;
-      if (d.dtype != GC_FLOAT32) {
-        if (d.dtype == GC_BFLOAT16) convert_bf16(d, n0, rows, panel.data());
-        else convert_int8(d, n0, rows, panel.data());
-        w = panel.data();
-      }
-      sgemm(false, true, M, rows, d.K, 1.f, x, d.K, w, d.K, 0.f, y + n0, ldy);
+  for (int64_t p = 0; p < count; ++p) {
+    const int64_t n0 = p * kPanelRows, rows = std::min(kPanelRows, d.N - n0);
+    const float* w = static_cast<const float*>(d.w) + n0 * d.K;
+    if (d.dtype != GC_FLOAT32) {
+      if (d.dtype == GC_BFLOAT16) convert_bf16(d, n0, rows, panel.data());
+      else convert_int8(d, n0, rows, panel.data());
+      w = panel.data();
     }
+    sgemm(false, true, M, rows, d.K, 1.f, x, d.K, w, d.K, 0.f, y + n0, ldy);
   }
-  if (!d.bias) return;
-#pragma omp parallel for schedule(static) if (M * d.N >= 65536)
+  if (!d.bias && !gelu) return;
+#pragma omp for schedule(static)
   for (int64_t m = 0; m < M; ++m) {
+    float* row = y + m * ldy;
+    if (d.bias) {
 #pragma omp simd
-    for (int64_t n = 0; n < d.N; ++n) y[m * ldy + n] += d.bias[n];
+      for (int64_t n = 0; n < d.N; ++n) row[n] += d.bias[n];
+    }
+    if (gelu) gelu_rows(row, d.N);
   }
 }
 
@@ -191,9 +198,15 @@ DenseWeight dense_weight(const gc_dense& d) {
                      static_cast<const float*>(d.bias.data), d.weight.shape[0], d.weight.shape[1]};
 }
 
+void dense_team(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, bool gelu) {
+  if (M <= GC_DENSE_STREAM_ROWS) stream_team(d, x, M, y, ldy, gelu);
+  else panels_team(d, x, M, y, ldy, gelu);
+}
+
 void dense_cpu(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy) {
-  if (M <= GC_DENSE_STREAM_ROWS) stream(d, x, M, y, ldy);
-  else panels(d, x, M, y, ldy);
+  const SerialBlas serial_blas;
+#pragma omp parallel if (M > GC_DENSE_STREAM_ROWS || d.N * d.K >= 65536)
+  dense_team(d, x, M, y, ldy, false);
 }
 
 }  // namespace gc

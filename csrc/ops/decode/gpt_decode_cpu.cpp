@@ -3,12 +3,13 @@
 // then the final LN and the logits of the rows asked for. Activations are float32 rows, one per
 // new token ([n_tokens, C], the sequences one after another); the products go through dense_cpu,
 // attention and layer norm through the same CPU kernels as gc_attention_decode and
-// gc_layer_norm_fwd.
+// gc_layer_norm_fwd. The whole call is one OpenMP team: a decode step's ~60 pieces of work each
+// end in a barrier, not in a thread team's fork and join (which cost ~15% of a GPT-2 step).
 #include <cmath>
 #include <cstring>
 #include <vector>
 
-#include "common/cpu_math.h"
+#include "common/cpu_blas.h"
 #include "ops/attention/attention.h"
 #include "ops/decode/decode.h"
 #include "ops/layer_norm/layer_norm.h"
@@ -25,7 +26,7 @@ struct Shapes {
   int64_t C, H, D, F, slots, max_len, S, T;
 };
 
-// y = LN(x) with the layer's weights; with residual: x += residual first (x keeps the sum). y may
+// y = LN(x) with the layer's weights (called by every thread of the team); with residual: x += residual first (x keeps the sum). y may
 // be residual itself (read before y is written, row by row).
 void layer_norm(float* x, const float* residual, const gc_tensor& weight, const gc_tensor& bias, float eps, float* y,
                 std::vector<float>& stats, const Shapes& s) {
@@ -42,12 +43,13 @@ void layer_norm(float* x, const float* residual, const gc_tensor& weight, const 
   p.mean = gc_make_tensor(stats.data(), GC_FLOAT32, GC_CPU, 0, 1, n);
   p.rstd = gc_make_tensor(stats.data() + s.T, GC_FLOAT32, GC_CPU, 0, 1, n);
   p.eps = eps;
-  layer_norm_fwd_cpu(p, s.T, s.C);
+  layer_norm_fwd_team(p, s.T, s.C);
 }
 
-// Each sequence's new keys and values into its cache slot, then every head of every sequence in
-// one team: its queries over the slot's positions up to their own. q_heads and out_heads hold the
-// heads' rows contiguous ([H, n, D] per sequence, the sequences one after another).
+// Each sequence's new keys and values into its cache slot, then every head of every sequence
+// shared out over the team: its queries over the slot's positions up to their own. q_heads and
+// out_heads hold the heads' rows contiguous ([H, n, D] per sequence, the sequences one after
+// another). Called by every thread of the team.
 void attend(const gc_gpt_decode_params& p, int64_t layer, const float* qkv, float* out, const Shapes& s,
             const std::vector<int64_t>& first_row, std::vector<float>& q_heads, std::vector<float>& out_heads,
             std::vector<CachedHead>& heads) {
@@ -57,22 +59,16 @@ void attend(const gc_gpt_decode_params& p, int64_t layer, const float* qkv, floa
   const int64_t C = s.C, D = s.D, H = s.H, slot_size = H * s.max_len * D;
   float* k_layer = static_cast<float*>(p.k_cache.data) + layer * s.slots * slot_size;
   float* v_layer = static_cast<float*>(p.v_cache.data) + layer * s.slots * slot_size;
-  heads.clear();
-  for (int64_t i = 0; i < s.S; ++i) {
-    const int64_t n = len[i], row0 = first_row[i];
-    const float* k = k_layer + slot[i] * slot_size;
-    const float* v = v_layer + slot[i] * slot_size;
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t at = row0 * C + h * n * D;
-      heads.push_back(CachedHead{q_heads.data() + at, k + h * s.max_len * D, v + h * s.max_len * D,
-                                 out_heads.data() + at, n, start[i] + n});
-    }
-  }
-#pragma omp parallel for schedule(static) if (s.T * C >= 65536)
+#pragma omp for schedule(static)
   for (int64_t i = 0; i < s.S; ++i) {
     const int64_t n = len[i], row0 = first_row[i];
     float* k = k_layer + slot[i] * slot_size;
     float* v = v_layer + slot[i] * slot_size;
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t at = row0 * C + h * n * D;
+      heads[i * H + h] = CachedHead{q_heads.data() + at, k + h * s.max_len * D, v + h * s.max_len * D,
+                                    out_heads.data() + at, n, start[i] + n};
+    }
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t h = 0; h < H; ++h) {
         const float* row = qkv + (row0 + t) * 3 * C + h * D;
@@ -82,25 +78,14 @@ void attend(const gc_gpt_decode_params& p, int64_t layer, const float* qkv, floa
       }
     }
   }
-  attention_cached_heads_cpu(heads.data(), static_cast<int64_t>(heads.size()), D,
-                             1.f / std::sqrt(static_cast<float>(D)), true);
-#pragma omp parallel for schedule(static) if (s.T * C >= 65536)
+  attention_cached_heads_team(heads.data(), s.S * H, D, 1.f / std::sqrt(static_cast<float>(D)), true);
+#pragma omp for schedule(static)
   for (int64_t i = 0; i < s.S; ++i) {
     const int64_t n = len[i], row0 = first_row[i];
     for (int64_t t = 0; t < n; ++t)
       for (int64_t h = 0; h < H; ++h)
         std::memcpy(out + (row0 + t) * C + h * D, out_heads.data() + row0 * C + (h * n + t) * D, D * sizeof(float));
   }
-}
-
-GC_CPU_CLONES void gelu_rows(float* x, int64_t count) {
-#pragma omp simd
-  for (int64_t i = 0; i < count; ++i) x[i] = gelu_tanh_fast(x[i]);
-}
-
-void gelu(float* x, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
-  for (int64_t r = 0; r < rows; ++r) gelu_rows(x + r * cols, cols);
 }
 
 }  // namespace
@@ -129,44 +114,47 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
     for (int64_t t = 0; t < len[i]; ++t) position[first_row[i] + t] = start[i] + t;
   }
   std::vector<float> x(s.T * s.C), y(s.T * s.C), qkv(s.T * 3 * s.C), hidden(s.T * s.F), stats(2 * s.T);
-  std::vector<float> q_heads(s.T * s.C), out_heads(s.T * s.C);
-  std::vector<CachedHead> heads;
-
-#pragma omp parallel for schedule(static) if (s.T * s.C >= 65536)
-  for (int64_t r = 0; r < s.T; ++r) {
-    const float* te = wte + tokens[r] * s.C;
-    const float* pe = wpe + position[r] * s.C;
-    for (int64_t c = 0; c < s.C; ++c) x[r * s.C + c] = te[c] + pe[c];
-  }
-  layer_norm(x.data(), nullptr, m.layers[0].ln_1_weight, m.layers[0].ln_1_bias, m.layer_norm_eps, y.data(), stats, s);
-  for (int64_t l = 0; l < m.n_layer; ++l) {
-    const gc_gpt_layer& layer = m.layers[l];
-    dense_cpu(dense_weight(layer.attn_qkv), y.data(), s.T, qkv.data(), 3 * s.C);
-    attend(p, l, qkv.data(), y.data(), s, first_row, q_heads, out_heads, heads);
-    // y: attention heads -> projection (into the free qkv buffer) -> x += it, y = LN2(x)
-    dense_cpu(dense_weight(layer.attn_proj), y.data(), s.T, qkv.data(), s.C);
-    layer_norm(x.data(), qkv.data(), layer.ln_2_weight, layer.ln_2_bias, m.layer_norm_eps, y.data(), stats, s);
-    dense_cpu(dense_weight(layer.mlp_fc), y.data(), s.T, hidden.data(), s.F);
-    gelu(hidden.data(), s.T, s.F);
-    dense_cpu(dense_weight(layer.mlp_proj), hidden.data(), s.T, qkv.data(), s.C);
-    // x += MLP out; y = the next layer's LN1 of it, or the final LN
-    const bool last = l + 1 == m.n_layer;
-    const gc_tensor& w = last ? m.ln_f_weight : m.layers[l + 1].ln_1_weight;
-    const gc_tensor& b = last ? m.ln_f_bias : m.layers[l + 1].ln_1_bias;
-    layer_norm(x.data(), qkv.data(), w, b, m.layer_norm_eps, y.data(), stats, s);
-  }
-
+  std::vector<float> q_heads(s.T * s.C), out_heads(s.T * s.C), last(s.S * s.C);
+  std::vector<CachedHead> heads(s.S * s.H);
   float* logits = static_cast<float*>(p.logits.data);
   DenseWeight head = dense_weight(m.lm_head);
   head.N = m.vocab_size;  // the padding rows past the vocabulary are not logits
-  if (p.every_position) {
-    dense_cpu(head, y.data(), s.T, logits, m.vocab_size);
-    return GC_OK;
+  const SerialBlas serial_blas;
+
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < s.T; ++r) {
+      const float* te = wte + tokens[r] * s.C;
+      const float* pe = wpe + position[r] * s.C;
+      for (int64_t c = 0; c < s.C; ++c) x[r * s.C + c] = te[c] + pe[c];
+    }
+    layer_norm(x.data(), nullptr, m.layers[0].ln_1_weight, m.layers[0].ln_1_bias, m.layer_norm_eps, y.data(), stats,
+               s);
+    for (int64_t l = 0; l < m.n_layer; ++l) {
+      const gc_gpt_layer& layer = m.layers[l];
+      dense_team(dense_weight(layer.attn_qkv), y.data(), s.T, qkv.data(), 3 * s.C, false);
+      attend(p, l, qkv.data(), y.data(), s, first_row, q_heads, out_heads, heads);
+      // y: attention heads -> projection (into the free qkv buffer) -> x += it, y = LN2(x)
+      dense_team(dense_weight(layer.attn_proj), y.data(), s.T, qkv.data(), s.C, false);
+      layer_norm(x.data(), qkv.data(), layer.ln_2_weight, layer.ln_2_bias, m.layer_norm_eps, y.data(), stats, s);
+      dense_team(dense_weight(layer.mlp_fc), y.data(), s.T, hidden.data(), s.F, true);
+      dense_team(dense_weight(layer.mlp_proj), hidden.data(), s.T, qkv.data(), s.C, false);
+      // x += MLP out; y = the next layer's LN1 of it, or the final LN
+      const bool final = l + 1 == m.n_layer;
+      const gc_tensor& w = final ? m.ln_f_weight : m.layers[l + 1].ln_1_weight;
+      const gc_tensor& b = final ? m.ln_f_bias : m.layers[l + 1].ln_1_bias;
+      layer_norm(x.data(), qkv.data(), w, b, m.layer_norm_eps, y.data(), stats, s);
+    }
+    if (p.every_position) {
+      dense_team(head, y.data(), s.T, logits, m.vocab_size, false);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < s.S; ++i)  // each sequence's last new token
+        std::memcpy(last.data() + i * s.C, y.data() + (first_row[i + 1] - 1) * s.C, s.C * sizeof(float));
+      dense_team(head, last.data(), s.S, logits, m.vocab_size, false);
+    }
   }
-  std::vector<float> last(s.S * s.C);  // each sequence's last new token
-  for (int64_t i = 0; i < s.S; ++i)
-    std::memcpy(last.data() + i * s.C, y.data() + (first_row[i + 1] - 1) * s.C, s.C * sizeof(float));
-  dense_cpu(head, last.data(), s.S, logits, m.vocab_size);
   return GC_OK;
 }
 

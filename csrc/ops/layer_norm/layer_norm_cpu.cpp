@@ -79,6 +79,12 @@ void bwd_row(const float* dy, const float* x, const float* w, const float* dsum,
 }  // namespace
 
 gc_status layer_norm_fwd_cpu(const gc_layer_norm_fwd_params& p, int64_t rows, int64_t C) {
+#pragma omp parallel if (rows * C > 32768)
+  layer_norm_fwd_team(p, rows, C);
+  return GC_OK;
+}
+
+void layer_norm_fwd_team(const gc_layer_norm_fwd_params& p, int64_t rows, int64_t C) {
   const float* x = static_cast<const float*>(p.x.data);
   const float* residual = static_cast<const float*>(p.residual.data);
   const float* w = static_cast<const float*>(p.weight.data);
@@ -87,7 +93,7 @@ gc_status layer_norm_fwd_cpu(const gc_layer_norm_fwd_params& p, int64_t rows, in
   float* sum = residual ? static_cast<float*>(p.sum.data) : nullptr;
   float* mean = static_cast<float*>(p.mean.data);
   float* rstd = static_cast<float*>(p.rstd.data);
-#pragma omp parallel for schedule(static) if (rows * C > 32768)
+#pragma omp for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * C;
     if (r + 1 < rows) prefetch_row(x + o + C, C);
@@ -95,7 +101,6 @@ gc_status layer_norm_fwd_cpu(const gc_layer_norm_fwd_params& p, int64_t rows, in
     fwd_row(x + o, residual ? residual + o : nullptr, w, b, y + o, sum ? sum + o : nullptr, mean + r, rstd + r, C,
             p.eps);
   }
-  return GC_OK;
 }
 
 gc_status layer_norm_bwd_cpu(const gc_layer_norm_bwd_params& p, int64_t rows, int64_t C, float* partials) {
