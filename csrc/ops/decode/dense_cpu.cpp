@@ -9,8 +9,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -41,6 +43,44 @@ inline float to_float(uint16_t w) {  // bfloat16: the high half of a float32
 }
 inline float to_float(int8_t w) { return static_cast<float>(w); }
 
+// int8 weights are multiplied in integers: each row of x rounded to int16 per block of kXBlock
+// values (scale max|x| / 32767 per block, so |x - q scale| <= 2^-16 of the block's largest |x|,
+// ~1/256 of the int8 weights' own rounding), the products of a block summed exactly in int32
+// (|sum| <= 256 * 128 * 32767 < 2^31), then scaled. One multiply-add instruction does 32
+// weights (AVX-512 VNNI's vpdpwssd) where converting them to float32 took three per 16.
+constexpr int64_t kXBlock = 256;
+
+struct XInt16 {
+  std::vector<int16_t> q;    // [M, K]
+  std::vector<float> scale;  // [M, blocks]: x ~= q * scale block by block
+  int64_t blocks = 0;
+};
+
+// A block holding an infinity or NaN gets a NaN scale, so the outputs it reaches are NaN as they
+// would be in float32 (its q are 0).
+GC_CPU_CLONES void quantize_x(const float* x, int64_t M, int64_t K, XInt16& out) {
+  out.blocks = (K + kXBlock - 1) / kXBlock;
+  out.q.resize(M * K);
+  out.scale.resize(M * out.blocks);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < out.blocks; ++b) {
+      const int64_t k0 = b * kXBlock, k1 = std::min(K, k0 + kXBlock);
+      const float* v = x + m * K;
+      float amax = 0.f, poison = 0.f;  // poison: NaN when any value is not finite (inf * 0 = NaN)
+#pragma omp simd reduction(max : amax) reduction(+ : poison)
+      for (int64_t k = k0; k < k1; ++k) {
+        amax = std::max(amax, std::fabs(v[k]));
+        poison += v[k] * 0.f;
+      }
+      const bool finite = poison == 0.f && amax <= 3.4e38f;
+      const float inv = finite && amax > 0.f ? 32767.f / amax : 0.f;
+      int16_t* q = out.q.data() + m * K;
+#pragma omp simd
+      for (int64_t k = k0; k < k1; ++k) q[k] = static_cast<int16_t>(std::clamp(std::nearbyint(v[k] * inv), -32767.f, 32767.f));
+      out.scale[m * out.blocks + b] = finite ? amax / 32767.f : std::numeric_limits<float>::quiet_NaN();
+    }
+}
+
 // Any CPU: eight lanes in GCC's vector extension (the compiler picks the registers).
 namespace generic {
 typedef float V __attribute__((vector_size(32)));
@@ -57,7 +97,25 @@ inline V load(const W* p) {
 inline V load_x(const float* p) { return load(p); }
 inline V fma(V a, V b, V acc) { return a * b + acc; }
 inline V add(V a, V b) { return a + b; }
+inline V splat(float s) { return V{} + s; }
 inline float reduce(V v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+constexpr int kPairs16 = 2 * kWidth;
+typedef int32_t VI __attribute__((vector_size(32)));
+struct W16 {
+  int16_t v[kPairs16];
+};
+inline VI izero() { return VI{}; }
+inline W16 load_w16(const int8_t* p) {
+  W16 w;
+  for (int j = 0; j < kPairs16; ++j) w.v[j] = p[j];
+  return w;
+}
+inline VI dot16(VI acc, const W16& w, const int16_t* x) {
+  for (int j = 0; j < kWidth; ++j) acc[j] += w.v[2 * j] * x[2 * j] + w.v[2 * j + 1] * x[2 * j + 1];
+  return acc;
+}
+inline VI iadd(VI a, VI b) { return a + b; }
+inline V to_ps(VI v) { return __builtin_convertvector(v, V); }
 #include "ops/decode/dense_stream.inl"
 }  // namespace generic
 
@@ -73,10 +131,20 @@ inline V load(const float* p) { return _mm256_loadu_ps(p); }
 inline V load(const uint16_t* p) {  // bfloat16 -> the high halves of float32 lanes
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
-inline V load(const int8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
 inline V load_x(const float* p) { return _mm256_loadu_ps(p); }
 inline V fma(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
 inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+inline V splat(float s) { return _mm256_set1_ps(s); }
+constexpr int kPairs16 = 16;
+using VI = __m256i;
+using W16 = __m256i;
+inline VI izero() { return _mm256_setzero_si256(); }
+inline W16 load_w16(const int8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p)); }
+inline VI dot16(VI acc, W16 w, const int16_t* x) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i*)x)));
+}
+inline VI iadd(VI a, VI b) { return _mm256_add_epi32(a, b); }
+inline V to_ps(VI v) { return _mm256_cvtepi32_ps(v); }
 inline float reduce(V v) {  // 8 -> 4 -> 2 -> 1 lanes
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -87,7 +155,7 @@ inline float reduce(V v) {  // 8 -> 4 -> 2 -> 1 lanes
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,fma")
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on its own AVX-512 intrinsics' headers
 namespace avx512 {
@@ -98,33 +166,39 @@ inline V load(const float* p) { return _mm512_loadu_ps(p); }
 inline V load(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
-inline V load(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
 inline V load_x(const float* p) { return _mm512_loadu_ps(p); }
 inline V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
 inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+inline V splat(float s) { return _mm512_set1_ps(s); }
 inline float reduce(V v) { return _mm512_reduce_add_ps(v); }
+constexpr int kPairs16 = 32;
+using VI = __m512i;
+using W16 = __m512i;
+inline VI izero() { return _mm512_setzero_si512(); }
+inline W16 load_w16(const int8_t* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)p)); }
+inline VI dot16(VI acc, W16 w, const int16_t* x) { return _mm512_dpwssd_epi32(acc, w, _mm512_loadu_si512(x)); }
+inline VI iadd(VI a, VI b) { return _mm512_add_epi32(a, b); }
+inline V to_ps(VI v) { return _mm512_cvtepi32_ps(v); }
 #include "ops/decode/dense_stream.inl"
 }  // namespace avx512
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 
-using StreamFn = void (*)(const DenseWeight&, const float*, int64_t, float*, int64_t, int64_t, int64_t);
+using StreamFn = void (*)(const DenseWeight&, const float*, const XInt16&, int64_t, float*, int64_t, int64_t, int64_t);
 
-// The kernel for weights of `dtype`: AVX-512 where the CPU has it, except for int8, whose 16-lane
-// widening (vpmovsxbd to a 512-bit register) measured half the rate of AVX2's 8-lane one on a Zen 4
-// EPYC (bench/RESULTS.md); AVX2; else the generic one. GPTCORE_CPU_KERNELS=avx512|avx2|generic
-// asks for one instruction set for every dtype (falling back when the CPU lacks it), to compare them.
-StreamFn pick_stream(int32_t dtype) {
+// The kernel for every dtype: AVX-512 (with VNNI, for int8's vpdpwssd) where the CPU has it, else
+// AVX2, else the generic one. GPTCORE_CPU_KERNELS=avx512|avx2|generic asks for one instruction set
+// (falling back when the CPU lacks it), to compare them.
+StreamFn pick_stream() {
   const char* env = std::getenv("GPTCORE_CPU_KERNELS");
   const std::string want = env ? env : "";
 #ifdef GC_X86_KERNELS
   __builtin_cpu_init();
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl");
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool prefer512 = want.empty() ? dtype != GC_INT8 : want == "avx512";
-  if (has512 && prefer512) return avx512::stream;
+  if (has512 && (want.empty() || want == "avx512")) return avx512::stream;
   if (has2 && want != "generic") return avx2::stream;
 #endif
   return generic::stream;
@@ -153,13 +227,14 @@ GC_CPU_CLONES void gelu_rows(float* x, int64_t count) {
 }
 
 void stream_team(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, bool gelu) {
-  static const StreamFn kernels[3] = {pick_stream(GC_FLOAT32), pick_stream(GC_BFLOAT16), pick_stream(GC_INT8)};
-  const StreamFn kernel = kernels[d.dtype == GC_FLOAT32 ? 0 : d.dtype == GC_BFLOAT16 ? 1 : 2];
+  static const StreamFn kernel = pick_stream();
+  thread_local XInt16 xq;  // each thread rounds x itself: cheaper than a barrier
+  if (d.dtype == GC_INT8) quantize_x(x, M, d.K, xq);
   const int64_t tasks = (d.N + kStreamTask - 1) / kStreamTask;
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t n0 = t * kStreamTask, n1 = std::min(d.N, n0 + kStreamTask);
-    kernel(d, x, M, y, ldy, n0, n1);
+    kernel(d, x, xq, M, y, ldy, n0, n1);
     if (gelu)  // while the task's outputs are in L1
       for (int64_t m = 0; m < M; ++m) gelu_rows(y + m * ldy + n0, n1 - n0);
   }

@@ -1,9 +1,13 @@
 // The streaming kernel of dense_cpu.cpp, written once over a vector type and included once per
 // instruction set, each time inside that set's `#pragma GCC target` region and namespace, after
 // the namespace has defined:
-//   kWidth: lanes of V;  V zero();  V load(const float* / const uint16_t* / const int8_t*): kWidth
-//   weights as float32;  V load_x(const float*);  V fma(V a, V b, V acc) = a * b + acc;
-//   V add(V, V);  float reduce(V): the sum of the lanes, in a fixed order.
+//   kWidth: lanes of V;  V zero();  V load(const float* / const uint16_t*): kWidth weights as
+//   float32;  V load_x(const float*);  V fma(V a, V b, V acc) = a * b + acc;  V add(V, V);
+//   V splat(float);  float reduce(V): the sum of the lanes, in a fixed order;
+//   and for int8 weights: kPairs16: int16 values a W16 holds (2 * kWidth);  VI: kWidth int32 lanes;
+//   VI izero();  W16 load_w16(const int8_t*): kPairs16 weights widened to int16;
+//   VI dot16(VI acc, W16 w, const int16_t* x): acc[j] += w[2j] x[2j] + w[2j+1] x[2j+1];
+//   VI iadd(VI, VI);  V to_ps(VI).
 // Not a header: no include guard, no includes of its own.
 
 constexpr int kAcc = 4;                     // independent accumulators per row
@@ -46,8 +50,49 @@ void stream_rows(const DenseWeight& d, const float* x, int64_t M, float* y, int6
   }
 }
 
-void stream(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+// The int8 weight row wr . x row m as rounded to int16 (XInt16, stride K): each block of kXBlock
+// products summed exactly in int32 lanes (four chains of multiply-adds in flight), then scaled by
+// the block's x scale into float32 lanes. One weight row at a time: interleaving the loads of
+// several rows measured half the memory read rate. The order depends on K alone.
+inline __attribute__((always_inline)) float dot_int8(const int8_t* wr, const XInt16& x, int64_t m, int64_t K) {
+  V acc = zero();
+  float tail = 0.f;
+  const int16_t* xr = x.q.data() + m * K;
+  for (int64_t b = 0; b < x.blocks; ++b) {
+    const int64_t k0 = b * kXBlock, k1 = std::min(K, k0 + kXBlock);
+    VI p0 = izero(), p1 = izero(), p2 = izero(), p3 = izero();
+    int64_t k = k0;
+    for (; k + 4 * kPairs16 <= k1; k += 4 * kPairs16) {
+      p0 = dot16(p0, load_w16(wr + k), xr + k);
+      p1 = dot16(p1, load_w16(wr + k + kPairs16), xr + k + kPairs16);
+      p2 = dot16(p2, load_w16(wr + k + 2 * kPairs16), xr + k + 2 * kPairs16);
+      p3 = dot16(p3, load_w16(wr + k + 3 * kPairs16), xr + k + 3 * kPairs16);
+    }
+    for (; k + kPairs16 <= k1; k += kPairs16) p0 = dot16(p0, load_w16(wr + k), xr + k);
+    const float s = x.scale[m * x.blocks + b];
+    acc = fma(to_ps(iadd(iadd(p0, p1), iadd(p2, p3))), splat(s), acc);
+    if (k < k1) {  // K's last few values: a block ends on a multiple of kPairs16 otherwise
+      int32_t rest = 0;
+      for (; k < k1; ++k) rest += static_cast<int32_t>(wr[k]) * xr[k];
+      tail += static_cast<float>(rest) * s;
+    }
+  }
+  return reduce(acc) + tail;
+}
+
+void stream_rows_int8(const DenseWeight& d, const XInt16& x, int64_t M, float* y, int64_t ldy, int64_t n0,
+                      int64_t n1) {
+  const int8_t* w = static_cast<const int8_t*>(d.w);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float b = d.bias ? d.bias[n] : 0.f;
+    for (int64_t m = 0; m < M; ++m)  // the weight row stays in L1 for the next x row
+      y[m * ldy + n] = dot_int8(w + n * d.K, x, m, d.K) * d.scale[n] + b;
+  }
+}
+
+void stream(const DenseWeight& d, const float* x, const XInt16& xq, int64_t M, float* y, int64_t ldy, int64_t n0,
+            int64_t n1) {
   if (d.dtype == GC_FLOAT32) stream_rows<float>(d, x, M, y, ldy, n0, n1);
   else if (d.dtype == GC_BFLOAT16) stream_rows<uint16_t>(d, x, M, y, ldy, n0, n1);
-  else stream_rows<int8_t>(d, x, M, y, ldy, n0, n1);
+  else stream_rows_int8(d, xq, M, y, ldy, n0, n1);
 }
