@@ -23,12 +23,15 @@ Timing: whole `generate` calls, wall clock (CUDA synchronized), N new tokens and
 medians. tok/s = B * N / t_N (prefill included); decode tok/s = B * (N - 1) / (t_N - t_1).
 
 The batch-1 row also gets the memory-bandwidth bound: the bytes of the weights one decode step
-reads (on the CPU the core's stored matrices, scales and biases; else all but the position table
-and the embedding's padding rows) over the bandwidth measured in the same run, before and after
-the timing (the larger): on a GPU the copy bandwidth (y.copy_(x) of --copy-mib MiB, bytes read +
-written), on a CPU the read bandwidth (the fastest of x.sum(), x.amax() and dot(x, x) over
---copy-mib MiB of float32: a decode step streams its weights in, it writes little). On the CPU a
-prefill of one --prefill-len prompt in the core is also set against the machine's fp32 GEMM rate.
+reads (on the CPU what the core streams: its stored matrices, scales, biases and layer norms; else
+all but the position table and the embedding's padding rows) over the memory rate probed in the
+same rounds as the candidates (bandwidth_probes): on a GPU the copy rate (y.copy_(x) of --copy-mib
+MiB, bytes read + written), on a CPU the read rate (the fastest of x.sum() and dot(x, x) over
+--copy-mib MiB of float32, in plain memory and in 2 MiB pages: a decode step streams its weights
+in, it writes little). Each round's bound is its fastest probe; the fraction reported is the median
+over rounds of that round's bound over that round's decode step (the machine's rate drifts). On the
+CPU a prefill of one --prefill-len prompt in the core is also set against the machine's fp32 GEMM
+rate.
 
     python bench/bench_generate.py                          # CPU, GPT-2 124M shape, batch 1 4 16 64,
                                                             # P 32, N 64, fp32/bf16/int8, 3 rounds
@@ -59,7 +62,7 @@ import torch
 import gptcore
 from bench_ops import _MALLOC_ENV, pin_threads
 from gptcore import convert
-from gptcore.core_decoder import WEIGHT_FORMATS, CoreDecoder, dequantize, quantize
+from gptcore.core_decoder import WEIGHT_FORMATS, CoreDecoder, dequantize, huge_page_buffer, quantize
 from gptcore.generate import Engine, Generator
 from gptcore.model import GPT, PRESETS, GPTConfig
 
@@ -230,26 +233,29 @@ def quantized_reference(model, weights: str):
     return reference
 
 
-def copy_bandwidth(device: torch.device, mib: int, reps: int = 10, copies: int = 10) -> float:
-    """Bytes read + written per second by y.copy_(x) of mib MiB: the median of reps timings of
-    `copies` back-to-back copies (so one synchronize is small beside the work it closes)."""
-    x = torch.empty(mib * 2**20, dtype=torch.uint8, device=device).fill_(1)
-    y = torch.empty_like(x)
+def bandwidth_probes(device: torch.device, mib: int, copies: int = 10) -> list[tuple[str, Callable[[], object], int]]:
+    """(name, fn, bytes it moves) of the memory-rate probes timed in the batch-1 rounds. On a GPU
+    `copies` back-to-back y.copy_(x) of mib MiB (bytes read + written; one synchronize is small
+    beside them). On a CPU x.sum() and dot(x, x) of mib MiB of float32 (bytes read), in plain
+    memory and in 2 MiB pages (core_decoder.huge_page_buffer, where the core keeps its weights):
+    a decode step streams its weights in and writes little, and the bound must not be a slower
+    kind of memory than the one the core reads."""
+    if device.type == "cuda":
+        x = torch.empty(mib * 2**20, dtype=torch.uint8, device=device).fill_(1)
+        y = torch.empty_like(x)
 
-    def run():
-        for _ in range(copies):
-            y.copy_(x)
+        def run():
+            for _ in range(copies):
+                y.copy_(x)
 
-    (times,) = round_times([run], device, 1, reps)
-    return 2 * x.numel() * copies / statistics.median(times)
-
-
-def read_bandwidth(device: torch.device, mib: int, reps: int = 10) -> float:
-    """Bytes read per second by the fastest of PyTorch's streaming reductions over mib MiB of float32
-    (x.sum(), x.amax(), torch.dot(x, x): each reads x once), interleaved, medians."""
-    x = torch.ones(mib * 2**18, dtype=torch.float32, device=device)
-    times = round_times([lambda: x.sum(), lambda: x.amax(), lambda: torch.dot(x, x)], device, 1, reps)
-    return x.numel() * 4 / min(statistics.median(t) for t in times)
+        return [("copy", run, 2 * x.numel() * copies)]
+    plain = torch.ones(mib * 2**18, dtype=torch.float32)
+    huge = huge_page_buffer(mib * 2**20).view(torch.float32).fill_(1)
+    return [
+        (f"{fn} {kind}", (lambda x=x, fn=fn: x.sum() if fn == "sum" else torch.dot(x, x)), mib * 2**20)
+        for kind, x in (("plain", plain), ("huge pages", huge))
+        for fn in ("sum", "dot")
+    ]
 
 
 def main() -> None:
@@ -427,17 +433,14 @@ def main() -> None:
     if args.validate_only:
         return
     bandwidth_kind = "copy" if on_cuda else "read"
-    bw = copy_bandwidth(device, args.copy_mib) if on_cuda else read_bandwidth(device, args.copy_mib)
+    probes = bandwidth_probes(device, args.copy_mib)
     # One decode step reads every weight except the position table (one row) and the embedding's padding rows.
     unread = cfg.n_positions + cfg.padded_vocab_size - cfg.vocab_size
     weight_elems = cfg.num_parameters - unread * cfg.n_embd
     step_bytes = {name: weight_elems * dtype.itemsize for name in candidates}
     for name, candidate in candidates.items():
-        if candidate.engine.core is not None:  # its matrices (converted), scales and biases
+        if candidate.engine.core is not None:  # its matrices (converted), scales, biases and norms
             step_bytes[name] = candidate.engine.core.read_bytes
-    if bw:
-        how = "y.copy_(x), read + write" if on_cuda else "the fastest of x.sum(), x.amax(), dot(x, x): read"
-        print(f"{bandwidth_kind} bandwidth before timing: {bw / 1e9:.1f} GB/s ({how}, {args.copy_mib} MiB)", flush=True)
 
     rows = []
     for B in batches:
@@ -456,6 +459,8 @@ def main() -> None:
         for n in (N, 1):
             for name in names:
                 fns[f"{name} {n}"] = hf_fn(n) if name == "HF" else ours_fn(candidates[name], n)
+        if B == 1:  # the memory rate in the same rounds: the machine's drifts (shared hosts)
+            fns.update({f"probe {probe}": fn for probe, fn, _ in probes})
         times = dict(zip(fns, round_times(list(fns.values()), device, args.warmup, args.rounds)))
         row = dict(batch=B, round_seconds=times)
         for name in names:
@@ -469,20 +474,22 @@ def main() -> None:
             )
         for name in candidates if time_hf else ():
             row[name]["speedup_vs_hf"] = row[name]["tokens_per_s"] / row["HF"]["tokens_per_s"]
+        if B == 1:
+            # Each round's bound (its fastest probe) against that round's decode step; medians.
+            rates = [max(size / times[f"probe {probe}"][r] for probe, _, size in probes) for r in range(args.rounds)]
+            row["bandwidth_bytes_per_s"] = rates
+            for name in candidates:
+                bounds = [step_bytes[name] / rate * 1e3 for rate in rates]
+                steps = [(times[f"{name} {N}"][r] - times[f"{name} 1"][r]) / (N - 1) * 1e3 for r in range(args.rounds)]
+                row[name]["bandwidth"] = dict(
+                    weight_bytes=step_bytes[name],
+                    bytes_per_s=statistics.median(rates),
+                    bound_ms_per_token=statistics.median(bounds),
+                    bound_tokens_per_s=1e3 / statistics.median(bounds),
+                    percent_of_bound=statistics.median(100 * b / t for b, t in zip(bounds, steps)),
+                )
         rows.append(row)
         print(f"timed batch {B}", flush=True)
-
-    if bw:  # the larger of before and after: the machine's rate drifts (shared hosts)
-        bw = max(bw, copy_bandwidth(device, args.copy_mib) if on_cuda else read_bandwidth(device, args.copy_mib))
-    for row in rows:
-        for name in candidates if bw and row["batch"] == 1 else ():
-            bound_ms = step_bytes[name] / bw * 1e3
-            row[name]["bandwidth"] = dict(
-                weight_bytes=step_bytes[name],
-                bound_ms_per_token=bound_ms,
-                bound_tokens_per_s=1e3 / bound_ms,
-                percent_of_bound=100 * bound_ms / row[name]["decode_ms_per_step"],
-            )
 
     prefill = None
     if not on_cuda and args.prefill_len:
@@ -514,10 +521,10 @@ def main() -> None:
             if "bandwidth" in r[n]:
                 b = r[n]["bandwidth"]
                 print(
-                    f"batch 1, {n}: {b['weight_bytes'] / 1e9:.3f} GB read per step / {bw / 1e9:.1f} GB/s"
-                    f" {bandwidth_kind} bandwidth = bound {b['bound_ms_per_token']:.2f} ms/token"
-                    f" ({b['bound_tokens_per_s']:.1f} tok/s); measured {r[n]['decode_ms_per_step']:.2f} ms/token ="
-                    f" {b['percent_of_bound']:.0f}% of the bound"
+                    f"batch 1, {n}: {b['weight_bytes'] / 1e9:.3f} GB read per step / {b['bytes_per_s'] / 1e9:.1f}"
+                    f" GB/s {bandwidth_kind} bandwidth = bound {b['bound_ms_per_token']:.2f} ms/token"
+                    f" ({b['bound_tokens_per_s']:.1f} tok/s); measured {r[n]['decode_ms_per_step']:.2f} ms/token;"
+                    f" {b['percent_of_bound']:.0f}% of the bound (median over rounds of each round's bound / step)"
                 )
     if prefill:
         print(
@@ -552,8 +559,8 @@ def main() -> None:
                 tie_atol=tie_atol,
             ),
             validation=validations,
-            bandwidth_bytes_per_s=bw,
             bandwidth_kind=bandwidth_kind,
+            bandwidth_probes=[probe for probe, _, _ in probes],
             weight_bytes_per_step=step_bytes,
             results=rows,
             prefill=prefill,

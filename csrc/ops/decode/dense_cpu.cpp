@@ -99,6 +99,9 @@ inline V fma(V a, V b, V acc) { return a * b + acc; }
 inline V add(V a, V b) { return a + b; }
 inline V splat(float s) { return V{} + s; }
 inline float reduce(V v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+inline void reduce4(V a, V b, V c, V d, float out[4]) {
+  out[0] = reduce(a), out[1] = reduce(b), out[2] = reduce(c), out[3] = reduce(d);
+}
 constexpr int kPairs16 = 2 * kWidth;
 typedef int32_t VI __attribute__((vector_size(32)));
 struct W16 {
@@ -150,6 +153,13 @@ inline float reduce(V v) {  // 8 -> 4 -> 2 -> 1 lanes
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
+// Each vector's lanes summed pairwise within its halves (hadd), then the halves: the same tree for
+// a vector in any of the four places.
+inline __m128 reduce4_128(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d), abcd = _mm256_hadd_ps(ab, cd);
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+inline void reduce4(V a, V b, V c, V d, float out[4]) { _mm_storeu_ps(out, reduce4_128(a, b, c, d)); }
 #include "ops/decode/dense_stream.inl"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -171,6 +181,14 @@ inline V fma(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
 inline V add(V a, V b) { return _mm512_add_ps(a, b); }
 inline V splat(float s) { return _mm512_set1_ps(s); }
 inline float reduce(V v) { return _mm512_reduce_add_ps(v); }
+inline __m256 halves(__m512 v) {  // 16 -> 8 lanes: the low half + the high half
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+inline void reduce4(V a, V b, V c, V d, float out[4]) {
+  const __m256 ab = _mm256_hadd_ps(halves(a), halves(b)), cd = _mm256_hadd_ps(halves(c), halves(d));
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
 constexpr int kPairs16 = 32;
 using VI = __m512i;
 using W16 = __m512i;
