@@ -18,14 +18,21 @@ size_t attention_bwd_workspace_cpu(const AttentionShape& s);
 gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionShape& s, void* workspace);
 gc_status attention_decode_cpu(const gc_attention_decode_params& p, const AttentionShape& s);
 
-// One head's queries [T_q, D] over the first `len` positions of its cached keys and values
-// ([>= len, D] rows); with causal, bottom-right aligned: query t sits at position len - T_q + t.
+// One head's T_q queries (rows of D, q_stride apart) over the first `len` positions of its cached
+// keys and values ([>= len, D] rows); with causal, bottom-right aligned: query t sits at position
+// len - T_q + t. Its output rows go out_stride apart. With new_k / new_v, the T_q new keys and
+// values (rows new_stride apart) are first written into the cache at positions len - T_q ..
+// len - 1, by the thread that then attends.
 struct CachedHead {
   const float* q;
-  const float* k;
-  const float* v;
-  float* out;  // [T_q, D]
+  float* k;
+  float* v;
+  float* out;
   int64_t T_q, len;
+  int64_t q_stride, out_stride;
+  const float* new_k = nullptr;
+  const float* new_v = nullptr;
+  int64_t new_stride = 0;
 };
 
 // Every head in one OpenMP team of its own (gc_attention_decode's CPU kernel).

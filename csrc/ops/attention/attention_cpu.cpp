@@ -345,15 +345,85 @@ gc_status attention_bwd_cpu(const gc_attention_bwd_params& p, const AttentionSha
   return GC_OK;
 }
 
-void attention_cached_heads_team(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal) {
-  const Dropout none{0.f, 0, 0};
-  FwdScratch w(D);
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t i = 0; i < count; ++i) {
-    const CachedHead& c = heads[i];
-    const Head h{c.q, c.k, c.v, c.T_q, c.len, D, causal, 0, nullptr, 0};
-    for (int64_t i0 = 0; i0 < c.T_q; i0 += kBQ) fwd_rows(h, i0, std::min(kBQ, c.T_q - i0), scale, none, c.out, nullptr, w);
+namespace {
+
+// One query over the first n keys and values of a cached head: its scores, their softmax, the
+// weighted sum of the values. A decode step's query sees a few hundred keys at most, too few for
+// the tiles' sgemm calls and scratch to pay for themselves.
+GC_CPU_CLONES
+void decode_query(const float* q, const float* k, const float* v, int64_t n, int64_t D, float scale, float* scores,
+                  float* out) {
+  float row_max = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < D; ++d) dot += q[d] * k[j * D + d];
+    scores[j] = dot * scale;
+    row_max = std::max(row_max, scores[j]);
   }
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    scores[j] = exp_fast(scores[j] - row_max);
+    sum += scores[j];
+  }
+  std::fill(out, out + D, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = scores[j];
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) out[d] += p * v[j * D + d];
+  }
+  const float inv = 1.f / sum;
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+}
+
+// Heads with at most this many queries (decode steps) take decode_query, one query at a time;
+// more (prefills) take the tiles of fwd_rows.
+constexpr int64_t kDecodeQueries = 4;
+
+// A thread's scratch for the heads it takes: scores for decode_query; tiles, and contiguous query
+// and output rows, for fwd_rows (made for the first head that needs them).
+struct CachedScratch {
+  std::vector<float> scores, q, out;
+  std::vector<FwdScratch> tiles;
+};
+
+void cached_head(const CachedHead& c, int64_t D, float scale, bool causal, CachedScratch& w) {
+  const int64_t first_new = c.len - c.T_q;
+  if (c.new_k)
+    for (int64_t t = 0; t < c.T_q; ++t) {
+      std::memcpy(c.k + (first_new + t) * D, c.new_k + t * c.new_stride, D * sizeof(float));
+      std::memcpy(c.v + (first_new + t) * D, c.new_v + t * c.new_stride, D * sizeof(float));
+    }
+  if (c.T_q <= kDecodeQueries) {
+    w.scores.resize(c.len);
+    for (int64_t t = 0; t < c.T_q; ++t)
+      decode_query(c.q + t * c.q_stride, c.k, c.v, causal ? first_new + t + 1 : c.len, D, scale, w.scores.data(),
+                   c.out + t * c.out_stride);
+    return;
+  }
+  if (w.tiles.empty()) w.tiles.emplace_back(D);
+  const bool gather = c.q_stride != D, scatter = c.out_stride != D;
+  if (gather) {
+    w.q.resize(c.T_q * D);
+    for (int64_t t = 0; t < c.T_q; ++t) std::memcpy(w.q.data() + t * D, c.q + t * c.q_stride, D * sizeof(float));
+  }
+  if (scatter) w.out.resize(c.T_q * D);
+  float* out = scatter ? w.out.data() : c.out;
+  const Head h{gather ? w.q.data() : c.q, c.k, c.v, c.T_q, c.len, D, causal, 0, nullptr, 0};
+  const Dropout none{0.f, 0, 0};
+  for (int64_t i0 = 0; i0 < c.T_q; i0 += kBQ) fwd_rows(h, i0, std::min(kBQ, c.T_q - i0), scale, none, out, nullptr, w.tiles[0]);
+  if (scatter)
+    for (int64_t t = 0; t < c.T_q; ++t) std::memcpy(c.out + t * c.out_stride, out + t * D, D * sizeof(float));
+}
+
+}  // namespace
+
+void attention_cached_heads_team(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal) {
+  CachedScratch w;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t i = 0; i < count; ++i) cached_head(heads[i], D, scale, causal, w);
 }
 
 void attention_cached_heads_cpu(const CachedHead* heads, int64_t count, int64_t D, float scale, bool causal) {
@@ -366,14 +436,14 @@ gc_status attention_decode_cpu(const gc_attention_decode_params& p, const Attent
   // Each (sequence, head) is the forward over its valid cache prefix.
   const int64_t T_max = s.T_k;
   const float* q = static_cast<const float*>(p.q.data);
-  const float* k = static_cast<const float*>(p.k_cache.data);
-  const float* v = static_cast<const float*>(p.v_cache.data);
+  float* k = static_cast<float*>(p.k_cache.data);  // read only: no new rows to write
+  float* v = static_cast<float*>(p.v_cache.data);
   const int32_t* lens = static_cast<const int32_t*>(p.cache_lens.data);
   float* out = static_cast<float*>(p.out.data);
   std::vector<CachedHead> heads(s.B * s.H);
   for (int64_t bh = 0; bh < s.B * s.H; ++bh)
     heads[bh] = CachedHead{q + bh * s.T_q * s.D, k + bh * T_max * s.D, v + bh * T_max * s.D, out + bh * s.T_q * s.D,
-                           s.T_q, lens[bh / s.H]};
+                           s.T_q, lens[bh / s.H], s.D, s.D};
   attention_cached_heads_cpu(heads.data(), s.B * s.H, s.D, p.scale, p.causal != 0);
   return GC_OK;
 }

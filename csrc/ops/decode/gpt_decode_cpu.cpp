@@ -5,6 +5,8 @@
 // attention and layer norm through the same CPU kernels as gc_attention_decode and
 // gc_layer_norm_fwd. The whole call is one OpenMP team: a decode step's ~60 pieces of work each
 // end in a barrier, not in a thread team's fork and join (which cost ~15% of a GPT-2 step).
+#include <omp.h>
+
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -46,46 +48,47 @@ void layer_norm(float* x, const float* residual, const gc_tensor& weight, const 
   layer_norm_fwd_team(p, s.T, s.C);
 }
 
-// Each sequence's new keys and values into its cache slot, then every head of every sequence
-// shared out over the team: its queries over the slot's positions up to their own. q_heads and
-// out_heads hold the heads' rows contiguous ([H, n, D] per sequence, the sequences one after
-// another). Called by every thread of the team.
+// Asks for the cache lines that this layer's new keys and values will be written to (this thread's
+// share of them), before the QKV product streams its weight: lines last written a step ago are
+// no longer cached, and writing them waited on the memory's latency (~20 us a layer at batch 1).
+void prefetch_new_rows(const gc_gpt_decode_params& p, int64_t layer, const Shapes& s) {
+  const int32_t* slot = static_cast<const int32_t*>(p.seq_slot.data);
+  const int32_t* start = static_cast<const int32_t*>(p.seq_start.data);
+  const int32_t* len = static_cast<const int32_t*>(p.seq_len.data);
+  const int64_t slot_size = s.H * s.max_len * s.D, pairs = s.S * s.H;
+  const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+  for (int64_t pair = pairs * me / threads; pair < pairs * (me + 1) / threads; ++pair) {
+    const int64_t i = pair / s.H, h = pair % s.H;
+    const int64_t at = (layer * s.slots + slot[i]) * slot_size + (h * s.max_len + start[i]) * s.D;
+    const char* k = reinterpret_cast<const char*>(static_cast<float*>(p.k_cache.data) + at);
+    const char* v = reinterpret_cast<const char*>(static_cast<float*>(p.v_cache.data) + at);
+    for (int64_t b = 0; b < len[i] * s.D * static_cast<int64_t>(sizeof(float)); b += 64) {
+      __builtin_prefetch(k + b, 1, 3);
+      __builtin_prefetch(v + b, 1, 3);
+    }
+  }
+}
+
+// Every head of every sequence shared out over the team (called by every thread): its new keys and
+// values written into its cache slot, then its queries over the slot's positions up to their own,
+// read from and written to the activation rows in place (qkv's rows hold q, k, v side by side).
 void attend(const gc_gpt_decode_params& p, int64_t layer, const float* qkv, float* out, const Shapes& s,
-            const std::vector<int64_t>& first_row, std::vector<float>& q_heads, std::vector<float>& out_heads,
-            std::vector<CachedHead>& heads) {
+            const std::vector<int64_t>& first_row, std::vector<CachedHead>& heads) {
   const int32_t* slot = static_cast<const int32_t*>(p.seq_slot.data);
   const int32_t* start = static_cast<const int32_t*>(p.seq_start.data);
   const int32_t* len = static_cast<const int32_t*>(p.seq_len.data);
   const int64_t C = s.C, D = s.D, H = s.H, slot_size = H * s.max_len * D;
   float* k_layer = static_cast<float*>(p.k_cache.data) + layer * s.slots * slot_size;
   float* v_layer = static_cast<float*>(p.v_cache.data) + layer * s.slots * slot_size;
-#pragma omp for schedule(static)
-  for (int64_t i = 0; i < s.S; ++i) {
-    const int64_t n = len[i], row0 = first_row[i];
-    float* k = k_layer + slot[i] * slot_size;
-    float* v = v_layer + slot[i] * slot_size;
+  for (int64_t i = 0; i < s.S; ++i)  // every thread its own copy (heads is thread-private): no barrier
     for (int64_t h = 0; h < H; ++h) {
-      const int64_t at = row0 * C + h * n * D;
-      heads[i * H + h] = CachedHead{q_heads.data() + at, k + h * s.max_len * D, v + h * s.max_len * D,
-                                    out_heads.data() + at, n, start[i] + n};
+      const float* row = qkv + first_row[i] * 3 * C + h * D;
+      const int64_t cache = slot[i] * slot_size + h * s.max_len * D;
+      heads[i * H + h] = CachedHead{row,       k_layer + cache, v_layer + cache, out + first_row[i] * C + h * D,
+                                    len[i],    start[i] + len[i], 3 * C,          C,
+                                    row + C,   row + 2 * C,       3 * C};
     }
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t h = 0; h < H; ++h) {
-        const float* row = qkv + (row0 + t) * 3 * C + h * D;
-        std::memcpy(q_heads.data() + row0 * C + (h * n + t) * D, row, D * sizeof(float));
-        std::memcpy(k + (h * s.max_len + start[i] + t) * D, row + C, D * sizeof(float));
-        std::memcpy(v + (h * s.max_len + start[i] + t) * D, row + 2 * C, D * sizeof(float));
-      }
-    }
-  }
   attention_cached_heads_team(heads.data(), s.S * H, D, 1.f / std::sqrt(static_cast<float>(D)), true);
-#pragma omp for schedule(static)
-  for (int64_t i = 0; i < s.S; ++i) {
-    const int64_t n = len[i], row0 = first_row[i];
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t h = 0; h < H; ++h)
-        std::memcpy(out + (row0 + t) * C + h * D, out_heads.data() + row0 * C + (h * n + t) * D, D * sizeof(float));
-  }
 }
 
 }  // namespace
@@ -114,8 +117,7 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
     for (int64_t t = 0; t < len[i]; ++t) position[first_row[i] + t] = start[i] + t;
   }
   std::vector<float> x(s.T * s.C), y(s.T * s.C), qkv(s.T * 3 * s.C), hidden(s.T * s.F), stats(2 * s.T);
-  std::vector<float> q_heads(s.T * s.C), out_heads(s.T * s.C), last(s.S * s.C);
-  std::vector<CachedHead> heads(s.S * s.H);
+  std::vector<float> last(s.S * s.C);
   float* logits = static_cast<float*>(p.logits.data);
   DenseWeight head = dense_weight(m.lm_head);
   head.N = m.vocab_size;  // the padding rows past the vocabulary are not logits
@@ -123,6 +125,7 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
 
 #pragma omp parallel
   {
+    std::vector<CachedHead> heads(s.S * s.H);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < s.T; ++r) {
       const float* te = wte + tokens[r] * s.C;
@@ -133,8 +136,9 @@ gc_status gpt_decode_cpu(const gc_gpt_decode_params& p) {
                s);
     for (int64_t l = 0; l < m.n_layer; ++l) {
       const gc_gpt_layer& layer = m.layers[l];
+      prefetch_new_rows(p, l, s);
       dense_team(dense_weight(layer.attn_qkv), y.data(), s.T, qkv.data(), 3 * s.C, false);
-      attend(p, l, qkv.data(), y.data(), s, first_row, q_heads, out_heads, heads);
+      attend(p, l, qkv.data(), y.data(), s, first_row, heads);
       // y: attention heads -> projection (into the free qkv buffer) -> x += it, y = LN2(x)
       dense_team(dense_weight(layer.attn_proj), y.data(), s.T, qkv.data(), s.C, false);
       layer_norm(x.data(), qkv.data(), layer.ln_2_weight, layer.ln_2_bias, m.layer_norm_eps, y.data(), stats, s);
