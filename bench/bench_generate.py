@@ -9,7 +9,8 @@ greedy tokens (no stop token on either side).
 
 The candidates: on CUDA gptcore's Generator (CUDA graphs). On the CPU gptcore's core
 (gc_gpt_decode) with the weights in each --weights format (fp32, bf16, int8), and gptcore's
-PyTorch forward (Engine(core=False), the path before the core; --no-pytorch-path drops it).
+PyTorch forward (Engine(core=False), the path before the core; --no-pytorch-path drops it);
+with --small-pages also the core's fp32 with its memory in 4 KiB pages instead of 2 MiB ones.
 
 Validation, before any timing, for every candidate and batch size: its greedy tokens against a
 reference forward over the prompt + its tokens: each token must be the reference's argmax or
@@ -66,7 +67,15 @@ from gptcore.core_decoder import WEIGHT_FORMATS, CoreDecoder, dequantize, huge_p
 from gptcore.generate import Engine, Generator
 from gptcore.model import GPT, PRESETS, GPTConfig
 
-_ENV_KEYS = (*_MALLOC_ENV, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+_ENV_KEYS = (
+    *_MALLOC_ENV,
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "GPTCORE_CPU_KERNELS",
+    "GPTCORE_HUGE_PAGES",
+)
 DEFAULT_TIE_ATOL = {torch.float32: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.05}
 
 
@@ -283,6 +292,11 @@ def main() -> None:
         help="CPU: also time gptcore's PyTorch forward (Engine(core=False), fp32), the path before the core",
     )
     parser.add_argument(
+        "--small-pages",
+        action="store_true",
+        help="CPU: also time the core's fp32 with its weights and cache in 4 KiB pages (GPTCORE_HUGE_PAGES=0)",
+    )
+    parser.add_argument(
         "--prefill-len",
         type=int,
         default=512,
@@ -381,6 +395,11 @@ def main() -> None:
             f"gptcore {w}": Generator(model, engine=Engine(model, slots=slots, max_len=P + N, weights=w))
             for w in formats
         }
+        if args.small_pages:  # the same core with its weights and cache in 4 KiB pages
+            os.environ["GPTCORE_HUGE_PAGES"] = "0"
+            engine = Engine(model, slots=slots, max_len=P + N, weights="fp32")
+            del os.environ["GPTCORE_HUGE_PAGES"]
+            candidates["gptcore fp32 4k pages"] = Generator(model, engine=engine)
         if args.pytorch_path:
             engine = Engine(model, slots=slots, max_len=P + N, core=False)
             candidates["gptcore pytorch"] = Generator(model, engine=engine)

@@ -10,13 +10,16 @@ moved there (same values), so fp32 takes no second copy.
     logits = decoder.forward(tokens, slots=[0, 3], starts=[0, 17], lens=[5, 1])
 
 A bfloat16 weight is the float32 one rounded to nearest-even; an int8 row is round(w / s) with
-s = max|w| / 127. Activations, sums, layer norms, attention and the cache stay float32. The
+s = max|w| / 127. Activations, sums, layer norms, attention and the cache stay float32, except
+that the int8 products take x rounded to int16 per block of 256 values (an error of at most 2^-16
+of the block's largest |x|, ~1/256 of the weights' own rounding; gptcore/decode.h). The
 `Engine` (gptcore.generate) decodes through this on the CPU; `--weights` picks the format.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -33,10 +36,10 @@ _ALIGN = 64  # each tensor's first byte in the block: a cache line
 
 def huge_page_buffer(nbytes: int) -> torch.Tensor:
     """nbytes of zeroed memory (uint8) from a 2 MiB boundary, asked of the OS in transparent huge
-    pages where it has them (Linux: madvise MADV_HUGEPAGE before the first touch; elsewhere plain
-    memory). A decode step streams every weight once and the hardware prefetchers stop at each
-    page boundary: huge pages measured up to 1.5x the fp32 GPT-2 decode rate (bench/RESULTS.md)."""
-    if not hasattr(mmap, "MADV_HUGEPAGE") or nbytes == 0:
+    pages where it has them (Linux: madvise MADV_HUGEPAGE before the first touch; elsewhere, or
+    with GPTCORE_HUGE_PAGES=0, plain memory). A decode step streams every weight once and the
+    hardware prefetchers stop at each page boundary (bench_generate.py --small-pages compares)."""
+    if not hasattr(mmap, "MADV_HUGEPAGE") or nbytes == 0 or os.environ.get("GPTCORE_HUGE_PAGES") == "0":
         return torch.zeros(nbytes, dtype=torch.uint8)
     memory = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     block = torch.frombuffer(memory, dtype=torch.uint8)  # keeps `memory` alive

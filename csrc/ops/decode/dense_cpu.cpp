@@ -2,10 +2,13 @@
 // bfloat16 or int8 (per-row scales) and everything else float32.
 //
 // A decode step multiplies a few rows by every weight of the model once, so it is bound by the
-// memory read rate: the weight is streamed a row at a time, converted to float32 in registers and
-// dotted with each x row (AVX-512 or AVX2 kernels, picked when first used; dense_stream.inl).
-// Many rows (a prefill) are bound by arithmetic instead: panels of the weight are converted to
-// float32 and handed to OpenBLAS's sgemm, one panel per OpenMP thread at a time.
+// memory read rate: the weight is streamed a row at a time (each thread a contiguous share: two
+// threads interleaving their rows, or one thread interleaving several rows, measured about half
+// the read rate), float32 and bfloat16 weights converted to float32 in registers and dotted with
+// each x row, int8 weights multiplied in integers against x rounded to int16 (below); AVX-512
+// (with VNNI) or AVX2 kernels, picked when first used (dense_stream.inl). Many rows (a prefill)
+// are bound by arithmetic instead: panels of the weight are converted to float32 and handed to
+// OpenBLAS's sgemm, one panel per OpenMP thread at a time.
 #include <omp.h>
 
 #include <algorithm>
