@@ -67,6 +67,50 @@ def test_dense_rows_do_not_depend_on_each_other(weights):
         assert torch.equal(together[m], dense(w, None, weights, x[m : m + 1])[0])
 
 
+def rounded_x(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] as the int8 kernels multiply it (gptcore/decode.h), in float64: each row rounded to
+    int16 per block of 256 values, q = round(x * (32767 / max|x|)) and scale = max|x| / 32767, both
+    in float32 as the kernels compute them (so a value near a half step rounds the same way)."""
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for k0 in range(0, x.shape[1], 256):
+        block = x[:, k0 : k0 + 256].float()
+        amax = block.abs().amax(1, keepdim=True)
+        q = torch.round(block * torch.where(amax > 0, 32767 / amax, 0))
+        out[:, k0 : k0 + 256] = q.double() * (amax / 32767).double()
+    return out
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+@pytest.mark.parametrize("K", [600, 768, 37])  # blocks of 256 with a partial last one; one short block
+def test_int8_streaming_multiplies_x_rounded_to_int16_blocks(M, K):
+    """Up to DENSE_STREAM_ROWS rows, int8 products take x rounded to int16 per block of 256: the
+    result matches the float64 product with x rounded that way (tightly), and differs from the
+    exact x by no more than the documented bound (half a step of each block's scale per value)."""
+    g = torch.Generator().manual_seed(K + M)
+    w, b = torch.randn(90, K, generator=g) * 0.05, torch.randn(90, generator=g)
+    x = torch.randn(M, K, generator=g)
+    x[:, ::97] *= 300  # an outlier in each block: coarse steps, so the rounding shows
+    stored = dequantized(w, "int8")
+    got = dense(w, b, "int8", x).double()
+    want = rounded_x(x) @ stored.T + b.double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    exact = x.double() @ stored.T + b.double()
+    blocks = range(0, K, 256)
+    steps = torch.cat([x[:, k : k + 256].abs().amax(1, keepdim=True).expand(-1, min(256, K - k)) for k in blocks], 1)
+    bound = (steps.double() / 32767 / 2) @ stored.abs().T
+    assert ((got - exact).abs() <= bound * 1.01 + 1e-4).all()
+    assert not torch.allclose(exact, want, rtol=1e-5, atol=1e-4)  # the first check tells the two apart
+
+
+def test_int8_non_finite_x_gives_nan():
+    """An infinite or NaN x makes the int8 outputs of its row NaN, as float32 products would."""
+    w = torch.randn(40, 300) * 0.05
+    x = torch.randn(3, 300)
+    x[0, 7], x[1, 290] = float("inf"), float("nan")
+    y = dense(w, None, "int8", x)
+    assert y[0].isnan().all() and y[1].isnan().all() and y[2].isfinite().all()
+
+
 def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -195,6 +239,35 @@ def test_engine_core_and_pytorch_paths_agree(model):
         assert [t.logprob for t in x.prompt_logprobs[1:]] == pytest.approx(
             [t.logprob for t in y.prompt_logprobs[1:]], abs=1e-4
         )
+
+
+@pytest.mark.parametrize("huge_pages", ["1", "0"])
+def test_decoder_moves_the_parameters_into_one_block(monkeypatch, huge_pages):
+    """The float32 parameters the core streams move into one block (2 MiB aligned with huge pages;
+    GPTCORE_HUGE_PAGES=0: plain memory) with the same values: the model's own forward and state are
+    unchanged, and decoders made after (any format) and before (its block kept) still agree."""
+    monkeypatch.setenv("GPTCORE_HUGE_PAGES", huge_pages)
+    torch.manual_seed(4)
+    m = GPT(GPTConfig(vocab_size=301, n_positions=96, n_layer=2, n_head=2, n_embd=64, pad_vocab_multiple=64)).eval()
+    tokens = torch.randint(0, 301, (1, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before_state, before_logits = {k: v.clone() for k, v in m.state_dict().items()}, m(tokens)[0]
+    first = CoreDecoder(m, slots=1, max_len=32, weights="fp32")
+    first_logits = first.forward(tokens[0].tolist(), [0], [0], [20], every_position=True)
+    second = CoreDecoder(m, slots=1, max_len=32, weights="fp32")  # moves the parameters again
+    with torch.no_grad():
+        assert all(torch.equal(before_state[k], v) for k, v in m.state_dict().items())
+        assert torch.equal(m(tokens)[0], before_logits)
+    assert torch.equal(second.forward(tokens[0].tolist(), [0], [0], [20], every_position=True), first_logits)
+    assert torch.equal(first.forward(tokens[0].tolist(), [0], [0], [20], every_position=True), first_logits)
+    torch.testing.assert_close(first_logits, before_logits[0], rtol=1e-4, atol=1e-4)
+    t = m.transformer
+    streamed = [t.wte.weight, t.ln_f.weight] + [p for b in t.h.values() for p in b.parameters()]
+    starts = [p.data_ptr() for p in streamed]
+    assert len({p.untyped_storage().data_ptr() for p in streamed}) == 1  # one block, wte (the tied head) in it
+    if huge_pages == "1" and sys.platform == "linux":
+        assert min(starts) % (2 << 20) == 0
+    assert m.transformer.wpe.weight.untyped_storage().data_ptr() != t.wte.weight.untyped_storage().data_ptr()
 
 
 def test_decode_bad_input_is_one_line(model):
