@@ -10,26 +10,29 @@ gc_tensor view(void* p, int32_t dtype, std::vector<int64_t> shape) {
   return gc_make_tensor(p, dtype, GC_CPU, 0, static_cast<int32_t>(shape.size()), shape.data());
 }
 
-// x [2, 3] times w = scale * q [2, 3] (int8) or w (bfloat16) plus bias:
-//   q = [[1, -2, 3], [127, 0, -127]], scale = [0.5, 0.01], bias = [1, 0], x = [[1, 1, 1], [2, 0, -1]]
-//   y = [[0.5 * 2 + 1, 0], [0.5 * -1 + 1, 0.01 * 381]] = [[2, 0], [0.5, 3.81]]
+// x [3, 3] times w = scale * q [2, 3] (int8) or w (bfloat16) plus bias:
+//   q = [[1, -2, 3], [127, 0, -127]], scale = [0.5, 0.01], bias = [1, 0], x = [[1, 1, 1], [2, 0, -2], [3, 0, 1]].
+// The int8 products take each x row rounded to int16 steps of max|x| / 32767: exact for the first two
+// rows; in the third, 1 becomes 10922 steps of 3 / 32767 (round(32767 / 3)).
 TEST(dense_int8_and_bfloat16_by_hand) {
   std::vector<int8_t> q{1, -2, 3, 127, 0, -127};
-  std::vector<float> scale{0.5f, 0.01f}, bias{1, 0}, x{1, 1, 1, 2, 0, -1}, y(4);
+  std::vector<float> scale{0.5f, 0.01f}, bias{1, 0}, x{1, 1, 1, 2, 0, -2, 3, 0, 1}, y(6);
   gc_dense d{view(q.data(), GC_INT8, {2, 3}), view(scale.data(), GC_FLOAT32, {2}), view(bias.data(), GC_FLOAT32, {2})};
-  CHECK(gc_dense_fwd(&d, view(x.data(), GC_FLOAT32, {2, 3}), view(y.data(), GC_FLOAT32, {2, 2})) == GC_OK);
-  const double want[4] = {2, 0, 0.5, 3.81};
-  for (int i = 0; i < 4; ++i) CHECK_NEAR(y[i], want[i], 1e-6);
+  CHECK(gc_dense_fwd(&d, view(x.data(), GC_FLOAT32, {3, 3}), view(y.data(), GC_FLOAT32, {3, 2})) == GC_OK);
+  const double third = 10922.0 * 3 / 32767;  // 1 as rounded, 0.99996948...
+  const double want[6] = {0.5 * 2 + 1,  0, 0.5 * -4 + 1, 0.01 * 508, 0.5 * (3 + 3 * third) + 1,
+                          0.01 * (381 - 127 * third)};
+  for (int i = 0; i < 6; ++i) CHECK_NEAR(y[i], want[i], 1e-6);
 
-  // bfloat16 [[1, -2, 0.5], [0.25, 4, -1]] (bit patterns), no bias: y = [[1 - 2 - 0.5], [0.5 + 1]] per row
+  // bfloat16 [[1, -2, 0.5], [0.25, 4, -1]] (bit patterns), no bias: x as it is (float32)
   std::vector<uint16_t> w{0x3F80, 0xC000, 0x3F00, 0x3E80, 0x4080, 0xBF80};
   gc_dense b{view(w.data(), GC_BFLOAT16, {2, 3}), gc_tensor{}, gc_tensor{}};
-  CHECK(gc_dense_fwd(&b, view(x.data(), GC_FLOAT32, {2, 3}), view(y.data(), GC_FLOAT32, {2, 2})) == GC_OK);
-  const double want_bf16[4] = {1 - 2 + 0.5, 0.25 + 4 - 1, 2 - 0.5, 0.5 + 1};
-  for (int i = 0; i < 4; ++i) CHECK_NEAR(y[i], want_bf16[i], 1e-6);
+  CHECK(gc_dense_fwd(&b, view(x.data(), GC_FLOAT32, {3, 3}), view(y.data(), GC_FLOAT32, {3, 2})) == GC_OK);
+  const double want_bf16[6] = {1 - 2 + 0.5, 0.25 + 4 - 1, 2 - 1, 0.5 + 2, 3 + 0.5, 0.75 - 1};
+  for (int i = 0; i < 6; ++i) CHECK_NEAR(y[i], want_bf16[i], 1e-6);
 
   d.scale = gc_tensor{};
-  CHECK_FAILS(gc_dense_fwd(&d, view(x.data(), GC_FLOAT32, {2, 3}), view(y.data(), GC_FLOAT32, {2, 2})),
+  CHECK_FAILS(gc_dense_fwd(&d, view(x.data(), GC_FLOAT32, {3, 3}), view(y.data(), GC_FLOAT32, {3, 2})),
               GC_ERROR_INVALID_ARGUMENT, "int8 weights need one float32 scale per output row");
 }
 

@@ -413,7 +413,8 @@ void cached_head(const CachedHead& c, int64_t D, float scale, bool causal, Cache
   float* out = scatter ? w.out.data() : c.out;
   const Head h{gather ? w.q.data() : c.q, c.k, c.v, c.T_q, c.len, D, causal, 0, nullptr, 0};
   const Dropout none{0.f, 0, 0};
-  for (int64_t i0 = 0; i0 < c.T_q; i0 += kBQ) fwd_rows(h, i0, std::min(kBQ, c.T_q - i0), scale, none, out, nullptr, w.tiles[0]);
+  for (int64_t i0 = 0; i0 < c.T_q; i0 += kBQ)
+    fwd_rows(h, i0, std::min(kBQ, c.T_q - i0), scale, none, out, nullptr, w.tiles[0]);
   if (scatter)
     for (int64_t t = 0; t < c.T_q; ++t) std::memcpy(c.out + t * c.out_stride, out + t * D, D * sizeof(float));
 }

@@ -79,7 +79,8 @@ GC_CPU_CLONES void quantize_x(const float* x, int64_t M, int64_t K, XInt16& out)
       const float inv = finite && amax > 0.f ? 32767.f / amax : 0.f;
       int16_t* q = out.q.data() + m * K;
 #pragma omp simd
-      for (int64_t k = k0; k < k1; ++k) q[k] = static_cast<int16_t>(std::clamp(std::nearbyint(v[k] * inv), -32767.f, 32767.f));
+      for (int64_t k = k0; k < k1; ++k)
+        q[k] = static_cast<int16_t>(std::clamp(std::nearbyint(v[k] * inv), -32767.f, 32767.f));
       out.scale[m * out.blocks + b] = finite ? amax / 32767.f : std::numeric_limits<float>::quiet_NaN();
     }
 }

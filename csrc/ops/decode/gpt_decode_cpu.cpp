@@ -28,8 +28,8 @@ struct Shapes {
   int64_t C, H, D, F, slots, max_len, S, T;
 };
 
-// y = LN(x) with the layer's weights (called by every thread of the team); with residual: x += residual first (x keeps the sum). y may
-// be residual itself (read before y is written, row by row).
+// y = LN(x) with the layer's weights (called by every thread of the team); with residual: x +=
+// residual first (x keeps the sum). y may be residual itself (read before y is written, row by row).
 void layer_norm(float* x, const float* residual, const gc_tensor& weight, const gc_tensor& bias, float eps, float* y,
                 std::vector<float>& stats, const Shapes& s) {
   gc_layer_norm_fwd_params p{};
