@@ -11,7 +11,7 @@ moved there (same values), so fp32 takes no second copy.
 
 A bfloat16 weight is the float32 one rounded to nearest-even; an int8 row is round(w / s) with
 s = max|w| / 127. Activations, sums, layer norms, attention and the cache stay float32, except
-that the int8 products take x rounded to int16 per block of 256 values (an error of at most 2^-16
+that the int8 products take x rounded to int16 per block of 1024 values (an error of at most 2^-16
 of the block's largest |x|, ~1/256 of the weights' own rounding; gptcore/decode.h). The
 `Engine` (gptcore.generate) decodes through this on the CPU; `--weights` picks the format.
 """

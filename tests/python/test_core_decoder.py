@@ -69,21 +69,21 @@ def test_dense_rows_do_not_depend_on_each_other(weights):
 
 def rounded_x(x: torch.Tensor) -> torch.Tensor:
     """x [M, K] as the int8 kernels multiply it (gptcore/decode.h), in float64: each row rounded to
-    int16 per block of 256 values, q = round(x * (32767 / max|x|)) and scale = max|x| / 32767, both
+    int16 per block of 1024 values, q = round(x * (32767 / max|x|)) and scale = max|x| / 32767, both
     in float32 as the kernels compute them (so a value near a half step rounds the same way)."""
     out = torch.zeros(x.shape, dtype=torch.float64)
-    for k0 in range(0, x.shape[1], 256):
-        block = x[:, k0 : k0 + 256].float()
+    for k0 in range(0, x.shape[1], 1024):
+        block = x[:, k0 : k0 + 1024].float()
         amax = block.abs().amax(1, keepdim=True)
         q = torch.round(block * torch.where(amax > 0, 32767 / amax, 0))
-        out[:, k0 : k0 + 256] = q.double() * (amax / 32767).double()
+        out[:, k0 : k0 + 1024] = q.double() * (amax / 32767).double()
     return out
 
 
 @pytest.mark.parametrize("M", [1, 2, 3, 4])
-@pytest.mark.parametrize("K", [600, 768, 37])  # blocks of 256 with a partial last one; one short block
+@pytest.mark.parametrize("K", [2500, 768, 37])  # blocks of 1024 with a partial last one; one short block
 def test_int8_streaming_multiplies_x_rounded_to_int16_blocks(M, K):
-    """Up to DENSE_STREAM_ROWS rows, int8 products take x rounded to int16 per block of 256: the
+    """Up to DENSE_STREAM_ROWS rows, int8 products take x rounded to int16 per block of 1024: the
     result matches the float64 product with x rounded that way (tightly), and differs from the
     exact x by no more than the documented bound (half a step of each block's scale per value)."""
     g = torch.Generator().manual_seed(K + M)
@@ -95,8 +95,8 @@ def test_int8_streaming_multiplies_x_rounded_to_int16_blocks(M, K):
     want = rounded_x(x) @ stored.T + b.double()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     exact = x.double() @ stored.T + b.double()
-    blocks = range(0, K, 256)
-    steps = torch.cat([x[:, k : k + 256].abs().amax(1, keepdim=True).expand(-1, min(256, K - k)) for k in blocks], 1)
+    blocks = range(0, K, 1024)
+    steps = torch.cat([x[:, k : k + 1024].abs().amax(1, keepdim=True).expand(-1, min(1024, K - k)) for k in blocks], 1)
     bound = (steps.double() / 32767 / 2) @ stored.abs().T
     assert ((got - exact).abs() <= bound * 1.01 + 1e-4).all()
     assert not torch.allclose(exact, want, rtol=1e-5, atol=1e-4)  # the first check tells the two apart

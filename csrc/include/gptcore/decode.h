@@ -8,7 +8,7 @@
  * vector dot products (AVX2 or AVX-512, chosen at run time), for many rows (prefill) by
  * converting panels of the weight to float32 for OpenBLAS's sgemm. A row's result does not depend
  * on the other rows while M <= GC_DENSE_STREAM_ROWS. Streaming int8 weights, each row of x is
- * first rounded to int16 per block of 256 values (scale = the block's max |x| / 32767, so the
+ * first rounded to int16 per block of 1024 values (scale = the block's max |x| / 32767, so the
  * error is at most 2^-16 of that max: ~1/256 of the weights' own int8 rounding), and each block's
  * products are summed exactly in int32 (AVX-512 VNNI, AVX2 or plain C), then scaled; an infinite
  * or NaN x makes the outputs it reaches NaN, as in float32.

@@ -49,9 +49,11 @@ inline float to_float(int8_t w) { return static_cast<float>(w); }
 // int8 weights are multiplied in integers: each row of x rounded to int16 per block of kXBlock
 // values (scale max|x| / 32767 per block, so |x - q scale| <= 2^-16 of the block's largest |x|,
 // ~1/256 of the int8 weights' own rounding), the products of a block summed exactly in int32
-// (|sum| <= 256 * 128 * 32767 < 2^31), then scaled. One multiply-add instruction does 32
-// weights (AVX-512 VNNI's vpdpwssd) where converting them to float32 took three per 16.
-constexpr int64_t kXBlock = 256;
+// lanes (a lane of any kernel sums at most 128 products of a block: 128 * 128 * 32767 < 2^31),
+// then scaled. One multiply-add instruction does 32 weights (AVX-512 VNNI's vpdpwssd) where
+// converting them to float32 took three per 16. Blocks of 1024 rather than 256 measured ~9% faster
+// (one scale per GPT-2 row of 768).
+constexpr int64_t kXBlock = 1024;
 
 struct XInt16 {
   std::vector<int16_t> q;    // [M, K]
