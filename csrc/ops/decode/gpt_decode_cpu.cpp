@@ -3,8 +3,8 @@
 // then the final LN and the logits of the rows asked for. Activations are float32 rows, one per
 // new token ([n_tokens, C], the sequences one after another); the products go through dense_cpu,
 // attention and layer norm through the same CPU kernels as gc_attention_decode and
-// gc_layer_norm_fwd. The whole call is one OpenMP team: a decode step's ~60 pieces of work each
-// end in a barrier, not in a thread team's fork and join (which cost ~15% of a GPT-2 step).
+// gc_layer_norm_fwd. The whole call is one OpenMP team: a decode step's ~90 pieces of work each
+// end in a barrier, not in a thread team's fork and join.
 #include <omp.h>
 
 #include <cmath>
@@ -50,7 +50,7 @@ void layer_norm(float* x, const float* residual, const gc_tensor& weight, const 
 
 // Asks for the cache lines that this layer's new keys and values will be written to (this thread's
 // share of them), before the QKV product streams its weight: lines last written a step ago are
-// no longer cached, and writing them waited on the memory's latency (~20 us a layer at batch 1).
+// no longer cached, and writing them waited on the memory (~6 us a layer of a GPT-2 batch-1 step).
 void prefetch_new_rows(const gc_gpt_decode_params& p, int64_t layer, const Shapes& s) {
   const int32_t* slot = static_cast<const int32_t*>(p.seq_slot.data);
   const int32_t* start = static_cast<const int32_t*>(p.seq_start.data);
