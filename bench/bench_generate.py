@@ -57,6 +57,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -396,9 +397,8 @@ def main() -> None:
             for w in formats
         }
         if args.small_pages:  # the same core with its weights and cache in 4 KiB pages
-            os.environ["GPTCORE_HUGE_PAGES"] = "0"
-            engine = Engine(model, slots=slots, max_len=P + N, weights="fp32")
-            del os.environ["GPTCORE_HUGE_PAGES"]
+            with mock.patch.dict(os.environ, GPTCORE_HUGE_PAGES="0"):  # restored after, whatever it was
+                engine = Engine(model, slots=slots, max_len=P + N, weights="fp32")
             candidates["gptcore fp32 4k pages"] = Generator(model, engine=engine)
         if args.pytorch_path:
             engine = Engine(model, slots=slots, max_len=P + N, core=False)
@@ -452,7 +452,7 @@ def main() -> None:
     if args.validate_only:
         return
     bandwidth_kind = "copy" if on_cuda else "read"
-    probes = bandwidth_probes(device, args.copy_mib)
+    probes = bandwidth_probes(device, args.copy_mib) if 1 in batches else []  # the bound is batch 1's
     # One decode step reads every weight except the position table (one row) and the embedding's padding rows.
     unread = cfg.n_positions + cfg.padded_vocab_size - cfg.vocab_size
     weight_elems = cfg.num_parameters - unread * cfg.n_embd

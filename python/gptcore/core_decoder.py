@@ -137,57 +137,55 @@ class CoreDecoder:
         numel = c.n_layer * slots * c.n_head * max_len * c.head_dim
         self.k_cache, self.v_cache = (huge_page_buffer(4 * numel).view(torch.float32).view(shape) for _ in range(2))
         t = model.transformer
-        blocks = list(t.h.values())
 
         # Everything a step streams, in the order it reads it: per layer LN1, QKV, projection, LN2, MLP
         # (each matrix as (stored weight, scale, bias)), then the final LN and the tied head.
-        def dense(weight: torch.Tensor, bias: torch.Tensor | None) -> list[torch.Tensor | None]:
-            return [*quantize(weight, weights), bias]
+        def dense(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+            stored, scale = quantize(weight, weights)
+            return stored, scale, None if bias is None else bias.detach()
 
-        streamed = []
-        for b in blocks:
-            a, m = b.attn, b.mlp
-            streamed += [b.ln_1.weight, b.ln_1.bias, *dense(a.c_attn.weight, a.c_attn.bias)]
-            streamed += [*dense(a.c_proj.weight, a.c_proj.bias), b.ln_2.weight, b.ln_2.bias]
-            streamed += [*dense(m.c_fc.weight, m.c_fc.bias), *dense(m.c_proj.weight, m.c_proj.bias)]
-        streamed += [t.ln_f.weight, t.ln_f.bias, *dense(t.wte.weight[: c.vocab_size], None)]
-        streamed = [x if x is None else x.detach() for x in streamed]
-        self.read_bytes = sum(x.numel() * x.element_size() for x in streamed if x is not None)  # once a step
+        def norm(ln: nn.LayerNorm) -> tuple:
+            return ln.weight.detach(), None if ln.bias is None else ln.bias.detach()
+
+        layer_parts = [
+            (
+                norm(b.ln_1),
+                dense(b.attn.c_attn.weight, b.attn.c_attn.bias),
+                dense(b.attn.c_proj.weight, b.attn.c_proj.bias),
+                norm(b.ln_2),
+                dense(b.mlp.c_fc.weight, b.mlp.c_fc.bias),
+                dense(b.mlp.c_proj.weight, b.mlp.c_proj.bias),
+            )
+            for b in t.h.values()
+        ]
+        final_parts = (norm(t.ln_f), dense(t.wte.weight[: c.vocab_size], None))
+        streamed = [x for group in (*layer_parts, final_parts) for part in group for x in part if x is not None]
+        self.read_bytes = sum(x.numel() * x.element_size() for x in streamed)  # once a step
         # ... in one block of huge pages, with every parameter of the model that shares memory with
         # them (fp32's matrices, the biases and norms; all of wte when it is fp32's head): each
         # parameter then points into the block (the same values), so nothing is held twice.
-        used = {x.untyped_storage().data_ptr() for x in streamed if x is not None}
+        used = {x.untyped_storage().data_ptr() for x in streamed}
         moved = [p for p in model.parameters() if p.untyped_storage().data_ptr() in used]
         moved_data = [p.detach() for p in moved]
-        placed = in_one_block([x for x in streamed if x is not None] + moved_data)
+        placed = in_one_block(streamed + moved_data)
         for p, data in zip(moved, moved_data):
             p.data = placed[id(data)]
-        self._tensors = list(placed.values())  # what the core's views point into, kept alive here
+        wte, wpe = t.wte.weight.detach(), t.wpe.weight.detach()  # the embedding: a row a token
+        self._tensors = [*placed.values(), wte, wpe]  # what the core's views point into, kept alive here
 
-        def at(x: torch.Tensor | None) -> _C.Tensor | None:
-            return None if x is None else view(placed[id(x)], "weight")
+        def at(*part: torch.Tensor | None) -> list[_C.Tensor | None]:
+            return [None if x is None else view(placed[id(x)], "weight") for x in part]
 
-        views = iter([at(x) for x in streamed])
-        layers = []
-        for _ in blocks:
-            ln_1 = next(views), next(views)
-            qkv, proj = _C.Dense(*(next(views) for _ in range(3))), _C.Dense(*(next(views) for _ in range(3)))
-            ln_2 = next(views), next(views)
-            fc, fc_proj = _C.Dense(*(next(views) for _ in range(3))), _C.Dense(*(next(views) for _ in range(3)))
-            layers.append(_C.GptLayer(*ln_1, qkv, proj, *ln_2, fc, fc_proj))
-        ln_f = next(views), next(views)
-        head = _C.Dense(*(next(views) for _ in range(3)))
-        self._tensors += [t.wte.weight.detach(), t.wpe.weight.detach()]  # the embedding: a row a token
-        self.model = _C.GptModel(
-            c.n_head,
-            c.vocab_size,
-            c.layer_norm_eps,
-            view(t.wte.weight.detach(), "wte"),
-            view(t.wpe.weight.detach(), "wpe"),
-            layers,
-            *ln_f,
-            head,
-        )
+        def dense_at(part: tuple) -> _C.Dense:
+            return _C.Dense(*at(*part))
+
+        layers = [
+            _C.GptLayer(*at(*ln_1), dense_at(qkv), dense_at(proj), *at(*ln_2), dense_at(fc), dense_at(fc_proj))
+            for ln_1, qkv, proj, ln_2, fc, fc_proj in layer_parts
+        ]
+        ln_f, head = final_parts
+        embedding, eps = (view(wte, "wte"), view(wpe, "wpe")), c.layer_norm_eps
+        self.model = _C.GptModel(c.n_head, c.vocab_size, eps, *embedding, layers, *at(*ln_f), dense_at(head))
 
     @torch.no_grad()
     def forward(
