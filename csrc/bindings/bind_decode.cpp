@@ -1,3 +1,6 @@
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "bindings/bindings.h"
@@ -14,11 +17,24 @@ struct GptModel {
 }  // namespace
 
 void bind_decode(py::module_& m) {
-  py::class_<gc_dense>(m, "Dense", "A weight [N, K] (float32, bfloat16 or int8 with per-row scales) and its bias")
-      .def(py::init([](gc_tensor weight, OptTensor scale, OptTensor bias) {
-             return gc_dense{weight, opt(scale), opt(bias)};
+  py::class_<gc_dense>(m, "Dense",
+                       "A weight [N, K] (float32, bfloat16 or int8 with per-row scales) and its bias; with "
+                       "packed_shape=(N, K), weight is the 1-D result of dense_pack")
+      .def(py::init([](gc_tensor weight, OptTensor scale, OptTensor bias, std::optional<std::pair<int64_t, int64_t>>
+                                                                             packed_shape) {
+             gc_dense d{weight, opt(scale), opt(bias), GC_DENSE_ROWS};
+             if (packed_shape) {
+               const auto [N, K] = *packed_shape;
+               if (weight.ndim != 1 || weight.shape[0] != gc_dense_packed_numel(N, K))
+                 throw py::value_error("a packed weight of [" + std::to_string(N) + ", " + std::to_string(K) +
+                                       "] is 1-D with dense_packed_numel(N, K) elements (from dense_pack)");
+               const int64_t shape[2] = {N, K};
+               d.weight = gc_make_tensor(weight.data, weight.dtype, weight.device_type, weight.device_index, 2, shape);
+               d.layout = GC_DENSE_PACKED;
+             }
+             return d;
            }),
-           py::arg("weight"), py::arg("scale"), py::arg("bias"));
+           py::arg("weight"), py::arg("scale"), py::arg("bias"), py::arg("packed_shape") = py::none());
   py::class_<gc_gpt_layer>(m, "GptLayer")
       .def(py::init([](gc_tensor ln_1_weight, OptTensor ln_1_bias, gc_dense attn_qkv, gc_dense attn_proj,
                        gc_tensor ln_2_weight, OptTensor ln_2_bias, gc_dense mlp_fc, gc_dense mlp_proj) {
@@ -44,6 +60,10 @@ void bind_decode(py::module_& m) {
       "dense_fwd",
       [](const gc_dense& dense, gc_tensor x, gc_tensor y) { check(gc_dense_fwd(&dense, x, y)); }, py::arg("dense"),
       py::arg("x"), py::arg("y"), release_gil());
+  m.def("dense_packed_numel", &gc_dense_packed_numel, py::arg("n"), py::arg("k"));
+  m.def(
+      "dense_pack", [](gc_tensor weight, gc_tensor packed) { check(gc_dense_pack(weight, packed)); },
+      py::arg("weight"), py::arg("packed"), release_gil());
   m.def(
       "gpt_decode",
       [](GptModel& g, gc_tensor k_cache, gc_tensor v_cache, gc_tensor tokens, gc_tensor seq_slot, gc_tensor seq_start,

@@ -13,6 +13,12 @@
  * products are summed exactly in int32 (AVX-512 VNNI, AVX2 or plain C), then scaled; an infinite
  * or NaN x makes the outputs it reaches NaN, as in float32.
  *
+ * A bfloat16 or int8 weight can also be given packed (layout GC_DENSE_PACKED, made once by
+ * gc_dense_pack): the rows in groups of four, each group a run of 32-value chunks with the four
+ * rows' chunks side by side. Streaming then reads one sequential run per thread and loads each
+ * piece of x once for four rows, which measured ~20-30% faster than rows one after another
+ * (bench/RESULTS.md); the products are the same numbers as from the row layout.
+ *
  * gc_gpt_decode runs the model of gptcore.model.GPT (learned positions, pre-LN, fused QKV,
  * tanh GELU, logits through lm_head) for a ragged batch of sequences: sequence s brings
  * seq_len[s] new tokens at cache positions seq_start[s] .. seq_start[s] + seq_len[s] - 1 of cache
@@ -38,14 +44,33 @@ extern "C" {
  * the others); more rows go through panels and sgemm. */
 #define GC_DENSE_STREAM_ROWS 4
 
+/* How a gc_dense's weight lies in memory. Fixed codes (ABI). */
+typedef enum gc_dense_layout {
+  GC_DENSE_ROWS = 0,  /* [N, K] row-major: F.linear's layout */
+  GC_DENSE_PACKED = 1 /* bfloat16 or int8 in gc_dense_pack's order */
+} gc_dense_layout;
+
 typedef struct gc_dense {
-  gc_tensor weight; /* [N, K] float32, bfloat16 or int8 */
+  gc_tensor weight; /* [N, K] float32, bfloat16 or int8; packed: shape [N, K] still, the data in
+                       gc_dense_pack's order (gc_dense_packed_numel(N, K) elements) */
   gc_tensor scale;  /* int8 weights: [N] float32 (required); absent otherwise */
   gc_tensor bias;   /* optional [N] float32 */
+  int32_t layout;   /* gc_dense_layout; 0 (rows) when zero-initialised */
 } gc_dense;
 
 /* y [M, N] = x [M, K] w^T + bias, x and y float32. */
 GC_API gc_status gc_dense_fwd(const gc_dense* dense, gc_tensor x, gc_tensor y);
+
+/* Elements of a packed [N, K] weight: N rounded up to a multiple of 4 times K rounded up to a
+ * multiple of 32 (the padding holds zeros). */
+GC_API int64_t gc_dense_packed_numel(int64_t N, int64_t K);
+
+/* Writes `weight` ([N, K] bfloat16 or int8, row-major) into `packed` (1-D, gc_dense_packed_numel
+ * elements of the same dtype) in the GC_DENSE_PACKED order: weight[n, k] with g = n / 4, r = n % 4,
+ * c = k / 32, j = k % 32 goes to element ((g * ceil(K / 32) + c) * 4 + r) * 32 + p, where p = j for
+ * int8 and p = 2 (j % 16) + j / 16 for bfloat16 (values j and j + 16 share 32 bits: j in the low
+ * half). The int8 scales and the bias stay one per row, in row order. */
+GC_API gc_status gc_dense_pack(gc_tensor weight, gc_tensor packed);
 
 typedef struct gc_gpt_layer {
   gc_tensor ln_1_weight, ln_1_bias; /* [C] float32; biases optional */

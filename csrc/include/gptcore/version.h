@@ -9,7 +9,7 @@
 
 #include "gptcore/api.h"
 
-#define GPTCORE_API_VERSION 1
+#define GPTCORE_API_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {

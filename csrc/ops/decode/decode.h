@@ -7,17 +7,21 @@
 
 namespace gc {
 
-// A gc_dense unpacked: weight [N, K] of `dtype` (GC_FLOAT32, GC_BFLOAT16 or GC_INT8), the int8
-// weights' per-row scales, an optional bias.
+// A gc_dense unpacked: weight [N, K] of `dtype` (GC_FLOAT32, GC_BFLOAT16 or GC_INT8) in `layout`
+// (gc_dense_layout), the int8 weights' per-row scales, an optional bias.
 struct DenseWeight {
   int32_t dtype;
   const void* w;
   const float* scale;
   const float* bias;
   int64_t N, K;
+  int32_t layout;
 };
 
 DenseWeight dense_weight(const gc_dense& d);
+
+// gc_dense_pack's work: w [N, K] (bfloat16 or int8 by elem_size 2 or 1) into packed, padding zeroed.
+void pack_dense(const void* w, int64_t N, int64_t K, int64_t elem_size, void* packed);
 
 // y [M, ldy] (the first N columns) = x [M, K] w^T + bias, in an OpenMP team of its own.
 void dense_cpu(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy);

@@ -28,6 +28,12 @@ gc_status check_dense(const char* api, const gc_dense& d, const char* name, int6
   std::string w = std::string(name) + ".weight";
   GC_TRY(check_cpu(api, d.weight, w.c_str()));
   GC_TRY(check_dtype(api, d.weight, w.c_str(), {GC_FLOAT32, GC_BFLOAT16, GC_INT8}));
+  if (d.layout != GC_DENSE_ROWS && d.layout != GC_DENSE_PACKED)
+    return fail(GC_ERROR_INVALID_ARGUMENT, "%s: '%s.layout' is %d; expected GC_DENSE_ROWS (0) or GC_DENSE_PACKED (1)",
+                api, name, d.layout);
+  if (d.layout == GC_DENSE_PACKED && d.weight.dtype == GC_FLOAT32)
+    return fail(GC_ERROR_INVALID_ARGUMENT, "%s: '%s' is float32 and packed; only bfloat16 and int8 weights are packed "
+                "(give float32 in rows, GC_DENSE_ROWS)", api, w.c_str());
   if (d.weight.ndim != 2 || (N >= 0 && d.weight.shape[0] != N) || (K >= 0 && d.weight.shape[1] != K)) {
     const std::string n = N >= 0 ? std::to_string(N) : "N", k = K >= 0 ? std::to_string(K) : "K";
     return fail(GC_ERROR_SHAPE, "%s: '%s' has shape %s; expected [%s, %s] ([out, in], F.linear's layout)", api,
@@ -165,6 +171,27 @@ extern "C" gc_status gc_dense_fwd(const gc_dense* dense, gc_tensor x, gc_tensor 
     GC_TRY(check_dtype(api, y, "y", {GC_FLOAT32}));
     GC_TRY(check_shape(api, y, "y", {x.shape[0], N}));
     dense_cpu(dense_weight(*dense), static_cast<const float*>(x.data), x.shape[0], static_cast<float*>(y.data), N);
+    return GC_OK;
+  });
+}
+
+extern "C" int64_t gc_dense_packed_numel(int64_t N, int64_t K) {
+  if (N < 0 || K < 0) return -1;
+  return (N + 3) / 4 * 4 * ((K + 31) / 32 * 32);
+}
+
+extern "C" gc_status gc_dense_pack(gc_tensor weight, gc_tensor packed) {
+  constexpr const char* api = "gc_dense_pack";
+  return guarded(api, [&]() -> gc_status {
+    GC_TRY(check_cpu(api, weight, "weight"));
+    GC_TRY(check_dtype(api, weight, "weight", {GC_BFLOAT16, GC_INT8}));
+    if (weight.ndim != 2)
+      return fail(GC_ERROR_SHAPE, "%s: 'weight' has shape %s; expected [N, K]", api, shape_string(weight).c_str());
+    GC_TRY(check_cpu(api, packed, "packed"));
+    GC_TRY(check_same_dtype(api, packed, "packed", weight, "weight"));
+    const int64_t N = weight.shape[0], K = weight.shape[1];
+    GC_TRY(check_shape(api, packed, "packed", {gc_dense_packed_numel(N, K)}));
+    pack_dense(weight.data, N, K, static_cast<int64_t>(gc_dtype_size(weight.dtype)), packed.data);
     return GC_OK;
   });
 }

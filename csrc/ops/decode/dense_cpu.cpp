@@ -9,6 +9,9 @@
 // (with VNNI) or AVX2 kernels, picked when first used (dense_stream.inl). Many rows (a prefill)
 // are bound by arithmetic instead: panels of the weight are converted to float32 and handed to
 // OpenBLAS's sgemm, one panel per OpenMP thread at a time.
+//
+// Packed weights (GC_DENSE_PACKED, gc_dense_pack) put four rows' 32-value chunks side by side: a
+// thread's share is then one sequential run, and each piece of x is loaded once for four rows.
 #include <omp.h>
 
 #include <algorithm>
@@ -36,6 +39,14 @@ namespace {
 
 constexpr int64_t kStreamTask = 16;   // weight rows per OpenMP task while streaming
 constexpr int64_t kPanelRows = 128;   // weight rows converted per sgemm call
+constexpr int64_t kGroup = 4;         // packed layout: rows a group, side by side per chunk
+constexpr int64_t kChunk = 32;        // packed layout: values of a row a chunk
+
+// Values a row of a packed weight (or of x against one) spans: K rounded up to whole chunks.
+inline int64_t packed_cols(int64_t K) { return (K + kChunk - 1) / kChunk * kChunk; }
+// Where value j of a chunk lies within it: int8 in order; bfloat16 values j and j + 16 share 32
+// bits (j in the low half), so one 32-bit lane gives both as float32 with a shift and a mask.
+inline int64_t packed_slot(int64_t j, int64_t elem_size) { return elem_size == 1 ? j : 2 * (j % 16) + j / 16; }
 
 inline float to_float(float w) { return w; }
 inline float to_float(uint16_t w) {  // bfloat16: the high half of a float32
@@ -56,18 +67,20 @@ inline float to_float(int8_t w) { return static_cast<float>(w); }
 constexpr int64_t kXBlock = 1024;
 
 struct XInt16 {
-  std::vector<int16_t> q;    // [M, K]
+  std::vector<int16_t> q;    // [M, ld]: values past K are 0
   std::vector<float> scale;  // [M, blocks]: x ~= q * scale block by block
-  int64_t blocks = 0;
+  int64_t blocks = 0, ld = 0;
 };
 
 // A block holding an infinity or NaN gets a NaN scale, so the outputs it reaches are NaN as they
 // would be in float32 (its q are 0).
-GC_CPU_CLONES void quantize_x(const float* x, int64_t M, int64_t K, XInt16& out) {
+GC_CPU_CLONES void quantize_x(const float* x, int64_t M, int64_t K, int64_t ld, XInt16& out) {
   out.blocks = (K + kXBlock - 1) / kXBlock;
-  out.q.resize(M * K);
+  out.ld = ld;
+  out.q.resize(M * ld);
   out.scale.resize(M * out.blocks);
-  for (int64_t m = 0; m < M; ++m)
+  for (int64_t m = 0; m < M; ++m) {
+    std::fill(out.q.begin() + m * ld + K, out.q.begin() + (m + 1) * ld, int16_t{0});
     for (int64_t b = 0; b < out.blocks; ++b) {
       const int64_t k0 = b * kXBlock, k1 = std::min(K, k0 + kXBlock);
       const float* v = x + m * K;
@@ -79,12 +92,13 @@ GC_CPU_CLONES void quantize_x(const float* x, int64_t M, int64_t K, XInt16& out)
       }
       const bool finite = poison == 0.f && amax <= 3.4e38f;
       const float inv = finite && amax > 0.f ? 32767.f / amax : 0.f;
-      int16_t* q = out.q.data() + m * K;
+      int16_t* q = out.q.data() + m * ld;
 #pragma omp simd
       for (int64_t k = k0; k < k1; ++k)
         q[k] = static_cast<int16_t>(std::clamp(std::nearbyint(v[k] * inv), -32767.f, 32767.f));
       out.scale[m * out.blocks + b] = finite ? amax / 32767.f : std::numeric_limits<float>::quiet_NaN();
     }
+  }
 }
 
 // Any CPU: eight lanes in GCC's vector extension (the compiler picks the registers).
@@ -125,6 +139,9 @@ inline VI dot16(VI acc, const W16& w, const int16_t* x) {
 }
 inline VI iadd(VI a, VI b) { return a + b; }
 inline V to_ps(VI v) { return __builtin_convertvector(v, V); }
+inline void load_pairs(const uint16_t* p, V& lo, V& hi) {
+  for (int j = 0; j < kWidth; ++j) lo[j] = to_float(p[2 * j]), hi[j] = to_float(p[2 * j + 1]);
+}
 #include "ops/decode/dense_stream.inl"
 }  // namespace generic
 
@@ -154,6 +171,11 @@ inline VI dot16(VI acc, W16 w, const int16_t* x) {
 }
 inline VI iadd(VI a, VI b) { return _mm256_add_epi32(a, b); }
 inline V to_ps(VI v) { return _mm256_cvtepi32_ps(v); }
+inline void load_pairs(const uint16_t* p, V& lo, V& hi) {  // the low and the high bfloat16 of each lane
+  const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+  lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
 inline float reduce(V v) {  // 8 -> 4 -> 2 -> 1 lanes
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -174,6 +196,7 @@ inline void reduce4(V a, V b, V c, V d, float out[4]) { _mm_storeu_ps(out, reduc
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,fma")
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on its own AVX-512 intrinsics' headers
+#pragma GCC diagnostic ignored "-Wuninitialized"        // (their _mm256_undefined_pd)
 namespace avx512 {
 using V = __m512;
 constexpr int kWidth = 16;
@@ -203,6 +226,11 @@ inline W16 load_w16(const int8_t* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_
 inline VI dot16(VI acc, W16 w, const int16_t* x) { return _mm512_dpwssd_epi32(acc, w, _mm512_loadu_si512(x)); }
 inline VI iadd(VI a, VI b) { return _mm512_add_epi32(a, b); }
 inline V to_ps(VI v) { return _mm512_cvtepi32_ps(v); }
+inline void load_pairs(const uint16_t* p, V& lo, V& hi) {
+  const __m512i v = _mm512_loadu_si512(p);
+  lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
 #include "ops/decode/dense_stream.inl"
 }  // namespace avx512
 #pragma GCC diagnostic pop
@@ -238,11 +266,31 @@ inline __attribute__((always_inline)) void convert_rows(const DenseWeight& d, in
     for (int64_t k = 0; k < d.K; ++k) panel[r * d.K + k] = to_float(w[r * d.K + k]) * s;
   }
 }
+// The same from a packed weight: each row's chunks gathered back into order.
+template <class W>
+inline __attribute__((always_inline)) void convert_packed_rows(const DenseWeight& d, int64_t n0, int64_t rows,
+                                                              float* panel) {
+  const int64_t ld = packed_cols(d.K);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = n0 + r;
+    const float s = d.scale ? d.scale[n] : 1.f;
+    const W* row = static_cast<const W*>(d.w) + (n / kGroup) * kGroup * ld + (n % kGroup) * kChunk;
+    for (int64_t c = 0; c < ld / kChunk; ++c) {
+      const W* chunk = row + c * kGroup * kChunk;
+      float v[kChunk];
+#pragma omp simd
+      for (int64_t j = 0; j < kChunk; ++j) v[j] = to_float(chunk[packed_slot(j, sizeof(W))]) * s;
+      std::memcpy(panel + r * d.K + c * kChunk, v, std::min(kChunk, d.K - c * kChunk) * sizeof(float));
+    }
+  }
+}
 GC_CPU_CLONES void convert_bf16(const DenseWeight& d, int64_t n0, int64_t rows, float* panel) {
-  convert_rows<uint16_t>(d, n0, rows, panel);
+  if (d.layout == GC_DENSE_PACKED) convert_packed_rows<uint16_t>(d, n0, rows, panel);
+  else convert_rows<uint16_t>(d, n0, rows, panel);
 }
 GC_CPU_CLONES void convert_int8(const DenseWeight& d, int64_t n0, int64_t rows, float* panel) {
-  convert_rows<int8_t>(d, n0, rows, panel);
+  if (d.layout == GC_DENSE_PACKED) convert_packed_rows<int8_t>(d, n0, rows, panel);
+  else convert_rows<int8_t>(d, n0, rows, panel);
 }
 
 GC_CPU_CLONES void gelu_rows(float* x, int64_t count) {
@@ -253,7 +301,16 @@ GC_CPU_CLONES void gelu_rows(float* x, int64_t count) {
 void stream_team(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, bool gelu) {
   static const StreamFn kernel = pick_stream();
   thread_local XInt16 xq;  // each thread rounds x itself: cheaper than a barrier
-  if (d.dtype == GC_INT8) quantize_x(x, M, d.K, xq);
+  thread_local std::vector<float> x_padded;
+  const bool packed = d.layout == GC_DENSE_PACKED;
+  const int64_t ld = packed ? packed_cols(d.K) : d.K;  // packed kernels read x in whole chunks
+  if (d.dtype == GC_INT8) {
+    quantize_x(x, M, d.K, ld, xq);
+  } else if (ld != d.K) {
+    x_padded.assign(M * ld, 0.f);
+    for (int64_t m = 0; m < M; ++m) std::memcpy(x_padded.data() + m * ld, x + m * d.K, d.K * sizeof(float));
+    x = x_padded.data();
+  }
   const int64_t tasks = (d.N + kStreamTask - 1) / kStreamTask;
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < tasks; ++t) {
@@ -294,7 +351,23 @@ void panels_team(const DenseWeight& d, const float* x, int64_t M, float* y, int6
 
 DenseWeight dense_weight(const gc_dense& d) {
   return DenseWeight{d.weight.dtype, d.weight.data, static_cast<const float*>(d.scale.data),
-                     static_cast<const float*>(d.bias.data), d.weight.shape[0], d.weight.shape[1]};
+                     static_cast<const float*>(d.bias.data), d.weight.shape[0], d.weight.shape[1], d.layout};
+}
+
+void pack_dense(const void* w, int64_t N, int64_t K, int64_t elem_size, void* packed) {
+  const int64_t ld = packed_cols(K), groups = (N + kGroup - 1) / kGroup;
+  const char* src = static_cast<const char*>(w);
+  char* dst = static_cast<char*>(packed);
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < groups; ++g) {
+    char* out = dst + g * kGroup * ld * elem_size;
+    std::memset(out, 0, kGroup * ld * elem_size);
+    for (int64_t n = g * kGroup; n < std::min(N, (g + 1) * kGroup); ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t at = ((k / kChunk) * kGroup + n % kGroup) * kChunk + packed_slot(k % kChunk, elem_size);
+        std::memcpy(out + at * elem_size, src + (n * K + k) * elem_size, elem_size);
+      }
+  }
 }
 
 void dense_team(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, bool gelu) {

@@ -8,7 +8,9 @@
 //   and for int8 weights: kPairs16: int16 values a W16 holds (2 * kWidth);  VI: kWidth int32 lanes;
 //   VI izero();  W16 load_w16(const int8_t*): kPairs16 weights widened to int16;
 //   VI dot16(VI acc, W16 w, const int16_t* x): acc[j] += w[2j] x[2j] + w[2j+1] x[2j+1];
-//   VI iadd(VI, VI);  V to_ps(VI).
+//   VI iadd(VI, VI);  V to_ps(VI);
+//   and for packed bfloat16: void load_pairs(const uint16_t* p, V& lo, V& hi): kWidth 32-bit lanes
+//   of bfloat16 pairs, lo the low halves and hi the high halves as float32.
 // Not a header: no include guard, no includes of its own.
 
 constexpr int kAcc = 4;                     // independent accumulators per row
@@ -62,7 +64,7 @@ struct LanesAndTail {
 inline __attribute__((always_inline)) LanesAndTail dot_int8(const int8_t* wr, const XInt16& x, int64_t m, int64_t K) {
   V acc = zero();
   float tail = 0.f;
-  const int16_t* xr = x.q.data() + m * K;
+  const int16_t* xr = x.q.data() + m * x.ld;
   for (int64_t b = 0; b < x.blocks; ++b) {
     const int64_t k0 = b * kXBlock, k1 = std::min(K, k0 + kXBlock);
     VI p0 = izero(), p1 = izero(), p2 = izero(), p3 = izero();
@@ -107,9 +109,82 @@ void stream_rows_int8(const DenseWeight& d, const XInt16& x, int64_t M, float* y
   }
 }
 
+// Packed weights: groups of kGroup rows [n0, n1) (n0 a multiple of kGroup), each group's chunks
+// read in order, every chunk of x loaded once for the group's rows. A row's sum goes lane by lane
+// in chunk order, so it depends on K alone (and equals the row layout's for int8 when K is a
+// multiple of kChunk: the same exact int32 lanes).
+void store_group(const DenseWeight& d, const V acc[kGroup], float* y, int64_t n, int64_t rows) {
+  float sums[kGroup];
+  reduce4(acc[0], acc[1], acc[2], acc[3], sums);
+  for (int64_t r = 0; r < rows; ++r)
+    y[n + r] = (d.scale ? sums[r] * d.scale[n + r] : sums[r]) + (d.bias ? d.bias[n + r] : 0.f);
+}
+
+// bfloat16: x [M, packed_cols(K)] float32 (zeros past K); a chunk's values j and j + 16 come
+// from one lane (load_pairs), dotted with x's first and second halves of the chunk.
+void stream_packed_bf16(const DenseWeight& d, const float* x, int64_t M, float* y, int64_t ldy, int64_t n0,
+                        int64_t n1) {
+  const int64_t ld = packed_cols(d.K), chunks = ld / kChunk;
+  const uint16_t* w = static_cast<const uint16_t*>(d.w);
+  for (int64_t n = n0; n < n1; n += kGroup) {
+    const uint16_t* group = w + n * ld;  // (n / kGroup) groups of kGroup * ld values before it
+    for (int64_t m = 0; m < M; ++m) {    // the group (kGroup * ld values) stays in L1 for the next x row
+      const float* xr = x + m * ld;
+      V lo[kGroup], hi[kGroup];
+      for (int r = 0; r < kGroup; ++r) lo[r] = zero(), hi[r] = zero();
+      for (int64_t c = 0; c < chunks; ++c) {
+        const uint16_t* chunk = group + c * kGroup * kChunk;
+        for (int h = 0; h < kChunk / 2; h += kWidth) {
+          const V x_lo = load_x(xr + c * kChunk + h), x_hi = load_x(xr + c * kChunk + kChunk / 2 + h);
+          for (int r = 0; r < kGroup; ++r) {
+            V a, b;
+            load_pairs(chunk + r * kChunk + 2 * h, a, b);
+            lo[r] = fma(x_lo, a, lo[r]);
+            hi[r] = fma(x_hi, b, hi[r]);
+          }
+        }
+      }
+      V acc[kGroup];
+      for (int r = 0; r < kGroup; ++r) acc[r] = add(lo[r], hi[r]);
+      store_group(d, acc, y + m * ldy, n, std::min(kGroup, n1 - n));
+    }
+  }
+}
+
+// int8: x rounded to int16 ([M, packed_cols(K)], zeros past K); each block of kXBlock values
+// summed exactly in int32 lanes (one chain of multiply-adds per row of the group), then scaled.
+void stream_packed_int8(const DenseWeight& d, const XInt16& x, int64_t M, float* y, int64_t ldy, int64_t n0,
+                        int64_t n1) {
+  const int64_t ld = x.ld, chunks = ld / kChunk, block_chunks = kXBlock / kChunk;
+  const int8_t* w = static_cast<const int8_t*>(d.w);
+  for (int64_t n = n0; n < n1; n += kGroup) {
+    const int8_t* group = w + n * ld;
+    for (int64_t m = 0; m < M; ++m) {
+      const int16_t* xr = x.q.data() + m * ld;
+      V acc[kGroup];
+      for (int r = 0; r < kGroup; ++r) acc[r] = zero();
+      for (int64_t b = 0; b < x.blocks; ++b) {
+        VI p[kGroup];
+        for (int r = 0; r < kGroup; ++r) p[r] = izero();
+        for (int64_t c = b * block_chunks; c < std::min(chunks, (b + 1) * block_chunks); ++c) {
+          const int8_t* chunk = group + c * kGroup * kChunk;
+          for (int h = 0; h < kChunk; h += kPairs16)
+            for (int r = 0; r < kGroup; ++r) p[r] = dot16(p[r], load_w16(chunk + r * kChunk + h), xr + c * kChunk + h);
+        }
+        const V s = splat(x.scale[m * x.blocks + b]);
+        for (int r = 0; r < kGroup; ++r) acc[r] = fma(to_ps(p[r]), s, acc[r]);
+      }
+      store_group(d, acc, y + m * ldy, n, std::min(kGroup, n1 - n));
+    }
+  }
+}
+
 void stream(const DenseWeight& d, const float* x, const XInt16& xq, int64_t M, float* y, int64_t ldy, int64_t n0,
             int64_t n1) {
+  const bool packed = d.layout == GC_DENSE_PACKED;
   if (d.dtype == GC_FLOAT32) stream_rows<float>(d, x, M, y, ldy, n0, n1);
+  else if (d.dtype == GC_BFLOAT16 && packed) stream_packed_bf16(d, x, M, y, ldy, n0, n1);
   else if (d.dtype == GC_BFLOAT16) stream_rows<uint16_t>(d, x, M, y, ldy, n0, n1);
+  else if (packed) stream_packed_int8(d, xq, M, y, ldy, n0, n1);
   else stream_rows_int8(d, xq, M, y, ldy, n0, n1);
 }
