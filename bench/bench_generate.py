@@ -10,7 +10,8 @@ greedy tokens (no stop token on either side).
 The candidates: on CUDA gptcore's Generator (CUDA graphs). On the CPU gptcore's core
 (gc_gpt_decode) with the weights in each --weights format (fp32, bf16, int8), and gptcore's
 PyTorch forward (Engine(core=False), the path before the core; --no-pytorch-path drops it);
-with --small-pages also the core's fp32 with its memory in 4 KiB pages instead of 2 MiB ones.
+with --small-pages also the core's fp32 with its memory in 4 KiB pages instead of 2 MiB ones; with
+--rows also the core's bf16 and int8 with their matrices in rows (F.linear's layout) instead of packed.
 
 Validation, before any timing, for every candidate and batch size: its greedy tokens against a
 reference forward over the prompt + its tokens: each token must be the reference's argmax or
@@ -298,6 +299,11 @@ def main() -> None:
         help="CPU: also time the core's fp32 with its weights and cache in 4 KiB pages (GPTCORE_HUGE_PAGES=0)",
     )
     parser.add_argument(
+        "--rows",
+        action="store_true",
+        help="CPU: also time the core's bf16 and int8 with their matrices in rows instead of packed",
+    )
+    parser.add_argument(
         "--prefill-len",
         type=int,
         default=512,
@@ -400,6 +406,10 @@ def main() -> None:
             with mock.patch.dict(os.environ, GPTCORE_HUGE_PAGES="0"):  # restored after, whatever it was
                 engine = Engine(model, slots=slots, max_len=P + N, weights="fp32")
             candidates["gptcore fp32 4k pages"] = Generator(model, engine=engine)
+        for w in [w for w in formats if w != "fp32" and args.rows]:  # the same formats unpacked
+            engine = Engine(model, slots=slots, max_len=P + N, weights=w)
+            engine.core = CoreDecoder(model, slots, P + N, w, packed=False)
+            candidates[f"gptcore {w} rows"] = Generator(model, engine=engine)
         if args.pytorch_path:
             engine = Engine(model, slots=slots, max_len=P + N, core=False)
             candidates["gptcore pytorch"] = Generator(model, engine=engine)
@@ -417,7 +427,7 @@ def main() -> None:
         hf_tokens = hf_generate(hf_timed, torch.tensor(prompts, device=device), hf_config(N))
         fp32_tokens = None
         for name, candidate in candidates.items():
-            weights = name.removeprefix("gptcore ")
+            weights = name.split()[1]  # "gptcore int8 rows" -> int8
             if weights in ("bf16", "int8"):  # against the float64 model of what the format stores
                 if weights not in references:
                     references[weights] = quantized_reference(model, weights)
@@ -427,7 +437,7 @@ def main() -> None:
             else:
                 reference, theirs, theirs_name = hf_reference, hf_tokens, "HF generate"
             v, tokens = validate(candidate, reference, theirs, theirs_name, prompts, device, N, tie_atol)
-            if weights == "fp32":
+            if name == "gptcore fp32":
                 fp32_tokens = tokens
             v["candidate"] = name
             validations.append(v)

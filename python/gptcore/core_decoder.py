@@ -3,7 +3,7 @@ core (gc_gpt_decode) that runs the whole forward, instead of about 90 framework 
 the KV cache in the core's layout and the weights in float32 (the model's own memory), bfloat16 or
 int8 (one scale per output row), converted to float32 on the fly by the matrix-vector kernels;
 bfloat16 and int8 matrices are stored packed (gc_dense_pack: four rows' 32-value chunks side by
-side), which the kernels stream ~20-30% faster than rows.
+side), which the kernels stream ~20% faster than rows.
 Everything a step streams (the matrices, scales, biases and layer norms) and the KV cache live in
 memory asked of the OS in 2 MiB pages (huge_page_buffer); the model's own float32 parameters are
 moved there (same values), so fp32 takes no second copy.

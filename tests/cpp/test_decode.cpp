@@ -36,6 +36,50 @@ TEST(dense_int8_and_bfloat16_by_hand) {
               GC_ERROR_INVALID_ARGUMENT, "int8 weights need one float32 scale per output row");
 }
 
+// The same products from packed weights: gc_dense_pack puts (n, k) at ((g * chunks + c) * 4 + r) * 32
+// + p (g = n / 4, r = n % 4, c = k / 32, j = k % 32; p = j for int8, 2 (j % 16) + j / 16 for
+// bfloat16), zeros elsewhere; x rows of 3 values see the padding as zeros.
+TEST(dense_packed_by_hand) {
+  CHECK(gc_dense_packed_numel(2, 3) == 4 * 32 && gc_dense_packed_numel(5, 33) == 8 * 64);
+  CHECK(gc_dense_packed_numel(-1, 3) == -1);
+  std::vector<int8_t> q{1, -2, 3, 127, 0, -127}, qp(128, 99);
+  CHECK(gc_dense_pack(view(q.data(), GC_INT8, {2, 3}), view(qp.data(), GC_INT8, {128})) == GC_OK);
+  CHECK(qp[0] == 1 && qp[1] == -2 && qp[2] == 3 && qp[32] == 127 && qp[33] == 0 && qp[34] == -127);
+  int nonzero = 0;
+  for (int i = 0; i < 128; ++i) nonzero += qp[i] != 0;
+  CHECK(nonzero == 5);
+  std::vector<float> scale{0.5f, 0.01f}, bias{1, 0}, x{1, 1, 1, 2, 0, -2, 3, 0, 1}, y(6);
+  gc_dense d{view(qp.data(), GC_INT8, {2, 3}), view(scale.data(), GC_FLOAT32, {2}), view(bias.data(), GC_FLOAT32, {2}),
+             GC_DENSE_PACKED};
+  CHECK(gc_dense_fwd(&d, view(x.data(), GC_FLOAT32, {3, 3}), view(y.data(), GC_FLOAT32, {3, 2})) == GC_OK);
+  const double third = 10922.0 * 3 / 32767;
+  const double want[6] = {0.5 * 2 + 1,  0, 0.5 * -4 + 1, 0.01 * 508, 0.5 * (3 + 3 * third) + 1,
+                          0.01 * (381 - 127 * third)};
+  for (int i = 0; i < 6; ++i) CHECK_NEAR(y[i], want[i], 1e-6);
+
+  // bfloat16 [1, 18] with w[0, k] = k + 1: values 0 and 16 share the first 32 bits, 1 and 17 the next.
+  std::vector<uint16_t> w(18), wp(4 * 32, 0xFFFF);
+  const uint16_t bits[18] = {0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, 0x4100, 0x4110,
+                             0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170, 0x4180, 0x4188, 0x4190};  // 1..18
+  for (int k = 0; k < 18; ++k) w[k] = bits[k];
+  CHECK(gc_dense_pack(view(w.data(), GC_BFLOAT16, {1, 18}), view(wp.data(), GC_BFLOAT16, {128})) == GC_OK);
+  CHECK(wp[0] == bits[0] && wp[1] == bits[16] && wp[2] == bits[1] && wp[3] == bits[17] && wp[4] == bits[2] &&
+        wp[5] == 0 && wp[31] == 0 && wp[32] == 0);
+  std::vector<float> xb(18, 1.f), yb(1);
+  gc_dense b{view(wp.data(), GC_BFLOAT16, {1, 18}), gc_tensor{}, gc_tensor{}, GC_DENSE_PACKED};
+  CHECK(gc_dense_fwd(&b, view(xb.data(), GC_FLOAT32, {1, 18}), view(yb.data(), GC_FLOAT32, {1, 1})) == GC_OK);
+  CHECK_NEAR(yb[0], 18 * 19 / 2, 1e-5);
+
+  gc_dense f{view(x.data(), GC_FLOAT32, {3, 3}), gc_tensor{}, gc_tensor{}, GC_DENSE_PACKED};
+  CHECK_FAILS(gc_dense_fwd(&f, view(x.data(), GC_FLOAT32, {1, 3}), view(y.data(), GC_FLOAT32, {1, 3})),
+              GC_ERROR_INVALID_ARGUMENT, "only bfloat16 and int8 weights are packed");
+  d.layout = 7;
+  CHECK_FAILS(gc_dense_fwd(&d, view(x.data(), GC_FLOAT32, {3, 3}), view(y.data(), GC_FLOAT32, {3, 2})),
+              GC_ERROR_INVALID_ARGUMENT, "'dense.layout' is 7");
+  CHECK_FAILS(gc_dense_pack(view(q.data(), GC_INT8, {2, 3}), view(qp.data(), GC_INT8, {127})), GC_ERROR_SHAPE,
+              "expected [128]");
+}
+
 // One layer, C = 32, one head. Every matrix is zero, so each block adds nothing to the residual
 // stream and the logits are LN_f(wte[token] + wpe[position]) . wte[v]; the QKV bias makes every key
 // k_bias and every value v_bias, which the cache must hold at the new positions.

@@ -1,6 +1,7 @@
 """Generation in the core (gc_dense_fwd, gc_gpt_decode, gptcore.core_decoder) against float64
-PyTorch: the weight-only products for every format, row count and odd size; the whole decoder
-over prefills, decode steps and ragged batches; the kernels of each instruction set; bad input."""
+PyTorch: the weight-only products for every format and layout, row count and odd size; the packed
+layout against its definition; the whole decoder over prefills, decode steps and ragged batches;
+the kernels of each instruction set; bad input."""
 
 import os
 import subprocess
@@ -10,12 +11,14 @@ import pytest
 import torch
 
 from gptcore import _C
-from gptcore.core_decoder import CoreDecoder, dequantize, quantize, unsupported
+from gptcore.core_decoder import CoreDecoder, dequantize, pack, quantize, unsupported
 from gptcore.generate import Engine, Generator
 from gptcore.model import GPT, GPTConfig
 from gptcore.ops._views import view
 
 FORMATS = ("fp32", "bf16", "int8")
+# Each format in each layout it comes in: bfloat16 and int8 also packed (gc_dense_pack).
+STORED = ("fp32", "bf16", "bf16-packed", "int8", "int8-packed")
 
 
 def dequantized(weight: torch.Tensor, weights: str) -> torch.Tensor:
@@ -24,9 +27,15 @@ def dequantized(weight: torch.Tensor, weights: str) -> torch.Tensor:
 
 
 def dense(weight: torch.Tensor, bias, weights: str, x: torch.Tensor) -> torch.Tensor:
+    """gc_dense_fwd with the weight stored as `weights` (one of STORED)."""
+    weights, _, layout = weights.partition("-")
     stored, scale = quantize(weight, weights)
     y = torch.empty(x.shape[0], weight.shape[0])
-    d = _C.Dense(view(stored, "w"), view(scale, "s"), view(bias, "b"))
+    if layout == "packed":
+        stored = pack(stored)  # kept alive here: the view does not own it
+        d = _C.Dense(view(stored, "w"), view(scale, "s"), view(bias, "b"), packed_shape=tuple(weight.shape))
+    else:
+        d = _C.Dense(view(stored, "w"), view(scale, "s"), view(bias, "b"))
     _C.dense_fwd(d, view(x, "x"), view(y, "y"))
     return y
 
@@ -44,20 +53,56 @@ def test_quantize_formats():
     assert (err <= scale.double()[:, None] / 2 + 1e-12).all()  # round to nearest, within half a step
 
 
+# ---- the packed layout ---------------------------------------------------------------------------
+def packed_by_definition(w: torch.Tensor) -> torch.Tensor:
+    """gptcore/decode.h's GC_DENSE_PACKED order built from its text with tensor ops: rows padded to
+    groups of 4, columns to chunks of 32; [group, chunk, row in group, value]; bfloat16 values j and
+    j + 16 of a chunk side by side."""
+    N, K = w.shape
+    padded = torch.zeros(-(-N // 4) * 4, -(-K // 32) * 32, dtype=w.dtype)
+    padded[:N, :K] = w
+    blocks = padded.view(-1, 4, padded.shape[1] // 32, 32).permute(0, 2, 1, 3)  # [g, c, r, j]
+    if w.dtype == torch.bfloat16:
+        blocks = blocks.reshape(*blocks.shape[:3], 2, 16).transpose(3, 4)  # [g, c, r, j % 16, j // 16]
+    return blocks.reshape(-1)
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("N,K", [(8, 64), (70, 768), (19, 100), (3, 37), (1, 1)])
+def test_pack_follows_the_documented_order(weights, N, K):
+    stored, _ = quantize(torch.randn(N, K), weights)
+    packed = pack(stored)
+    assert packed.numel() == _C.dense_packed_numel(N, K) == -(-N // 4) * 4 * -(-K // 32) * 32
+    assert torch.equal(
+        packed.view(torch.int16 if weights == "bf16" else torch.int8),
+        packed_by_definition(stored).view(torch.int16 if weights == "bf16" else torch.int8),
+    )
+
+
+def test_packed_int8_sums_the_same_int32_lanes_as_rows():
+    """With K a multiple of 32 a packed int8 row sums exactly what the row layout sums (gptcore/
+    decode.h): the results are bitwise equal, for decode rows and for prefill panels alike."""
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(70, 768, generator=g) * 0.05, torch.randn(70, generator=g)
+    for M in (1, 3, 9):
+        x = torch.randn(M, 768, generator=g)
+        assert torch.equal(dense(w, b, "int8", x), dense(w, b, "int8-packed", x))
+
+
 # ---- gc_dense_fwd --------------------------------------------------------------------------------
-@pytest.mark.parametrize("weights", FORMATS)
+@pytest.mark.parametrize("weights", STORED)
 @pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 33])
 @pytest.mark.parametrize("N,K", [(70, 768), (19, 100), (300, 37)])
 def test_dense_against_float64(weights, M, N, K):
     g = torch.Generator().manual_seed(M * 1000 + N + K)
     w, b = torch.randn(N, K, generator=g) * 0.05, torch.randn(N, generator=g)
     x = torch.randn(M, K, generator=g)
-    want = x.double() @ dequantized(w, weights).T + b.double()
+    want = x.double() @ dequantized(w, weights.split("-")[0]).T + b.double()
     got = dense(w, b, weights, x)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K**0.5)
 
 
-@pytest.mark.parametrize("weights", FORMATS)
+@pytest.mark.parametrize("weights", STORED)
 def test_dense_rows_do_not_depend_on_each_other(weights):
     """Up to DENSE_STREAM_ROWS rows, each row's result is bitwise its result alone."""
     g = torch.Generator().manual_seed(3)
@@ -80,9 +125,10 @@ def rounded_x(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("layout", ["rows", "packed"])
 @pytest.mark.parametrize("M", [1, 2, 3, 4])
 @pytest.mark.parametrize("K", [2500, 768, 37])  # blocks of 1024 with a partial last one; one short block
-def test_int8_streaming_multiplies_x_rounded_to_int16_blocks(M, K):
+def test_int8_streaming_multiplies_x_rounded_to_int16_blocks(M, K, layout):
     """Up to DENSE_STREAM_ROWS rows, int8 products take x rounded to int16 per block of 1024: the
     result matches the float64 product with x rounded that way (tightly), and differs from the
     exact x by no more than the documented bound (half a step of each block's scale per value)."""
@@ -91,7 +137,7 @@ def test_int8_streaming_multiplies_x_rounded_to_int16_blocks(M, K):
     x = torch.randn(M, K, generator=g)
     x[:, ::97] *= 300  # an outlier in each block: coarse steps, so the rounding shows
     stored = dequantized(w, "int8")
-    got = dense(w, b, "int8", x).double()
+    got = dense(w, b, "int8" if layout == "rows" else "int8-packed", x).double()
     want = rounded_x(x) @ stored.T + b.double()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     exact = x.double() @ stored.T + b.double()
@@ -102,12 +148,13 @@ def test_int8_streaming_multiplies_x_rounded_to_int16_blocks(M, K):
     assert not torch.allclose(exact, want, rtol=1e-5, atol=1e-4)  # the first check tells the two apart
 
 
-def test_int8_non_finite_x_gives_nan():
+@pytest.mark.parametrize("weights", ["int8", "int8-packed"])
+def test_int8_non_finite_x_gives_nan(weights):
     """An infinite or NaN x makes the int8 outputs of its row NaN, as float32 products would."""
     w = torch.randn(40, 300) * 0.05
     x = torch.randn(3, 300)
     x[0, 7], x[1, 290] = float("inf"), float("nan")
-    y = dense(w, None, "int8", x)
+    y = dense(w, None, weights, x)
     assert y[0].isnan().all() and y[1].isnan().all() and y[2].isfinite().all()
 
 
@@ -132,13 +179,13 @@ def test_each_instruction_set_against_float64(kernels):
     script = f"""
 import torch, sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
-from test_core_decoder import FORMATS, dense, dequantized
+from test_core_decoder import STORED, dense, dequantized
 g = torch.Generator().manual_seed(0)
-for weights in FORMATS:
+for weights in STORED:
     for M in (1, 2, 3):
         w, b = torch.randn(45, 300, generator=g) * 0.05, torch.randn(45, generator=g)
         x = torch.randn(M, 300, generator=g)
-        want = x.double() @ dequantized(w, weights).T + b.double()
+        want = x.double() @ dequantized(w, weights.split("-")[0]).T + b.double()
         torch.testing.assert_close(dense(w, b, weights, x).double(), want, rtol=1e-5, atol=2e-4)
 print("ok")
 """
@@ -157,6 +204,15 @@ def test_dense_bad_input_is_one_line():
         _C.dense_fwd(_C.Dense(view(w, "w"), None, None), view(torch.randn(2, 15), "x"), view(y, "y"))
     with pytest.raises(_C.Error, match="dtype"):
         _C.dense_fwd(_C.Dense(view(w.half(), "w"), None, None), view(x, "x"), view(y, "y"))
+    fp32_packed = _C.Dense(view(torch.zeros(_C.dense_packed_numel(8, 16)), "w"), None, None, packed_shape=(8, 16))
+    with pytest.raises(_C.Error, match="only bfloat16 and int8 weights are packed"):
+        _C.dense_fwd(fp32_packed, view(x, "x"), view(y, "y"))
+    with pytest.raises(ValueError, match="1-D with dense_packed_numel"):
+        _C.Dense(view(q, "w"), view(scale, "s"), None, packed_shape=(8, 16))
+    with pytest.raises(_C.Error, match=r"gc_dense_pack: 'packed' has shape \[128\]; expected \[256\]"):
+        _C.dense_pack(view(q, "w"), view(torch.empty(128, dtype=torch.int8), "packed"))
+    with pytest.raises(_C.Error, match="gc_dense_pack: 'weight' has dtype float32"):
+        _C.dense_pack(view(w, "w"), view(torch.empty(256), "packed"))
 
 
 # ---- the decoder ---------------------------------------------------------------------------------
@@ -192,12 +248,13 @@ def reference_logits(ref: GPT, weights: str, tokens: list[int], vocab: int) -> t
         return x @ head.T
 
 
-@pytest.mark.parametrize("weights", FORMATS)
-def test_prefill_then_decode_against_float64(model, weights):
+@pytest.mark.parametrize("stored", STORED)
+def test_prefill_then_decode_against_float64(model, stored):
     """A prompt prefilled, then tokens one at a time, in slot 2 of 4: every logit vs float64."""
     c = model.config
+    weights, _, layout = stored.partition("-")
     tokens = torch.randint(0, c.vocab_size, (40,), generator=torch.Generator().manual_seed(1)).tolist()
-    decoder = CoreDecoder(model, slots=4, max_len=64, weights=weights)
+    decoder = CoreDecoder(model, slots=4, max_len=64, weights=weights, packed=layout == "packed")
     got = [decoder.forward(tokens[:25], [2], [0], [25], every_position=True)]
     got += [decoder.forward([tokens[t]], [2], [t], [1]) for t in range(25, 40)]
     want = reference_logits(reference(model, weights), weights, tokens, c.vocab_size)

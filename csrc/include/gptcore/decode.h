@@ -16,8 +16,9 @@
  * A bfloat16 or int8 weight can also be given packed (layout GC_DENSE_PACKED, made once by
  * gc_dense_pack): the rows in groups of four, each group a run of 32-value chunks with the four
  * rows' chunks side by side. Streaming then reads one sequential run per thread and loads each
- * piece of x once for four rows, which measured ~20-30% faster than rows one after another
- * (bench/RESULTS.md); the products are the same numbers as from the row layout.
+ * piece of x once for four rows: a GPT-2 decode step measured ~20% faster than from rows
+ * (bench/RESULTS.md). int8 products are the same numbers as from rows (exact int32 sums) when K
+ * is a multiple of 32; bfloat16 ones differ only in the order of the float32 additions.
  *
  * gc_gpt_decode runs the model of gptcore.model.GPT (learned positions, pre-LN, fused QKV,
  * tanh GELU, logits through lm_head) for a ragged batch of sequences: sequence s brings
