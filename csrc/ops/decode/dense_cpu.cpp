@@ -266,21 +266,40 @@ inline __attribute__((always_inline)) void convert_rows(const DenseWeight& d, in
     for (int64_t k = 0; k < d.K; ++k) panel[r * d.K + k] = to_float(w[r * d.K + k]) * s;
   }
 }
-// The same from a packed weight: each row's chunks gathered back into order.
+// The same from a packed weight: each row's chunks gathered back into order. A whole chunk goes
+// straight into the panel (bfloat16: 32-bit lanes split by a shift and a mask, as the kernels do);
+// the last, partial one of a row through a buffer.
+inline __attribute__((always_inline)) void unpack_chunk(const int8_t* chunk, float s, float* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < kChunk; ++j) out[j] = static_cast<float>(chunk[j]) * s;
+}
+inline __attribute__((always_inline)) void unpack_chunk(const uint16_t* chunk, float s, float* out) {
+  uint32_t lanes[kChunk / 2];
+  std::memcpy(lanes, chunk, sizeof(lanes));
+#pragma omp simd
+  for (int64_t j = 0; j < kChunk / 2; ++j) {
+    const uint32_t lo = lanes[j] << 16, hi = lanes[j] & 0xFFFF0000u;
+    float a, b;
+    std::memcpy(&a, &lo, sizeof(a));
+    std::memcpy(&b, &hi, sizeof(b));
+    out[j] = a * s;
+    out[j + kChunk / 2] = b * s;
+  }
+}
 template <class W>
 inline __attribute__((always_inline)) void convert_packed_rows(const DenseWeight& d, int64_t n0, int64_t rows,
                                                               float* panel) {
-  const int64_t ld = packed_cols(d.K);
+  const int64_t ld = packed_cols(d.K), whole = d.K / kChunk;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = n0 + r;
     const float s = d.scale ? d.scale[n] : 1.f;
     const W* row = static_cast<const W*>(d.w) + (n / kGroup) * kGroup * ld + (n % kGroup) * kChunk;
-    for (int64_t c = 0; c < ld / kChunk; ++c) {
-      const W* chunk = row + c * kGroup * kChunk;
-      float v[kChunk];
-#pragma omp simd
-      for (int64_t j = 0; j < kChunk; ++j) v[j] = to_float(chunk[packed_slot(j, sizeof(W))]) * s;
-      std::memcpy(panel + r * d.K + c * kChunk, v, std::min(kChunk, d.K - c * kChunk) * sizeof(float));
+    float* out = panel + r * d.K;
+    for (int64_t c = 0; c < whole; ++c) unpack_chunk(row + c * kGroup * kChunk, s, out + c * kChunk);
+    if (whole * kChunk < d.K) {
+      float last[kChunk];
+      unpack_chunk(row + whole * kGroup * kChunk, s, last);
+      std::memcpy(out + whole * kChunk, last, (d.K - whole * kChunk) * sizeof(float));
     }
   }
 }
