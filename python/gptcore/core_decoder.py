@@ -146,8 +146,9 @@ class CoreDecoder:
         shape = (c.n_layer, slots, c.n_head, max_len, c.head_dim)
         numel = c.n_layer * slots * c.n_head * max_len * c.head_dim
         self.k_cache, self.v_cache = (huge_page_buffer(4 * numel).view(torch.float32).view(shape) for _ in range(2))
+        self._k_view, self._v_view = view(self.k_cache, "k_cache"), view(self.v_cache, "v_cache")
         t = model.transformer
-        self._shapes: dict[int, tuple[int, int]] = {}  # id of a packed weight -> its [N, K]
+        packed_shapes: dict[int, tuple[int, int]] = {}  # id of a packed weight -> its [N, K]
 
         # Everything a step streams, in the order it reads it: per layer LN1, QKV, projection, LN2, MLP
         # (each matrix as (stored weight, scale, bias)), then the final LN and the tied head.
@@ -155,7 +156,7 @@ class CoreDecoder:
             stored, scale = quantize(weight, weights)
             if packed and weights != "fp32":
                 stored = pack(stored)
-                self._shapes[id(stored)] = tuple(weight.shape)
+                packed_shapes[id(stored)] = tuple(weight.shape)
             return stored, scale, None if bias is None else bias.detach()
 
         def norm(ln: nn.LayerNorm) -> tuple:
@@ -191,7 +192,7 @@ class CoreDecoder:
             return [None if x is None else view(placed[id(x)], "weight") for x in part]
 
         def dense_at(part: tuple) -> _C.Dense:
-            return _C.Dense(*at(*part), packed_shape=self._shapes.get(id(part[0])))
+            return _C.Dense(*at(*part), packed_shape=packed_shapes.get(id(part[0])))
 
         layers = [
             _C.GptLayer(*at(*ln_1), dense_at(qkv), dense_at(proj), *at(*ln_2), dense_at(fc), dense_at(fc_proj))
@@ -213,15 +214,15 @@ class CoreDecoder:
         """Sequence i brings lens[i] new tokens (taken in order from `tokens`) at positions
         starts[i].. of cache slot slots[i]; logits [S, vocab_size] of each one's last new token, or
         [len(tokens), vocab_size] of every new token with every_position."""
-        ids = torch.tensor(tokens, dtype=torch.int32)
-        seq = [torch.tensor(v, dtype=torch.int32) for v in (slots, starts, lens)]
         logits = torch.empty(len(tokens) if every_position else len(slots), self.config.vocab_size)
         _C.gpt_decode(
             self.model,
-            view(self.k_cache, "k_cache"),
-            view(self.v_cache, "v_cache"),
-            view(ids, "tokens"),
-            *(view(v, name) for v, name in zip(seq, ("seq_slot", "seq_start", "seq_len"))),
+            self._k_view,
+            self._v_view,
+            list(tokens),
+            list(slots),
+            list(starts),
+            list(lens),
             view(logits, "logits"),
             every_position,
         )

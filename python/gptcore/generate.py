@@ -458,7 +458,8 @@ class Engine:
             [r.generator for r in requests],
             self.seen[rows] if penalized else None,
         ).tolist()
-        self.seen[rows, next_ids] = True
+        if penalized:  # seen is read for penalized requests only (a slot's row is reset with each prompt)
+            self.seen[rows, next_ids] = True
         for i, (r, token) in enumerate(zip(requests, next_ids)):
             k = r.params.logprobs
             self._emit(r, token, None if k is None else score_tokens(logits[i : i + 1], [token], k)[0])
@@ -511,6 +512,14 @@ def score_tokens(logits: torch.Tensor, tokens: Sequence[int], k: int) -> list[To
     ]
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits [R, V].argmax(-1), the first of equal maxima (a NaN counts as the largest). On the CPU
+    NumPy's: ~4 us for GPT-2's 50k vocabulary against torch's ~44 us, a few percent of a decode step."""
+    if logits.device.type == "cpu":
+        return torch.from_numpy(logits.numpy().argmax(-1))
+    return logits.argmax(-1)
+
+
 def sample_logits(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
@@ -521,11 +530,12 @@ def sample_logits(
     greedy (temperature 0) or temperature, top-k, top-p and one uniform draw from the row's
     generator. Every operation is row-wise, so a row's token does not depend on the other rows."""
     logits = logits.float()
-    penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)[:, None]
-    if seen is not None and bool((penalty != 1).any()):
-        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-        logits = torch.where(seen, penalized, logits)
-    out = logits.argmax(-1)
+    if seen is not None:
+        penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)[:, None]
+        if bool((penalty != 1).any()):
+            penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+            logits = torch.where(seen, penalized, logits)
+    out = argmax_rows(logits)
     sampled = [i for i, p in enumerate(params) if p.temperature > 0]
     if not sampled:
         return out

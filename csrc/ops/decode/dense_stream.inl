@@ -113,7 +113,8 @@ void stream_rows_int8(const DenseWeight& d, const XInt16& x, int64_t M, float* y
 // read in order, every chunk of x loaded once for the group's rows. A row's sum goes lane by lane
 // in chunk order, so it depends on K alone (and equals the row layout's for int8 when K is a
 // multiple of kChunk: the same exact int32 lanes).
-void store_group(const DenseWeight& d, const V acc[kGroup], float* y, int64_t n, int64_t rows) {
+inline __attribute__((always_inline)) void store_group(const DenseWeight& d, const V acc[kGroup], float* y, int64_t n,
+                                                     int64_t rows) {
   float sums[kGroup];
   reduce4(acc[0], acc[1], acc[2], acc[3], sums);
   for (int64_t r = 0; r < rows; ++r)
