@@ -12,7 +12,7 @@ import torch
 from gptcore import cli, convert
 from gptcore.checkpoint import load_for_inference, load_model, save_model
 from gptcore.data import train_sentencepiece
-from gptcore.generate import Engine, Generator, KVCache, Request, SamplingParams, sample_logits
+from gptcore.generate import Engine, Generator, KVCache, Request, SamplingParams, argmax_rows, sample_logits
 from gptcore.model import GPT, GPTConfig
 
 VOCAB = 1000
@@ -49,6 +49,21 @@ def hf():
 
 # Two of length 5: prefilled together in one forward.
 PROMPTS = [[5, 6, 7, 8, 9], [100, 200], [3] * 11, [42, 17, 999, 1, 0, 64, 300], [70, 71, 72, 73, 74]]
+
+
+def test_argmax_rows_is_torch_argmax():
+    """The greedy pick (NumPy's argmax on the CPU) agrees with torch.argmax: first of equal maxima,
+    a NaN counts as the largest, rows independent; bfloat16 falls back to torch."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(-3, 4, (6, 50257), generator=g).float()  # many ties
+    logits[2, 17], logits[2, 5] = float("nan"), float("nan")
+    logits[3, :] = float("-inf")
+    logits[4, 9] = float("inf")
+    want = logits.argmax(-1)
+    assert want[2] == 5 and want[3] == 0 and want[4] == 9
+    assert torch.equal(argmax_rows(logits), want)
+    assert torch.equal(argmax_rows(logits[:, ::2]), logits[:, ::2].argmax(-1))  # strided
+    assert torch.equal(argmax_rows(logits.bfloat16()), logits.bfloat16().argmax(-1))
 
 
 @pytest.mark.parametrize("use_gptcore_ops", [True, False])
