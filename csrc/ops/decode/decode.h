@@ -20,6 +20,9 @@ struct DenseWeight {
 
 DenseWeight dense_weight(const gc_dense& d);
 
+// Elements of a packed [N, K] weight (gc_dense_packed_numel for N, K >= 0).
+int64_t packed_numel(int64_t N, int64_t K);
+
 // gc_dense_pack's work: w [N, K] (bfloat16 or int8 by elem_size 2 or 1) into packed, padding zeroed.
 void pack_dense(const void* w, int64_t N, int64_t K, int64_t elem_size, void* packed);
 

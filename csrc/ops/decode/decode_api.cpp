@@ -176,8 +176,7 @@ extern "C" gc_status gc_dense_fwd(const gc_dense* dense, gc_tensor x, gc_tensor 
 }
 
 extern "C" int64_t gc_dense_packed_numel(int64_t N, int64_t K) {
-  if (N < 0 || K < 0) return -1;
-  return (N + 3) / 4 * 4 * ((K + 31) / 32 * 32);
+  return N < 0 || K < 0 ? -1 : packed_numel(N, K);
 }
 
 extern "C" gc_status gc_dense_pack(gc_tensor weight, gc_tensor packed) {

@@ -373,6 +373,8 @@ DenseWeight dense_weight(const gc_dense& d) {
                      static_cast<const float*>(d.bias.data), d.weight.shape[0], d.weight.shape[1], d.layout};
 }
 
+int64_t packed_numel(int64_t N, int64_t K) { return (N + kGroup - 1) / kGroup * kGroup * packed_cols(K); }
+
 void pack_dense(const void* w, int64_t N, int64_t K, int64_t elem_size, void* packed) {
   const int64_t ld = packed_cols(K), groups = (N + kGroup - 1) / kGroup;
   const char* src = static_cast<const char*>(w);
